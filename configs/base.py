@@ -1,0 +1,79 @@
+"""Defaults shared by every experiment: trainer, optimizer, data, mesh, and the model sizes.
+
+`configs/gpt.py` and `configs/bert.py` start from `get_config()` here and set only the
+objective and the attention mask, so GPT and BERT runs of one variant differ in nothing else.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Shapes per variant. `tiny` trains to near the HMM optimum on a 2-core CPU in minutes; `small`
+# is a single-accelerator size; `base` has the GPT-2 124M / BERT-base 110M block shapes.
+VARIANTS: dict[str, dict] = {
+    "tiny": dict(
+        model=dict(num_layers=4, d_model=128, num_heads=4, mlp_dim=512, max_len=128),
+        seq_len=128, batch_size=32, num_train_steps=1500, learning_rate=3e-3, warmup_steps=100,
+    ),
+    "small": dict(
+        model=dict(num_layers=6, d_model=512, num_heads=8, mlp_dim=2048, max_len=512),
+        seq_len=512, batch_size=64, num_train_steps=20_000, learning_rate=1e-3, warmup_steps=1000,
+    ),
+    "base": dict(
+        model=dict(num_layers=12, d_model=768, num_heads=12, mlp_dim=3072, max_len=1024),
+        seq_len=1024, batch_size=256, num_train_steps=100_000, learning_rate=6e-4, warmup_steps=2000,
+    ),
+}
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.objective = "clm"  # "clm" (GPT) or "mlm" (BERT)
+    c.mask = "causal"  # "causal", "bidirectional" or "prefix" (models/masks.py)
+
+    c.dataset = "hmm"
+    c.seq_len = 128
+    c.batch_size = 32  # global, over all devices and processes
+
+    c.hmm = ml_collections.ConfigDict(
+        dict(
+            num_states=32, num_symbols=128, transition_support=4, emission_support=8,
+            concentration=0.5, seed=0, eval_sequences=512,
+        )
+    )
+    c.mlm = ml_collections.ConfigDict(dict(rate=0.15, mask_frac=0.8, random_frac=0.1))
+
+    c.model = ml_collections.ConfigDict(
+        dict(
+            num_layers=4, d_model=128, num_heads=4, mlp_dim=512, max_len=128,
+            position="rotary", norm="layernorm", dtype="float32", param_dtype="float32",
+        )
+    )
+
+    c.optim = ml_collections.ConfigDict(
+        dict(
+            learning_rate=3e-3, warmup_steps=100, min_lr_ratio=0.1, weight_decay=0.1,
+            b1=0.9, b2=0.95, eps=1e-8, grad_clip_norm=1.0,
+        )
+    )
+
+    c.num_train_steps = 1500
+    c.log_every_steps = 50
+    c.eval_every_steps = 250
+    c.checkpoint_every_steps = 250
+    c.keep_checkpoints = 3
+    c.mesh = ml_collections.ConfigDict(dict(data=-1))  # -1: all devices
+    return c
+
+
+def apply_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_collections.ConfigDict:
+    variant = variant or "tiny"
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown config variant {variant!r}; choose one of {sorted(VARIANTS)}")
+    v = VARIANTS[variant]
+    c.model.update(v["model"])
+    c.seq_len, c.batch_size, c.num_train_steps = v["seq_len"], v["batch_size"], v["num_train_steps"]
+    c.optim.learning_rate, c.optim.warmup_steps = v["learning_rate"], v["warmup_steps"]
+    c.eval_every_steps = c.checkpoint_every_steps = max(250, c.num_train_steps // 20)
+    return c

@@ -1,0 +1,60 @@
+"""Attention masks as data: the one place that decides who may attend to whom.
+
+Every mask here is a boolean array `[B, 1, L, L]` (query rows, key columns, one head axis to
+broadcast over heads) where True means "may attend". Blocks receive a mask and never decide
+causality themselves; the GPT/BERT difference is the `kind` passed here.
+
+One rule covers causal, bidirectional and prefix-LM attention:
+
+    allowed(q, k) = (k <= q or (bidir[q] and bidir[k])) and segment[q] == segment[k]
+
+where `bidir` marks tokens that see each other in both directions: nothing for a causal
+decoder, everything for an encoder, and the prefix for a prefix LM. Segment ids implement both
+padding (id 0) and packing (documents with different ids never see each other).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax.numpy as jnp
+
+MaskKind = Literal["causal", "bidirectional", "prefix"]
+MASK_KINDS: tuple[str, ...] = ("causal", "bidirectional", "prefix")
+
+
+def make_attention_mask(
+    kind: MaskKind | str,
+    segment_ids_BL: jnp.ndarray,
+    *,
+    prefix_BL: jnp.ndarray | None = None,
+) -> jnp.ndarray:
+    """Builds the `[B, 1, L, L]` boolean attention mask.
+
+    Args:
+      kind: "causal", "bidirectional" or "prefix".
+      segment_ids_BL: int ids; 0 is padding, equal non-zero ids form one document.
+      prefix_BL: bool, True on prefix tokens; required for (and only used by) "prefix".
+    """
+    if kind not in MASK_KINDS:
+        raise ValueError(f"mask kind {kind!r} is not one of {MASK_KINDS}")
+    if kind == "prefix" and prefix_BL is None:
+        raise ValueError("a 'prefix' mask needs prefix_BL marking the bidirectional prefix")
+    B, L = segment_ids_BL.shape
+    if kind == "causal":
+        bidir_BL = jnp.zeros((B, L), bool)
+    elif kind == "bidirectional":
+        bidir_BL = jnp.ones((B, L), bool)
+    else:
+        bidir_BL = prefix_BL.astype(bool)
+
+    idx = jnp.arange(L)
+    causal_LL = idx[None, :] <= idx[:, None]
+    both_bidir_BLL = bidir_BL[:, :, None] & bidir_BL[:, None, :]
+    same_segment_BLL = segment_ids_BL[:, :, None] == segment_ids_BL[:, None, :]
+    real_key_BL = segment_ids_BL != 0
+    mask_BLL = (causal_LL[None] | both_bidir_BLL) & same_segment_BLL & real_key_BL[:, None, :]
+    # A padding query would otherwise have no key at all; letting it see itself keeps the
+    # softmax well defined and changes nothing for real tokens (padding is never a target).
+    mask_BLL = mask_BLL | (jnp.eye(L, dtype=bool)[None] & ~real_key_BL[:, :, None])
+    return mask_BLL[:, None, :, :]

@@ -1,0 +1,70 @@
+"""Positional encodings: how word order reaches the Transformer (claim C1).
+
+Two families, because they enter the network at different places:
+- additive encodings ("learned", "sinusoidal") are added to the token embeddings once;
+- "rotary" rotates queries and keys inside every attention layer, so attention scores depend
+  only on the relative offset of two tokens;
+- "none" gives a bidirectional model no notion of order at all (it is then equivariant to
+  permutations of its input); a causal model still sees order through its mask.
+
+Positions are passed in per token (`positions_BL`) rather than derived from the row index, so
+packed documents each start again at position 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+from flax import nnx
+
+POSITION_KINDS: tuple[str, ...] = ("none", "learned", "sinusoidal", "rotary")
+
+
+def sinusoidal_table(positions_BL: jnp.ndarray, d_model: int) -> jnp.ndarray:
+    """Vaswani et al. 2017 encodings, computed on the fly for the given positions."""
+    half = d_model // 2
+    freqs_H = jnp.exp(-math.log(10_000.0) * jnp.arange(half, dtype=jnp.float32) / half)
+    angles_BLH = positions_BL[..., None].astype(jnp.float32) * freqs_H
+    table_BLD = jnp.concatenate([jnp.sin(angles_BLH), jnp.cos(angles_BLH)], axis=-1)
+    if d_model % 2:
+        table_BLD = jnp.pad(table_BLD, ((0, 0), (0, 0), (0, 1)))
+    return table_BLD
+
+
+def apply_rotary(x_BLNH: jnp.ndarray, positions_BL: jnp.ndarray, base: float = 10_000.0):
+    """Rotates pairs of features (first half with second half) by position-dependent angles."""
+    head_dim = x_BLNH.shape[-1]
+    half = head_dim // 2
+    freqs_K = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles_BLK = positions_BL[..., None].astype(jnp.float32) * freqs_K
+    sin_BL1K = jnp.sin(angles_BLK)[:, :, None, :]
+    cos_BL1K = jnp.cos(angles_BLK)[:, :, None, :]
+    x1, x2 = x_BLNH[..., :half].astype(jnp.float32), x_BLNH[..., half:].astype(jnp.float32)
+    rotated = jnp.concatenate([x1 * cos_BL1K - x2 * sin_BL1K, x2 * cos_BL1K + x1 * sin_BL1K], -1)
+    return rotated.astype(x_BLNH.dtype)
+
+
+class AdditivePositions(nnx.Module):
+    """The encoding added to token embeddings; the identity for "none" and "rotary"."""
+
+    def __init__(self, kind: str, max_len: int, d_model: int, *, param_dtype, rngs: nnx.Rngs):
+        if kind not in POSITION_KINDS:
+            raise ValueError(f"position kind {kind!r} is not one of {POSITION_KINDS}")
+        self.kind = kind
+        self.d_model = d_model
+        if kind == "learned":
+            self.table = nnx.Embed(
+                max_len,
+                d_model,
+                embedding_init=nnx.initializers.normal(0.02),
+                param_dtype=param_dtype,
+                rngs=rngs,
+            )
+
+    def __call__(self, x_BLD: jnp.ndarray, positions_BL: jnp.ndarray) -> jnp.ndarray:
+        if self.kind == "learned":
+            return x_BLD + self.table(positions_BL).astype(x_BLD.dtype)
+        if self.kind == "sinusoidal":
+            return x_BLD + sinusoidal_table(positions_BL, self.d_model).astype(x_BLD.dtype)
+        return x_BLD

@@ -1,0 +1,159 @@
+"""The shared Transformer: one block, used as a causal decoder (GPT) or a bidirectional encoder (BERT).
+
+Nothing in this file knows which of the two it is. The caller builds the attention mask with
+`models.masks.make_attention_mask` and passes it down; the same parameters serve either mask.
+
+Layout (pre-LN, as in GPT-2): token embedding + additive positions -> N x [x + Attn(LN(x)),
+x + MLP(LN(x))] -> final LN -> logits through the transposed token embedding (tied head).
+`encode` and `logits` are separate so an objective can gather the positions it scores before
+paying for the vocabulary projection (the masked LM scores ~15% of positions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from models.positions import POSITION_KINDS, AdditivePositions, apply_rotary
+
+NORM_KINDS: tuple[str, ...] = ("layernorm", "rmsnorm")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Shapes and options of the shared model; identical for GPT and BERT runs."""
+
+    vocab_size: int
+    d_model: int
+    num_heads: int
+    num_layers: int
+    mlp_dim: int
+    max_len: int
+    position: str = "rotary"
+    norm: str = "layernorm"
+    dtype: str = "float32"  # compute dtype of activations and matmuls
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"model.d_model={self.d_model} is not divisible by model.num_heads="
+                f"{self.num_heads}; pick heads that divide the width"
+            )
+        if self.position not in POSITION_KINDS:
+            raise ValueError(f"model.position={self.position!r} is not one of {POSITION_KINDS}")
+        if self.norm not in NORM_KINDS:
+            raise ValueError(f"model.norm={self.norm!r} is not one of {NORM_KINDS}")
+        if self.position == "rotary" and (self.d_model // self.num_heads) % 2:
+            raise ValueError("rotary positions need an even head dim (model.d_model / num_heads)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+
+def _norm(cfg: TransformerConfig, rngs: nnx.Rngs) -> nnx.Module:
+    kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+    if cfg.norm == "rmsnorm":
+        return nnx.RMSNorm(cfg.d_model, **kw)
+    return nnx.LayerNorm(cfg.d_model, **kw)
+
+
+def _linear(cfg: TransformerConfig, din: int, dout: int, std: float, rngs: nnx.Rngs):
+    return nnx.Linear(
+        din,
+        dout,
+        kernel_init=nnx.initializers.normal(std),
+        dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.dtype(cfg.param_dtype),
+        rngs=rngs,
+    )
+
+
+class Attention(nnx.Module):
+    """Multi-head self-attention through `jax.nn.dot_product_attention`."""
+
+    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d = cfg.d_model
+        # GPT-2's residual-branch scaling keeps the residual stream's variance flat with depth.
+        out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
+        self.query = _linear(cfg, d, d, 0.02, rngs)
+        self.key = _linear(cfg, d, d, 0.02, rngs)
+        self.value = _linear(cfg, d, d, 0.02, rngs)
+        self.out = _linear(cfg, d, d, out_std, rngs)
+
+    def __call__(self, x_BLD, mask_B1LL, positions_BL):
+        B, L, _ = x_BLD.shape
+        N, H = self.cfg.num_heads, self.cfg.head_dim
+        q_BLNH = self.query(x_BLD).reshape(B, L, N, H)
+        k_BLNH = self.key(x_BLD).reshape(B, L, N, H)
+        v_BLNH = self.value(x_BLD).reshape(B, L, N, H)
+        if self.cfg.position == "rotary":
+            q_BLNH = apply_rotary(q_BLNH, positions_BL)
+            k_BLNH = apply_rotary(k_BLNH, positions_BL)
+        o_BLNH = jax.nn.dot_product_attention(q_BLNH, k_BLNH, v_BLNH, mask=mask_B1LL)
+        return self.out(o_BLNH.reshape(B, L, N * H))
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+        self.up = _linear(cfg, cfg.d_model, cfg.mlp_dim, 0.02, rngs)
+        self.down = _linear(cfg, cfg.mlp_dim, cfg.d_model, 0.02 / math.sqrt(2 * cfg.num_layers), rngs)
+
+    def __call__(self, x_BLD):
+        return self.down(jax.nn.gelu(self.up(x_BLD)))
+
+
+class Block(nnx.Module):
+    """The shared block. It takes a mask; it never decides causality."""
+
+    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+        self.attn_norm = _norm(cfg, rngs)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.mlp_norm = _norm(cfg, rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x_BLD, mask_B1LL, positions_BL):
+        x_BLD = x_BLD + self.attn(self.attn_norm(x_BLD), mask_B1LL, positions_BL)
+        return x_BLD + self.mlp(self.mlp_norm(x_BLD))
+
+
+class Transformer(nnx.Module):
+    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = nnx.Embed(
+            cfg.vocab_size,
+            cfg.d_model,
+            embedding_init=nnx.initializers.normal(0.02),
+            dtype=jnp.dtype(cfg.dtype),
+            param_dtype=jnp.dtype(cfg.param_dtype),
+            rngs=rngs,
+        )
+        self.positions = AdditivePositions(
+            cfg.position, cfg.max_len, cfg.d_model, param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs
+        )
+        self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.final_norm = _norm(cfg, rngs)
+
+    def encode(self, tokens_BL, mask_B1LL, positions_BL) -> jnp.ndarray:
+        """Final-norm hidden states `[B, L, D]`."""
+        x_BLD = self.positions(self.embed(tokens_BL), positions_BL)
+        for block in self.blocks:
+            x_BLD = block(x_BLD, mask_B1LL, positions_BL)
+        return self.final_norm(x_BLD)
+
+    def logits(self, h_xD) -> jnp.ndarray:
+        """Vocabulary logits (float32) for hidden states of any leading shape, via the tied embedding."""
+        return self.embed.attend(h_xD).astype(jnp.float32)
+
+    def __call__(self, tokens_BL, mask_B1LL, positions_BL) -> jnp.ndarray:
+        return self.logits(self.encode(tokens_BL, mask_B1LL, positions_BL))
+
+
+def count_params(params) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(params))

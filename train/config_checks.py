@@ -1,0 +1,96 @@
+"""Checks a config before anything is built or compiled; each error names the field and the fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from models.masks import MASK_KINDS
+from models.positions import POSITION_KINDS
+from models.transformer import NORM_KINDS
+from train.data.sources import KNOWN_DATASETS
+
+OBJECTIVES = ("clm", "mlm")
+
+
+class ConfigError(ValueError):
+    """A config that cannot work. The message names the field."""
+
+
+def validate(config: Any) -> None:
+    errors: list[str] = []
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            errors.append(message)
+
+    m = config.model
+    need(config.objective in OBJECTIVES, f"objective={config.objective!r}: use one of {OBJECTIVES}")
+    need(config.mask in MASK_KINDS, f"mask={config.mask!r}: use one of {MASK_KINDS}")
+    need(
+        not (config.objective == "clm" and config.mask != "causal"),
+        f"objective='clm' with mask={config.mask!r} lets each position see the token it must "
+        "predict; use mask='causal' for next-token prediction",
+    )
+    dataset_kind = config.dataset.split(":", 1)[0]
+    need(dataset_kind in KNOWN_DATASETS, f"dataset={config.dataset!r}: use one of {KNOWN_DATASETS}")
+
+    for field in ("num_layers", "d_model", "num_heads", "mlp_dim", "max_len"):
+        need(m[field] > 0, f"model.{field}={m[field]} must be positive")
+    if m.num_heads > 0:
+        need(
+            m.d_model % m.num_heads == 0,
+            f"model.num_heads={m.num_heads} does not divide model.d_model={m.d_model}; "
+            "pick a head count that divides the width",
+        )
+        need(
+            m.position != "rotary" or (m.d_model // max(m.num_heads, 1)) % 2 == 0,
+            "model.position='rotary' needs an even head dim (model.d_model / model.num_heads)",
+        )
+    need(m.position in POSITION_KINDS, f"model.position={m.position!r}: use one of {POSITION_KINDS}")
+    need(m.norm in NORM_KINDS, f"model.norm={m.norm!r}: use one of {NORM_KINDS}")
+    need(
+        m.max_len >= config.seq_len,
+        f"model.max_len={m.max_len} is shorter than seq_len={config.seq_len}; raise "
+        "model.max_len or lower seq_len",
+    )
+    need(config.seq_len >= 2, f"seq_len={config.seq_len} must be at least 2")
+
+    r = config.mlm
+    need(0.0 < r.rate < 1.0, f"mlm.rate={r.rate} must be in (0, 1)")
+    need(
+        r.mask_frac >= 0 and r.random_frac >= 0 and r.mask_frac + r.random_frac <= 1.0,
+        f"mlm.mask_frac={r.mask_frac} and mlm.random_frac={r.random_frac} must be >= 0 and "
+        "sum to at most 1 (the rest of the selected tokens stay unchanged)",
+    )
+
+    for field in ("num_train_steps", "batch_size", "log_every_steps", "eval_every_steps",
+                  "checkpoint_every_steps", "keep_checkpoints"):
+        need(config[field] > 0, f"{field}={config[field]} must be positive")
+    if config.log_every_steps > 0:
+        need(
+            config.checkpoint_every_steps % config.log_every_steps == 0,
+            f"checkpoint_every_steps={config.checkpoint_every_steps} must be a multiple of "
+            f"log_every_steps={config.log_every_steps}, so a resumed run logs the same windows",
+        )
+    o = config.optim
+    need(o.learning_rate > 0, f"optim.learning_rate={o.learning_rate} must be positive")
+    need(
+        0 <= o.warmup_steps < config.num_train_steps,
+        f"optim.warmup_steps={o.warmup_steps} must be in [0, num_train_steps)",
+    )
+    need(0.0 <= o.min_lr_ratio <= 1.0, f"optim.min_lr_ratio={o.min_lr_ratio} must be in [0, 1]")
+    if config.dataset == "hmm":
+        need(config.hmm.eval_sequences > 0, "hmm.eval_sequences must be positive")
+        need(config.hmm.num_states > 0 and config.hmm.num_symbols > 0,
+             "hmm.num_states and hmm.num_symbols must be positive")
+
+    if errors:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
+
+
+def check_batch_divides(batch_size: int, data_devices: int, process_count: int) -> None:
+    if batch_size % data_devices or batch_size % process_count:
+        raise ConfigError(
+            f"batch_size={batch_size} must be divisible by the {data_devices} data-parallel "
+            f"devices and the {process_count} processes; change batch_size or mesh.data"
+        )

@@ -1,0 +1,117 @@
+"""Datasets by name (`config.dataset`): a resumable train stream, fixed eval batches, references.
+
+Only the embedded `hmm` corpus lives here so far. Heavy readers (TFDS) must be imported lazily
+inside their branch of `make_source`, so that `import train` never pulls TensorFlow in.
+
+Every batch is a dict of int32 numpy arrays `[B, L]`: `tokens`, `segment_ids` (0 = padding) and
+`positions` (restarting at 0 for each document), for the rows this process feeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator
+
+import numpy as np
+
+from train.data.hmm import HMM, HMMSpec
+from train.data.vocab import BOS_ID, NUM_SPECIAL
+
+KNOWN_DATASETS = ("hmm",)
+# Shared by every run on the same HMM, so the eval set never depends on the training seed.
+_EVAL_STREAM = 0xE7A1
+
+
+class HMMTrainIterator(Iterator[dict[str, np.ndarray]]):
+    """Batch i is a pure function of (hmm seed, run seed, i): its state is one integer."""
+
+    def __init__(self, source: "HMMSource", process_index: int, process_count: int):
+        self._source = source
+        self._next_index = 0
+        per_process = source.batch_size // process_count
+        self._rows = slice(process_index * per_process, (process_index + 1) * per_process)
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self._source.spec.seed, self._source.stream_seed, self._next_index])
+        symbols = self._source.hmm.sample(rng, self._source.batch_size, self._source.seq_len - 1)
+        self._next_index += 1
+        return {k: v[self._rows] for k, v in self._source.rows(symbols).items()}
+
+    def get_state(self) -> dict[str, int]:
+        return {"next_index": self._next_index}
+
+    def set_state(self, state: dict[str, int]) -> None:
+        self._next_index = int(state["next_index"])
+
+
+@dataclasses.dataclass
+class HMMSource:
+    spec: HMMSpec
+    seq_len: int
+    batch_size: int
+    eval_sequences: int
+    stream_seed: int
+
+    def __post_init__(self):
+        self.hmm = HMM(self.spec)
+        self.vocab_size = NUM_SPECIAL + self.spec.num_symbols
+        self._eval_symbols = self.hmm.sample(
+            np.random.default_rng([self.spec.seed, _EVAL_STREAM]), self.eval_sequences, self.seq_len - 1
+        )
+
+    def rows(self, symbols_NT: np.ndarray) -> dict[str, np.ndarray]:
+        """Each row is [BOS, x_1 .. x_T]: one document filling the whole row."""
+        N, T = symbols_NT.shape
+        tokens = np.concatenate([np.full((N, 1), BOS_ID), symbols_NT + NUM_SPECIAL], 1)
+        return {
+            "tokens": tokens.astype(np.int32),
+            "segment_ids": np.ones((N, T + 1), np.int32),
+            "positions": np.broadcast_to(np.arange(T + 1, dtype=np.int32), (N, T + 1)).copy(),
+        }
+
+    def train_iterator(self, process_index: int = 0, process_count: int = 1) -> HMMTrainIterator:
+        return HMMTrainIterator(self, process_index, process_count)
+
+    def eval_batches(self) -> list[dict[str, np.ndarray]]:
+        """The whole eval set as global batches; the last one is padded with segment-0 rows."""
+        rows = self.rows(self._eval_symbols)
+        n_batches = -(-self.eval_sequences // self.batch_size)
+        pad = n_batches * self.batch_size - self.eval_sequences
+        rows = {k: np.pad(v, ((0, pad), (0, 0))) for k, v in rows.items()}
+        return [
+            {k: v[i * self.batch_size : (i + 1) * self.batch_size] for k, v in rows.items()}
+            for i in range(n_batches)
+        ]
+
+    def reference_losses(self, objective: str, tokens_NL: np.ndarray, scored_NL: np.ndarray):
+        """Exact optimum and unigram loss over the scored tokens of the eval rows."""
+        real = tokens_NL[:, 0] == BOS_ID  # drops padding rows
+        x_NT = tokens_NL[real, 1:] - NUM_SPECIAL
+        scored_NT = scored_NL[real, 1:]
+        if objective == "clm":
+            nll_NT = self.hmm.clm_nll(x_NT)
+        elif objective == "mlm":
+            nll_NT = self.hmm.mlm_nll(x_NT, scored_NT)
+        else:
+            raise ValueError(f"no HMM oracle for objective {objective!r}")
+        unigram_NT = -np.log(self.hmm.marginal(x_NT.shape[1])[x_NT])
+        return {
+            "oracle_loss": float(nll_NT[scored_NT].mean()),
+            "unigram_loss": float(unigram_NT[scored_NT].mean()),
+        }
+
+
+def make_source(config: Any) -> HMMSource:
+    name = config.dataset
+    if name == "hmm":
+        h = config.hmm
+        spec = HMMSpec(
+            num_states=h.num_states,
+            num_symbols=h.num_symbols,
+            transition_support=h.transition_support,
+            emission_support=h.emission_support,
+            concentration=h.concentration,
+            seed=h.seed,
+        )
+        return HMMSource(spec, config.seq_len, config.batch_size, h.eval_sequences, config.seed)
+    raise ValueError(f"dataset={name!r} is not one of {KNOWN_DATASETS}")

@@ -1,0 +1,48 @@
+"""Command line: flags -> config -> `train_and_evaluate(config, workdir)`; nothing else.
+
+    python -m train.main --config configs/gpt.py:tiny --workdir runs/gpt
+    python -m train.main --config configs/bert.py:tiny --workdir runs/bert --config.num_train_steps=500
+
+Rerunning the same command in the same workdir resumes from its latest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from train.checkpoint import CheckpointMismatch
+from train.config_checks import ConfigError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py:<variant>", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, TensorBoard.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # Orbax and JAX log every checkpoint at INFO through absl; keep the run's own lines readable.
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    project_log = logging.getLogger("train")
+    project_log.addHandler(handler)
+    project_log.setLevel(logging.INFO)
+    project_log.propagate = False
+    # Imported here so `--help` and flag errors do not pay for JAX start-up.
+    from train.trainer import train_and_evaluate
+
+    try:
+        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except (ConfigError, CheckpointMismatch) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,111 @@
+"""The pure parts of training: train state, optimizer, `train_step` and `eval_step`.
+
+`train_step(state, batch) -> (state, metrics)` is a pure function of its arguments: the data
+batch, the step's RNG (folded from the state's key and step) and the objective's transform are
+all inside it, so it is jitted once, with shardings and buffer donation, and a resumed run
+replays exactly the computation an uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+from models.transformer import Transformer, TransformerConfig
+from train.objectives import Batch, Objective
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: number of updates applied
+    params: Any  # pure dict of arrays (nnx.to_pure_dict), stable across Flax versions
+    opt_state: Any
+    rng: jax.Array  # raw uint32[2] key; the step's key is fold_in(rng, step)
+
+
+def model_config(config: Any, vocab_size: int) -> TransformerConfig:
+    return TransformerConfig(vocab_size=vocab_size, **config.model.to_dict())
+
+
+def make_schedule(config: Any) -> optax.Schedule:
+    o = config.optim
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=o.learning_rate,
+        warmup_steps=o.warmup_steps,
+        decay_steps=config.num_train_steps,
+        end_value=o.learning_rate * o.min_lr_ratio,
+    )
+
+
+def make_optimizer(config: Any) -> optax.GradientTransformation:
+    o = config.optim
+    # Decay matrices (projections, embeddings), not gains and biases.
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
+    return optax.chain(
+        optax.clip_by_global_norm(o.grad_clip_norm),
+        optax.adamw(
+            make_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps,
+            weight_decay=o.weight_decay, mask=decay_mask,
+        ),
+    )
+
+
+def abstract_model(cfg: TransformerConfig) -> tuple[nnx.GraphDef, Any]:
+    """The model's graph definition and parameter shapes, without allocating anything."""
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+    return graphdef, nnx.to_pure_dict(state)
+
+
+def init_state(cfg: TransformerConfig, tx: optax.GradientTransformation, seed: int) -> TrainState:
+    """Meant to run under `jax.jit(..., out_shardings=...)` so parameters are born sharded."""
+    params_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
+    model = Transformer(cfg, rngs=nnx.Rngs(params=params_rng))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=train_rng
+    )
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    objective: Objective,
+    mask_kind: str,
+    schedule: optax.Schedule,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        model_batch = objective.transform(batch, jax.random.fold_in(state.rng, state.step))
+
+        def loss_fn(params):
+            scores = objective.scores(nnx.merge(graphdef, params), model_batch, mask_kind)
+            return scores["nll_sum"] / jnp.maximum(scores["weight_sum"], 1.0), scores
+
+        (loss, scores), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss,
+            "accuracy": scores["correct_sum"] / jnp.maximum(scores["weight_sum"], 1.0),
+            "grad_norm": optax.global_norm(grads),
+            "learning_rate": schedule(state.step),
+            "predicted_tokens": scores["weight_sum"],
+        }
+        new_state = dataclasses.replace(state, step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(graphdef: nnx.GraphDef, objective: Objective, mask_kind: str):
+    """`eval_step(params, model_batch) -> sums`: the batch is already transformed (fixed masks)."""
+
+    def eval_step(params: Any, model_batch: Batch) -> dict[str, jax.Array]:
+        return objective.scores(nnx.merge(graphdef, params), model_batch, mask_kind)
+
+    return eval_step
