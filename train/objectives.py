@@ -49,7 +49,7 @@ class CausalLM:
 
     def transform(self, batch: Batch, rng: jax.Array | None = None) -> Batch:
         del rng  # deterministic
-        tokens, seg = batch["tokens"], batch["segment_ids"]
+        tokens, seg = jnp.asarray(batch["tokens"]), jnp.asarray(batch["segment_ids"])
         next_seg = jnp.pad(seg[:, 1:], ((0, 0), (0, 1)))
         return {
             "inputs": tokens,
@@ -84,7 +84,7 @@ class MaskedLM:
         return dataclasses.replace(self, mask_frac=1.0, random_frac=0.0)
 
     def transform(self, batch: Batch, rng: jax.Array) -> Batch:
-        tokens, seg = batch["tokens"], batch["segment_ids"]
+        tokens, seg = jnp.asarray(batch["tokens"]), jnp.asarray(batch["segment_ids"])
         B, L = tokens.shape
         K = self.max_predictions(L)
         select_rng, action_rng, random_rng = jax.random.split(rng, 3)

@@ -1,0 +1,60 @@
+"""Shared helpers: a micro config that trains in seconds, and the command line of a real run."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from configs import bert, gpt
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Small enough that a real `train.main` process runs 40 steps in a few seconds on 2 cores.
+MICRO_OVERRIDES = {
+    "model.num_layers": 2,
+    "model.d_model": 32,
+    "model.num_heads": 2,
+    "model.mlp_dim": 64,
+    "model.max_len": 32,
+    "seq_len": 32,
+    "batch_size": 8,
+    "hmm.num_states": 8,
+    "hmm.num_symbols": 16,
+    "hmm.eval_sequences": 16,
+    "num_train_steps": 40,
+    "log_every_steps": 5,
+    "eval_every_steps": 10,
+    "checkpoint_every_steps": 10,
+    "optim.warmup_steps": 5,
+}
+
+
+def micro_config(objective: str = "clm", **overrides):
+    c = (gpt if objective == "clm" else bert).get_config("tiny")
+    for key, value in {**MICRO_OVERRIDES, **overrides}.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def train_command(workdir: str, objective: str = "clm", **overrides) -> list[str]:
+    config = "configs/gpt.py:tiny" if objective == "clm" else "configs/bert.py:tiny"
+    flags = [f"--config.{k}={v}" for k, v in {**MICRO_OVERRIDES, **overrides}.items()]
+    return [sys.executable, "-m", "train.main", f"--config={config}", f"--workdir={workdir}", *flags]
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("JAX_PLATFORMS", "cpu")
+    return env
+
+
+@pytest.fixture
+def micro():
+    return micro_config

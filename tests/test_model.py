@@ -1,0 +1,123 @@
+"""Properties of the shared model: who sees whom (C2, C7), what trains (C4), one tree (C9)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import bert, gpt
+from models.masks import make_attention_mask
+from models.transformer import Transformer, TransformerConfig
+from train import step as step_lib
+from train.objectives import make_objective
+
+L = 12
+
+
+def _model(layers: int, position: str = "rotary") -> Transformer:
+    cfg = TransformerConfig(
+        vocab_size=64, d_model=32, num_heads=4, num_layers=layers, mlp_dim=64, max_len=L,
+        position=position,
+    )
+    return Transformer(cfg, rngs=nnx.Rngs(0))
+
+
+def _influence(model: Transformer, kind: str) -> np.ndarray:
+    """influence[i, j] = |d h_i / d (embedding of the token at j)|, tokens all distinct."""
+    tokens = jnp.arange(10, 10 + L)[None]
+    positions = jnp.arange(L)[None]
+    mask = make_attention_mask(kind, jnp.ones((1, L), jnp.int32))
+    graphdef, params = nnx.split(model)
+    probe = jax.random.normal(jax.random.PRNGKey(1), (model.cfg.d_model,))
+
+    def out_at(params, i):
+        h = nnx.merge(graphdef, params).encode(tokens, mask, positions)
+        return h[0, i] @ probe
+
+    rows = []
+    for i in range(L):
+        g = jax.grad(out_at)(params, i)["embed"]["embedding"].value
+        rows.append(np.abs(np.asarray(g[10 : 10 + L])).sum(-1))
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+@pytest.mark.parametrize("position", ["rotary", "learned"])
+def test_causal_output_has_zero_gradient_from_the_future(layers, position):
+    inf = _influence(_model(layers, position), "causal")
+    future = np.triu(np.ones((L, L), bool), k=1)
+    assert np.all(inf[future] == 0.0)
+    assert np.all(inf[~future] > 0.0)
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_bidirectional_output_depends_on_every_position_in_one_layer(layers):
+    assert np.all(_influence(_model(layers), "bidirectional") > 0.0)
+
+
+@pytest.mark.parametrize("variant_module", [gpt, bert])
+def test_every_attention_projection_gets_a_gradient(variant_module, micro):
+    config = micro("clm" if variant_module is gpt else "mlm")
+    cfg = step_lib.model_config(config, vocab_size=40)
+    objective = make_objective(config, 40)
+    model = Transformer(cfg, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+    rng = np.random.default_rng(0)
+    batch = {
+        "tokens": jnp.asarray(rng.integers(7, 40, (4, 32)), jnp.int32),
+        "segment_ids": jnp.ones((4, 32), jnp.int32),
+        "positions": jnp.broadcast_to(jnp.arange(32), (4, 32)),
+    }
+    model_batch = objective.transform(batch, jax.random.PRNGKey(0))
+
+    def loss(params):
+        s = objective.scores(nnx.merge(graphdef, params), model_batch, config.mask)
+        return s["nll_sum"]
+
+    grads = jax.grad(loss)(params)
+    for i in range(cfg.num_layers):
+        for proj in ("query", "key", "value", "out"):
+            for leaf in ("kernel", "bias"):
+                g = np.asarray(grads["blocks"][i]["attn"][proj][leaf].value)
+                assert np.abs(g).sum() > 0, f"layer {i} {proj}.{leaf} got no gradient"
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if hasattr(v, "items"):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@pytest.mark.parametrize("variant", ["tiny", "small", "base"])
+def test_gpt_and_bert_differ_only_in_objective_and_mask(variant):
+    g, b = _flat(gpt.get_config(variant).to_dict()), _flat(bert.get_config(variant).to_dict())
+    assert g.keys() == b.keys()
+    assert {k for k in g if g[k] != b[k]} == {"objective", "mask"}
+
+
+def test_gpt_and_bert_build_identical_parameter_trees():
+    trees = []
+    for module in (gpt, bert):
+        cfg = step_lib.model_config(module.get_config("tiny"), vocab_size=135)
+        _, params = step_lib.abstract_model(cfg)
+        trees.append(jax.tree.map(lambda p: (p.shape, p.dtype), params))
+    assert jax.tree.structure(trees[0]) == jax.tree.structure(trees[1])
+    assert jax.tree.leaves(trees[0]) == jax.tree.leaves(trees[1])
+
+
+def test_packed_document_output_ignores_its_neighbour():
+    model = _model(2)
+    tokens = jnp.asarray([[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]])
+    other = tokens.at[0, 6:].set(jnp.asarray([40, 41, 42, 43, 44, 45]))
+    seg = jnp.asarray([[1] * 6 + [2] * 6])
+    pos = jnp.asarray([list(range(6)) * 2])
+    for kind in ("causal", "bidirectional"):
+        mask = make_attention_mask(kind, seg)
+        a = model.encode(tokens, mask, pos)[0, :6]
+        b = model.encode(other, mask, pos)[0, :6]
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
