@@ -1,0 +1,147 @@
+"""End-to-end runs of `python -m train.main` as a user runs it: outputs, bad input, kill and resume."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import REPO, subprocess_env, train_command
+
+pytestmark = pytest.mark.slow
+
+
+def _run(cmd, **kw):
+    return subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600, **kw)
+
+
+def _metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return f.read()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted run per objective, to compare resumed runs against."""
+    runs = {}
+    for objective in ("clm", "mlm"):
+        workdir = str(tmp_path_factory.mktemp(f"ref_{objective}"))
+        result = _run(train_command(workdir, objective))
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[objective] = workdir
+    return runs
+
+
+@pytest.mark.parametrize("objective", ["clm", "mlm"])
+def test_run_writes_config_metrics_tensorboard_and_checkpoints(reference, objective):
+    workdir = reference[objective]
+    config = json.load(open(os.path.join(workdir, "config.json")))
+    assert config["objective"] == objective and config["resolved"]["vocab_size"] == 7 + 16
+    rows = [json.loads(line) for line in _metrics(workdir).splitlines()]
+    evals = [r for r in rows if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [10, 20, 30, 40]
+    for key in ("loss", "oracle_loss", "unigram_loss", "gap", "captured"):
+        assert all(key in r for r in evals)
+    last = evals[-1]
+    assert last["gap"] == pytest.approx(last["loss"] / last["oracle_loss"] - 1)
+    assert last["captured"] == pytest.approx(
+        (last["unigram_loss"] - last["loss"]) / (last["unigram_loss"] - last["oracle_loss"])
+    )
+    assert evals[-1]["loss"] < evals[0]["loss"]
+    assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["20", "30", "40"]
+    assert json.load(open(os.path.join(workdir, "summary.json")))["final_step"] == 40
+
+
+def _kill_when(proc, workdir, ready) -> bool:
+    """SIGKILLs `proc` as soon as `ready(checkpoint_names)` holds; False if it ended first."""
+    ckpt = os.path.join(workdir, "checkpoints")
+    while proc.poll() is None:
+        names = os.listdir(ckpt) if os.path.isdir(ckpt) else []
+        if ready(names):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.002)
+    return False
+
+
+@pytest.mark.parametrize("objective", ["clm", "mlm"])
+def test_sigkill_then_same_command_ends_bit_identical(reference, objective, tmp_path):
+    """Killed while a checkpoint is being written, rerun, killed again after one, rerun."""
+    workdir = str(tmp_path / "run")
+    cmd = train_command(workdir, objective)
+    mid_write = lambda names: any("tmp" in n for n in names)  # noqa: E731
+    after_20 = lambda names: "20" in names  # noqa: E731
+    for ready in (mid_write, after_20):
+        proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        killed = _kill_when(proc, workdir, ready)
+        assert killed and proc.returncode == -signal.SIGKILL, "the run ended before it was killed"
+    result = _run(cmd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from step" in result.stderr
+    assert _metrics(workdir) == _metrics(reference[objective])
+    final = json.load(open(os.path.join(workdir, "summary.json")))["eval"]
+    assert final == json.load(open(os.path.join(reference[objective], "summary.json")))["eval"]
+
+
+def test_half_written_checkpoint_is_never_loaded(reference, tmp_path):
+    """A step folder left mid-write (Orbax's tmp name, truncated files) is skipped and cleaned."""
+    workdir = str(tmp_path / "run")
+    shutil.copytree(reference["clm"], workdir)
+    ckpt = os.path.join(workdir, "checkpoints")
+    partial = os.path.join(ckpt, "30.orbax-checkpoint-tmp-1234")
+    os.rename(os.path.join(ckpt, "30"), partial)
+    shutil.rmtree(os.path.join(ckpt, "40"))
+    for path in glob.glob(os.path.join(partial, "**", "*"), recursive=True):
+        if os.path.isfile(path):
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 2)
+    result = _run(train_command(workdir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from step 20" in result.stderr
+    assert not os.path.exists(partial)
+    assert _metrics(workdir) == _metrics(reference["clm"])
+
+
+def test_checkpoint_of_another_model_is_refused_by_field(reference, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(reference["clm"], workdir)
+    before = _metrics(workdir)
+    result = _run(train_command(workdir, **{"model.d_model": 64, "model.mlp_dim": 128}))
+    assert result.returncode == 2
+    assert "model.d_model: 32 in the checkpoint, 64 now" in result.stderr
+    assert _metrics(workdir) == before  # nothing the earlier run wrote is lost
+
+
+@pytest.mark.parametrize(
+    "override,field",
+    [
+        ({"model.num_heads": 3}, "model.num_heads"),
+        ({"model.max_len": 16}, "model.max_len"),
+        ({"mlm.rate": 1.5}, "mlm.rate"),
+        ({"dataset": "nope"}, "dataset"),
+    ],
+)
+def test_bad_config_exits_nonzero_naming_the_field_before_compiling(override, field, tmp_path):
+    workdir = str(tmp_path / "run")
+    result = _run(train_command(workdir, "mlm", **override))
+    assert result.returncode != 0
+    assert field in result.stderr
+    assert "compiled" not in result.stderr
+    assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+
+
+def test_unknown_variant_is_an_error(tmp_path):
+    cmd = train_command(str(tmp_path / "run"))
+    cmd[3] = "--config=configs/gpt.py:huge"
+    result = _run(cmd)
+    assert result.returncode != 0
+    assert "unknown config variant 'huge'" in result.stderr
