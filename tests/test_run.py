@@ -17,8 +17,10 @@ from conftest import REPO, subprocess_env, train_command
 pytestmark = pytest.mark.slow
 
 
-def _run(cmd, **kw):
-    return subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600, **kw)
+def _run(cmd, env=None):
+    return subprocess.run(
+        cmd, cwd=REPO, env=env or subprocess_env(), capture_output=True, text=True, timeout=600
+    )
 
 
 def _metrics(workdir):
@@ -145,3 +147,18 @@ def test_unknown_variant_is_an_error(tmp_path):
     result = _run(cmd)
     assert result.returncode != 0
     assert "unknown config variant 'huge'" in result.stderr
+
+
+def test_data_parallel_over_two_devices_matches_one_device(reference, tmp_path):
+    """The same run over a 2-device mesh: same losses up to float reduction order."""
+    workdir = str(tmp_path / "run")
+    env = {**subprocess_env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    result = _run(train_command(workdir), env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.load(open(os.path.join(workdir, "summary.json")))
+    assert summary["devices"] == 2
+    one = [json.loads(line) for line in _metrics(reference["clm"]).splitlines()]
+    two = [json.loads(line) for line in _metrics(workdir).splitlines()]
+    assert [(r["step"], r["split"]) for r in one] == [(r["step"], r["split"]) for r in two]
+    for a, b in zip(one, two):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a, b)

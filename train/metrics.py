@@ -8,6 +8,7 @@ Timing goes to TensorBoard, the progress display and `summary.json`.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -106,7 +107,7 @@ class Progress:
             log.info(
                 "step %d/%d  loss %.4f  %.2f steps/s  %.0f tokens/s  ETA %s",
                 step, self.total, metrics.get("loss", float("nan")), steps_per_sec,
-                timing["tokens_per_sec"], time.strftime("%H:%M:%S", time.gmtime(eta)),
+                timing["tokens_per_sec"], datetime.timedelta(seconds=round(eta)),
             )
         return timing
 

@@ -55,13 +55,13 @@ class Evaluator:
         eval_objective = objective.for_eval() if isinstance(objective, MaskedLM) else objective
         transform = jax.jit(eval_objective.transform)
         key = jax.random.PRNGKey(_EVAL_MASK_KEY)
+        raw_batches = source.eval_batches()
         host_batches = [
-            jax.device_get(transform(b, jax.random.fold_in(key, i)))
-            for i, b in enumerate(source.eval_batches())
+            jax.device_get(transform(b, jax.random.fold_in(key, i))) for i, b in enumerate(raw_batches)
         ]
         self.reference = None
         if hasattr(source, "reference_losses"):
-            raw = np.concatenate([b["tokens"] for b in source.eval_batches()])
+            raw = np.concatenate([b["tokens"] for b in raw_batches])
             scored = np.concatenate([np.asarray(eval_objective.scored_tokens(b)) for b in host_batches])
             self.reference = source.reference_losses(objective.name, raw, scored)
         self.batches = [to_global(_rows_of_this_process(b), sharding) for b in host_batches]
