@@ -1,7 +1,6 @@
 """The objectives as data transforms: targets, weights and MLM selection statistics."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -11,7 +11,6 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import REPO, subprocess_env, train_command
 
 pytestmark = pytest.mark.slow
@@ -160,5 +159,5 @@ def test_data_parallel_over_two_devices_matches_one_device(reference, tmp_path):
     one = [json.loads(line) for line in _metrics(reference["clm"]).splitlines()]
     two = [json.loads(line) for line in _metrics(workdir).splitlines()]
     assert [(r["step"], r["split"]) for r in one] == [(r["step"], r["split"]) for r in two]
-    for a, b in zip(one, two):
+    for a, b in zip(one, two, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a, b)

@@ -6,18 +6,8 @@ import pytest
 
 from train import step as step_lib
 from train.data.sources import make_source
+from train.evaluation import fixed_eval_set
 from train.objectives import make_objective
-
-
-def _optimum(config, source, objective) -> float:
-    """The best loss any model can reach on fresh data from this HMM (its eval set)."""
-    if config.objective == "mlm":
-        objective = objective.for_eval()
-    batches = source.eval_batches()
-    outs = [jax.device_get(objective.transform(b, jax.random.PRNGKey(i))) for i, b in enumerate(batches)]
-    raw = np.concatenate([b["tokens"] for b in batches])
-    scored = np.concatenate([np.asarray(objective.scored_tokens(o)) for o in outs])
-    return source.reference_losses(config.objective, raw, scored)["oracle_loss"]
 
 
 # MLM sees a fresh mask every step, so memorising all positions of the batch takes longer.
@@ -44,7 +34,8 @@ def test_tiny_model_overfits_one_batch(objective_name, steps, micro):
     for _ in range(config.num_train_steps):
         state, metrics = train_step(state, batch)
         losses.append(float(metrics["loss"]))
-    optimum = _optimum(config, source, objective)
+    # The best loss any model can reach on unseen data from this HMM (its eval set).
+    optimum = fixed_eval_set(source, objective)[2]["oracle_loss"]
     # Far below the optimum for unseen data: only memorising this batch gets there.
     assert losses[0] > 0.9 * optimum
     assert np.mean(losses[-20:]) < 0.3 * optimum, (np.mean(losses[-20:]), optimum)

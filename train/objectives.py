@@ -79,7 +79,7 @@ class MaskedLM:
     def max_predictions(self, seq_len: int) -> int:
         return max(1, math.ceil(self.rate * seq_len))
 
-    def for_eval(self) -> "MaskedLM":
+    def for_eval(self) -> MaskedLM:
         """One fixed pattern in which every selected token is [MASK]: what the HMM oracle scores."""
         return dataclasses.replace(self, mask_frac=1.0, random_frac=0.0)
 

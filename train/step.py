@@ -9,7 +9,8 @@ replays exactly the computation an uninterrupted one would have done.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -22,15 +22,12 @@ from train import step as step_lib
 from train.checkpoint import Checkpointer
 from train.config_checks import validate
 from train.data.sources import make_source
+from train.evaluation import Evaluator
 from train.mesh import batch_sharding, make_mesh, replicated, to_global
 from train.metrics import MetricsWriter, Progress, write_json_atomic
-from train.objectives import MaskedLM, make_objective
+from train.objectives import make_objective
 
 log = logging.getLogger(__name__)
-
-# The fixed MLM eval masking pattern is shared by every run, whatever its seed.
-_EVAL_MASK_KEY = 0x5EED
-
 
 def run_identity(config: Any, model_cfg) -> dict:
     """What a checkpoint must match to be resumed (or loaded) as this run."""
@@ -40,54 +37,6 @@ def run_identity(config: Any, model_cfg) -> dict:
         "mask": config.mask,
         "dataset": config.dataset,
     }
-
-
-def _rows_of_this_process(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    n = next(iter(batch.values())).shape[0] // jax.process_count()
-    i = jax.process_index()
-    return {k: v[i * n : (i + 1) * n] for k, v in batch.items()}
-
-
-class Evaluator:
-    """Fixed eval batches (MLM masks drawn once), their references, and the eval loop."""
-
-    def __init__(self, source, objective, graphdef, mask_kind: str, sharding):
-        eval_objective = objective.for_eval() if isinstance(objective, MaskedLM) else objective
-        transform = jax.jit(eval_objective.transform)
-        key = jax.random.PRNGKey(_EVAL_MASK_KEY)
-        raw_batches = source.eval_batches()
-        host_batches = [
-            jax.device_get(transform(b, jax.random.fold_in(key, i))) for i, b in enumerate(raw_batches)
-        ]
-        self.reference = None
-        if hasattr(source, "reference_losses"):
-            raw = np.concatenate([b["tokens"] for b in raw_batches])
-            scored = np.concatenate([np.asarray(eval_objective.scored_tokens(b)) for b in host_batches])
-            self.reference = source.reference_losses(objective.name, raw, scored)
-        self.batches = [to_global(_rows_of_this_process(b), sharding) for b in host_batches]
-        self._step = jax.jit(step_lib.make_eval_step(graphdef, eval_objective, mask_kind))
-
-    def __call__(self, params) -> dict[str, float]:
-        totals: dict[str, float] = {}
-        for batch in self.batches:
-            for k, v in jax.device_get(self._step(params, batch)).items():
-                totals[k] = totals.get(k, 0.0) + float(v)
-        n = max(totals["weight_sum"], 1.0)
-        out = {
-            "loss": totals["nll_sum"] / n,
-            "accuracy": totals["correct_sum"] / n,
-            "perplexity": float(np.exp(totals["nll_sum"] / n)),
-            "predicted_tokens": totals["weight_sum"],
-        }
-        if self.reference:
-            oracle, unigram = self.reference["oracle_loss"], self.reference["unigram_loss"]
-            out.update(
-                oracle_loss=oracle,
-                unigram_loss=unigram,
-                gap=out["loss"] / oracle - 1.0,
-                captured=(unigram - out["loss"]) / (unigram - oracle),
-            )
-        return out
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
@@ -171,7 +120,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         if step % config.eval_every_steps == 0 or last:
             eval_metrics = evaluator(state.params)
             writer.write(step, "eval", eval_metrics)
-            progress.message(f"eval step {step}: " + json.dumps({k: round(v, 4) for k, v in eval_metrics.items()}))
+            rounded = {k: round(v, 4) for k, v in eval_metrics.items()}
+            progress.message(f"eval step {step}: {json.dumps(rounded)}")
         if step % config.checkpoint_every_steps == 0 or last:
             checkpointer.save(step, state, data_state, identity)
 

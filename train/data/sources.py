@@ -10,7 +10,8 @@ Every batch is a dict of int32 numpy arrays `[B, L]`: `tokens`, `segment_ids` (0
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,7 @@ _EVAL_STREAM = 0xE7A1
 class HMMTrainIterator(Iterator[dict[str, np.ndarray]]):
     """Batch i is a pure function of (hmm seed, run seed, i): its state is one integer."""
 
-    def __init__(self, source: "HMMSource", process_index: int, process_count: int):
+    def __init__(self, source: HMMSource, process_index: int, process_count: int):
         self._source = source
         self._next_index = 0
         per_process = source.batch_size // process_count

@@ -1,0 +1,73 @@
+"""Evaluation on a fixed eval set: the same batches, masks and references at every eval.
+
+MLM eval draws its masking pattern once, from a key shared by every run whatever its seed, and
+turns every selected token into [MASK] (`MaskedLM.for_eval`), so the model's loss and the HMM
+oracle's measure the same thing and runs with different seeds are scored on the same positions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from train import step as step_lib
+from train.mesh import to_global
+from train.objectives import MaskedLM, Objective
+
+_EVAL_MASK_KEY = 0x5EED
+
+
+def fixed_eval_set(source: Any, objective: Objective) -> tuple[Objective, list[dict], dict | None]:
+    """(the eval objective, transformed global batches on the host, reference losses or None)."""
+    eval_objective = objective.for_eval() if isinstance(objective, MaskedLM) else objective
+    transform = jax.jit(eval_objective.transform)
+    key = jax.random.PRNGKey(_EVAL_MASK_KEY)
+    raw_batches = source.eval_batches()
+    host_batches = [
+        jax.device_get(transform(b, jax.random.fold_in(key, i))) for i, b in enumerate(raw_batches)
+    ]
+    reference = None
+    if hasattr(source, "reference_losses"):
+        raw = np.concatenate([b["tokens"] for b in raw_batches])
+        scored = np.concatenate([np.asarray(eval_objective.scored_tokens(b)) for b in host_batches])
+        reference = source.reference_losses(objective.name, raw, scored)
+    return eval_objective, host_batches, reference
+
+
+def _rows_of_this_process(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    n = next(iter(batch.values())).shape[0] // jax.process_count()
+    i = jax.process_index()
+    return {k: v[i * n : (i + 1) * n] for k, v in batch.items()}
+
+
+class Evaluator:
+    """Loss, accuracy and perplexity on the fixed eval set; gap and captured where a reference exists."""
+
+    def __init__(self, source: Any, objective: Objective, graphdef, mask_kind: str, sharding):
+        eval_objective, host_batches, self.reference = fixed_eval_set(source, objective)
+        self.batches = [to_global(_rows_of_this_process(b), sharding) for b in host_batches]
+        self._step = jax.jit(step_lib.make_eval_step(graphdef, eval_objective, mask_kind))
+
+    def __call__(self, params: Any) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for batch in self.batches:
+            for k, v in jax.device_get(self._step(params, batch)).items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        n = max(totals["weight_sum"], 1.0)
+        out = {
+            "loss": totals["nll_sum"] / n,
+            "accuracy": totals["correct_sum"] / n,
+            "perplexity": float(np.exp(totals["nll_sum"] / n)),
+            "predicted_tokens": totals["weight_sum"],
+        }
+        if self.reference:
+            oracle, unigram = self.reference["oracle_loss"], self.reference["unigram_loss"]
+            out.update(
+                oracle_loss=oracle,
+                unigram_loss=unigram,
+                gap=out["loss"] / oracle - 1.0,
+                captured=(unigram - out["loss"]) / (unigram - oracle),
+            )
+        return out
