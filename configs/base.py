@@ -42,6 +42,16 @@ def get_config() -> ml_collections.ConfigDict:
             concentration=0.5, seed=0, eval_sequences=512,
         )
     )
+    # Real text (dataset "text:GLOB" or "tfds:NAME[/CONFIG]"), see train/data/pipeline.py.
+    c.text = ml_collections.ConfigDict(dict(split_by="file", eval_fraction=0.05))
+    c.tfds = ml_collections.ConfigDict(
+        dict(data_dir="", train_split="train", eval_split="validation", text_feature="text", download=False)
+    )
+    c.tokenizer = ml_collections.ConfigDict(
+        dict(path="", vocab_size=8192, model_type="unigram", max_train_chars=20_000_000)
+    )
+    c.data_cache_dir = ""  # tokenizers and packed rows; "" means ~/.cache/gptbert
+    c.eval_max_rows = 1024  # real text: eval on the first rows of the eval split
     c.mlm = ml_collections.ConfigDict(dict(rate=0.15, mask_frac=0.8, random_frac=0.1))
 
     c.model = ml_collections.ConfigDict(

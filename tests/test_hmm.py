@@ -70,19 +70,19 @@ def test_mlm_optimum_matches_brute_force(tiny):
         assert (got[n, obs] == 0).all()
 
 
-def test_sampling_is_deterministic_per_seed_and_index():
-    source = make_source(gpt.get_config("tiny"))
+def test_sampling_is_deterministic_per_seed_and_index(tmp_path):
+    source = make_source(gpt.get_config("tiny"), str(tmp_path))
     a, b = source.train_iterator(), source.train_iterator()
     first = next(a)
     np.testing.assert_array_equal(first["tokens"], next(b)["tokens"])
     assert not np.array_equal(first["tokens"], next(a)["tokens"])
     other_seed = gpt.get_config("tiny")
     other_seed.seed = 1
-    assert not np.array_equal(first["tokens"], next(make_source(other_seed).train_iterator())["tokens"])
+    assert not np.array_equal(first["tokens"], next(make_source(other_seed, str(tmp_path)).train_iterator())["tokens"])
 
 
-def test_iterator_state_resumes_the_stream():
-    source = make_source(gpt.get_config("tiny"))
+def test_iterator_state_resumes_the_stream(tmp_path):
+    source = make_source(gpt.get_config("tiny"), str(tmp_path))
     it = source.train_iterator()
     for _ in range(3):
         next(it)
@@ -94,18 +94,18 @@ def test_iterator_state_resumes_the_stream():
         np.testing.assert_array_equal(next(fresh)["tokens"], e)
 
 
-def test_process_shards_partition_the_global_batch():
-    source = make_source(gpt.get_config("tiny"))
+def test_process_shards_partition_the_global_batch(tmp_path):
+    source = make_source(gpt.get_config("tiny"), str(tmp_path))
     whole = next(source.train_iterator())["tokens"]
     parts = [next(source.train_iterator(p, 4))["tokens"] for p in range(4)]
     np.testing.assert_array_equal(np.concatenate(parts), whole)
 
 
 @pytest.mark.parametrize("module", [gpt, bert])
-def test_default_hmm_optimum_is_far_below_unigram(module):
+def test_default_hmm_optimum_is_far_below_unigram(module, tmp_path):
     """Context must matter: the optimum is at most 0.7x the unigram loss for both objectives."""
     config = module.get_config("tiny")
-    source = make_source(config)
+    source = make_source(config, str(tmp_path))
     objective = make_objective(config, source.vocab_size)
     eval_objective, batches, ref = fixed_eval_set(source, objective)
     assert ref["oracle_loss"] <= 0.7 * ref["unigram_loss"], ref

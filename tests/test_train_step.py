@@ -12,14 +12,14 @@ from train.objectives import make_objective
 
 # MLM sees a fresh mask every step, so memorising all positions of the batch takes longer.
 @pytest.mark.parametrize("objective_name,steps", [("clm", 300), ("mlm", 1500)])
-def test_tiny_model_overfits_one_batch(objective_name, steps, micro):
+def test_tiny_model_overfits_one_batch(objective_name, steps, micro, tmp_path):
     config = micro(
         objective_name,
         num_train_steps=steps,
         **{"model.d_model": 64, "model.mlp_dim": 256, "optim.warmup_steps": 10,
            "optim.weight_decay": 0.0, "hmm.eval_sequences": 256},
     )
-    source = make_source(config)
+    source = make_source(config, str(tmp_path))
     cfg = step_lib.model_config(config, source.vocab_size)
     tx = step_lib.make_optimizer(config)
     objective = make_objective(config, source.vocab_size)

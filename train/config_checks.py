@@ -7,8 +7,6 @@ from typing import Any
 from models.masks import MASK_KINDS
 from models.positions import POSITION_KINDS
 from models.transformer import NORM_KINDS
-from train.data.sources import KNOWN_DATASETS
-
 OBJECTIVES = ("clm", "mlm")
 
 
@@ -31,8 +29,11 @@ def validate(config: Any) -> None:
         f"objective='clm' with mask={config.mask!r} lets each position see the token it must "
         "predict; use mask='causal' for next-token prediction",
     )
-    dataset_kind = config.dataset.split(":", 1)[0]
-    need(dataset_kind in KNOWN_DATASETS, f"dataset={config.dataset!r}: use one of {KNOWN_DATASETS}")
+    kind, _, arg = config.dataset.partition(":")
+    need(
+        (kind == "hmm" and not arg) or (kind in ("text", "tfds") and bool(arg)),
+        f"dataset={config.dataset!r}: use 'hmm', 'text:GLOB' or 'tfds:NAME[/CONFIG]'",
+    )
 
     for field in ("num_layers", "d_model", "num_heads", "mlp_dim", "max_len"):
         need(m[field] > 0, f"model.{field}={m[field]} must be positive")

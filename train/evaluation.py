@@ -7,6 +7,7 @@ oracle's measure the same thing and runs with different seeds are scored on the 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -14,13 +15,17 @@ import numpy as np
 
 from train import step as step_lib
 from train.mesh import to_global
-from train.objectives import MaskedLM, Objective
+from train.objectives import CausalLM, MaskedLM, Objective
 
 _EVAL_MASK_KEY = 0x5EED
 
 
 def fixed_eval_set(source: Any, objective: Objective) -> tuple[Objective, list[dict], dict | None]:
-    """(the eval objective, transformed global batches on the host, reference losses or None)."""
+    """(the eval objective, transformed global batches on the host, references or None).
+
+    References are the HMM's exact losses, or, for the causal LM on real text, the number of
+    UTF-8 bytes its scored targets stand for (for bits per byte).
+    """
     eval_objective = objective.for_eval() if isinstance(objective, MaskedLM) else objective
     transform = jax.jit(eval_objective.transform)
     key = jax.random.PRNGKey(_EVAL_MASK_KEY)
@@ -33,6 +38,10 @@ def fixed_eval_set(source: Any, objective: Objective) -> tuple[Objective, list[d
         raw = np.concatenate([b["tokens"] for b in raw_batches])
         scored = np.concatenate([np.asarray(eval_objective.scored_tokens(b)) for b in host_batches])
         reference = source.reference_losses(objective.name, raw, scored)
+    elif hasattr(source, "bytes_per_token") and isinstance(eval_objective, CausalLM):
+        table = source.bytes_per_token()
+        n_bytes = sum(float((table[b["targets"]] * b["weights"]).sum()) for b in host_batches)
+        reference = {"target_bytes": n_bytes}
     return eval_objective, host_batches, reference
 
 
@@ -43,7 +52,7 @@ def _rows_of_this_process(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]
 
 
 class Evaluator:
-    """Loss, accuracy and perplexity on the fixed eval set; gap and captured where a reference exists."""
+    """Loss, accuracy, perplexity on the fixed eval set; gap and captured (HMM) or bits per byte (CLM on text)."""
 
     def __init__(self, source: Any, objective: Objective, graphdef, mask_kind: str, sharding):
         eval_objective, host_batches, self.reference = fixed_eval_set(source, objective)
@@ -62,7 +71,9 @@ class Evaluator:
             "perplexity": float(np.exp(totals["nll_sum"] / n)),
             "predicted_tokens": totals["weight_sum"],
         }
-        if self.reference:
+        if self.reference and "target_bytes" in self.reference:
+            out["bits_per_byte"] = totals["nll_sum"] / math.log(2) / self.reference["target_bytes"]
+        elif self.reference:
             oracle, unigram = self.reference["oracle_loss"], self.reference["unigram_loss"]
             out.update(
                 oracle_loss=oracle,

@@ -46,7 +46,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     os.makedirs(workdir, exist_ok=True)
     chief = jax.process_index() == 0
 
-    source = make_source(config)
+    source = make_source(config, workdir)
     mesh = make_mesh(config)
     model_cfg = step_lib.model_config(config, source.vocab_size)
     objective = make_objective(config, source.vocab_size)

@@ -1,7 +1,9 @@
 """Datasets by name (`config.dataset`): a resumable train stream, fixed eval batches, references.
 
-Only the embedded `hmm` corpus lives here so far. Heavy readers (TFDS) must be imported lazily
-inside their branch of `make_source`, so that `import train` never pulls TensorFlow in.
+- `hmm`: the embedded synthetic corpus (below), with exact optima as references;
+- `text:GLOB`: local UTF-8 files; `tfds:NAME[/CONFIG]`: a prepared TFDS dataset. Both go
+  through the shared tokenizer and packed pipeline of `train/data/pipeline.py`; TFDS is
+  imported only inside its branch, so `import train` never pulls TensorFlow in.
 
 Every batch is a dict of int32 numpy arrays `[B, L]`: `tokens`, `segment_ids` (0 = padding) and
 `positions` (restarting at 0 for each document), for the rows this process feeds.
@@ -18,7 +20,6 @@ import numpy as np
 from train.data.hmm import HMM, HMMSpec
 from train.data.vocab import BOS_ID, NUM_SPECIAL
 
-KNOWN_DATASETS = ("hmm",)
 # Shared by every run on the same HMM, so the eval set never depends on the training seed.
 _EVAL_STREAM = 0xE7A1
 
@@ -102,8 +103,13 @@ class HMMSource:
         }
 
 
-def make_source(config: Any) -> HMMSource:
+def make_source(config: Any, workdir: str) -> Any:
+    """The dataset of `config.dataset`. Real-text sources keep their tokenizer in `workdir`."""
     name = config.dataset
+    if name.startswith(("text:", "tfds:")):
+        from train.data import pipeline
+
+        return (pipeline.text_source if name.startswith("text:") else pipeline.tfds_source)(config, workdir)
     if name == "hmm":
         h = config.hmm
         spec = HMMSpec(
@@ -115,4 +121,4 @@ def make_source(config: Any) -> HMMSource:
             seed=h.seed,
         )
         return HMMSource(spec, config.seq_len, config.batch_size, h.eval_sequences, config.seed)
-    raise ValueError(f"dataset={name!r} is not one of {KNOWN_DATASETS}")
+    raise ValueError(f"dataset={name!r}: use 'hmm', 'text:GLOB' or 'tfds:NAME[/CONFIG]'")

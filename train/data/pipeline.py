@@ -1,0 +1,167 @@
+"""Real text end to end: documents -> shared tokenizer -> packed rows (cached) -> grain batches.
+
+Pre-tokenized, packed rows are cached under `data_cache_dir`, keyed by the corpus, the
+tokenizer and the row length, so training never waits on the tokenizer and GPT and BERT runs on
+one corpus read the same rows. The train stream is a grain `MapDataset`: shuffled by the run's
+seed, reshuffled every epoch, each process reading its own rows of every global batch. Its
+iterator state (one integer) goes into each checkpoint, so a restarted run sees exactly the
+batches an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grain
+import numpy as np
+
+from train.config_checks import ConfigError
+from train.data import packing
+from train.tokenizer import Tokenizer, corpus_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class _Rows:
+    """Random access to packed rows (memory-mapped arrays) for grain."""
+
+    def __init__(self, tokens: np.ndarray, segment_ids: np.ndarray):
+        self.tokens, self.segment_ids = tokens, segment_ids
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        return {"tokens": np.asarray(self.tokens[i]), "segment_ids": np.asarray(self.segment_ids[i])}
+
+
+def _with_positions(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {**batch, "positions": packing.positions_from_segments(batch["segment_ids"])}
+
+
+class GrainTrainIterator(Iterator[dict[str, np.ndarray]]):
+    def __init__(self, dataset: grain.MapDataset):
+        self._dataset = dataset
+        self._it = iter(dataset)
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return _with_positions(next(self._it))
+
+    def get_state(self) -> dict[str, Any]:
+        return self._it.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._it.set_state(state)
+
+
+class TextSource:
+    """A corpus of documents (local files or TFDS) as packed, tokenized rows."""
+
+    def __init__(
+        self,
+        config: Any,
+        workdir: str,
+        corpus_key: str,
+        read_train: Callable[[], list[str]],
+        read_eval: Callable[[], list[str]],
+    ):
+        self.seq_len, self.batch_size, self.seed = config.seq_len, config.batch_size, config.seed
+        self.eval_max_rows = config.eval_max_rows
+        cache = os.path.expanduser(config.data_cache_dir or os.path.join("~", ".cache", "gptbert"))
+        t = config.tokenizer
+        train_docs: list[str] | None = None
+
+        def train_documents() -> list[str]:
+            nonlocal train_docs
+            if train_docs is None:
+                train_docs = read_train()
+            return train_docs
+
+        self.tokenizer: Tokenizer = corpus_tokenizer(
+            workdir, cache, corpus_key, _Lazy(train_documents),
+            vocab_size=t.vocab_size, model_type=t.model_type, max_chars=t.max_train_chars, path=t.path,
+        )
+        self.vocab_size = self.tokenizer.vocab_size
+        tok_hash = hashlib.sha256(self.tokenizer.model_proto).hexdigest()[:16]
+        key = hashlib.sha256(f"{corpus_key}|{tok_hash}|{self.seq_len}".encode()).hexdigest()[:16]
+        self._train = self._packed(cache, key, "train", train_documents)
+        self._eval = self._packed(cache, key, "eval", read_eval)
+        if len(self._train[0]) < self.batch_size:
+            raise ConfigError(
+                f"the corpus packs into {len(self._train[0])} rows of seq_len={self.seq_len}, fewer "
+                f"than batch_size={self.batch_size}; lower batch_size or seq_len, or add text"
+            )
+
+    def _packed(self, cache: str, key: str, split: str, read: Callable[[], list[str]]):
+        def build():
+            docs = read()
+            tokens, segments = packing.pack(self.tokenizer.encode(docs), self.seq_len)
+            log.info("%s: %d documents packed into %d rows of %d", split, len(docs), len(tokens), self.seq_len)
+            return tokens, segments
+
+        return packing.cached_pack(os.path.join(cache, "packed", f"{key}-{split}"), build)
+
+    def bytes_per_token(self) -> np.ndarray:
+        return self.tokenizer.bytes_per_token()
+
+    def train_iterator(self, process_index: int = 0, process_count: int = 1) -> GrainTrainIterator:
+        ds = grain.MapDataset.source(_Rows(*self._train)).seed(self.seed).shuffle().repeat(None)
+        ds = ds[process_index::process_count].batch(self.batch_size // process_count, drop_remainder=True)
+        return GrainTrainIterator(ds)
+
+    def eval_batches(self) -> list[dict[str, np.ndarray]]:
+        """The first `eval_max_rows` eval rows, padded to whole global batches."""
+        tokens, segments = (np.asarray(a[: self.eval_max_rows]) for a in self._eval)
+        pad = -len(tokens) % self.batch_size
+        tokens, segments = (np.pad(a, ((0, pad), (0, 0))) for a in (tokens, segments))
+        B = self.batch_size
+        return [
+            _with_positions({"tokens": tokens[i : i + B], "segment_ids": segments[i : i + B]})
+            for i in range(0, len(tokens), B)
+        ]
+
+
+class _Lazy:
+    """An iterable that reads the documents only if the tokenizer must actually be trained."""
+
+    def __init__(self, read: Callable[[], list[str]]):
+        self._read = read
+
+    def __iter__(self):
+        return iter(self._read())
+
+
+def text_source(config: Any, workdir: str) -> TextSource:
+    from train.data import text
+
+    pattern = config.dataset.partition(":")[2]
+    paths = text.list_files(pattern)
+    stats = [(p, os.path.getsize(p), os.path.getmtime(p)) for p in paths]
+    corpus_key = json.dumps(["text", stats, config.text.split_by, config.text.eval_fraction])
+    split: dict[str, list[str]] = {}
+
+    def read(which: str) -> list[str]:
+        if not split:
+            docs = text.read_documents(paths, config.text.split_by)
+            split["train"], split["eval"] = text.split_documents(docs, config.text.eval_fraction)
+        return split[which]
+
+    return TextSource(config, workdir, corpus_key, lambda: read("train"), lambda: read("eval"))
+
+
+def tfds_source(config: Any, workdir: str) -> TextSource:
+    from train.data import tfds
+
+    name = config.dataset.partition(":")[2]
+    c = config.tfds
+    corpus_key = json.dumps(["tfds", name, c.data_dir, c.train_split, c.eval_split, c.text_feature])
+    return TextSource(
+        config, workdir, corpus_key,
+        lambda: tfds.read_documents(name, c.train_split, c),
+        lambda: tfds.read_documents(name, c.eval_split, c),
+    )

@@ -1,0 +1,72 @@
+"""Documents from a prepared TensorFlow Datasets dataset (`dataset = "tfds:NAME[/CONFIG]"`).
+
+Read through `tfds.data_source` (random access, no TensorFlow needed), so the data must be
+prepared in the `array_record` format, on a machine with internet:
+
+    pip install tensorflow-datasets tensorflow
+    tfds build lm1b --data_dir=/data/tfds --file_format=array_record
+
+and then trained on with `--config.tfds.data_dir=/data/tfds`. Nothing is downloaded at train
+time unless `tfds.download=True`. This module is imported only when such a dataset is asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from train.config_checks import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def _prepare_hint(name: str, data_dir: str) -> str:
+    where = f" --data_dir={data_dir}" if data_dir else ""
+    return (
+        f"prepare it on a machine with internet: `tfds build {name}{where} --file_format=array_record` "
+        f"(then copy the folder here and set tfds.data_dir), or set tfds.download=True"
+    )
+
+
+def read_documents(name: str, split: str, cfg: Any) -> list[str]:
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise ConfigError(
+            f"dataset='tfds:{name}' needs TensorFlow Datasets: pip install -e '.[tfds]'"
+        ) from e
+    data_dir = cfg.data_dir or None
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise ConfigError(f"dataset='tfds:{name}': TFDS has no dataset of that name ({e.args[0].splitlines()[0]})") from e
+    if cfg.download:
+        builder.download_and_prepare(file_format="array_record")
+    try:
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as e:  # TFDS raises several types for "not prepared / wrong format"
+        known = list(builder.info.splits.keys())
+        if known and split.split("[")[0] not in known:
+            raise ConfigError(f"dataset='tfds:{name}' has no split {split!r}; it has {known}") from e
+        raise ConfigError(
+            f"dataset='tfds:{name}' split {split!r} is not prepared as array_record in "
+            f"{data_dir or builder.data_dir}: {_prepare_hint(name, cfg.data_dir)}"
+        ) from e
+    known = list(builder.info.splits.keys())
+    if known and split.split("[")[0] not in known:
+        raise ConfigError(f"dataset='tfds:{name}' has no split {split!r}; it has {known}")
+    feature = cfg.text_feature
+    docs = []
+    for i in range(len(source)):
+        example = source[i]
+        if feature not in example:
+            raise ConfigError(
+                f"tfds.text_feature={feature!r} is not a feature of tfds:{name}; it has {sorted(example)}"
+            )
+        text = example[feature]
+        text = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
+        if text.strip():
+            docs.append(text)
+    if not docs:
+        raise ConfigError(f"dataset='tfds:{name}' split {split!r} holds no text in feature {feature!r}")
+    return docs

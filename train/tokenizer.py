@@ -1,0 +1,151 @@
+"""One SentencePiece tokenizer per corpus, shared by GPT and BERT runs so their numbers compare.
+
+Trained once per (corpus, vocab size, model type) into the data cache, copied into the workdir,
+and reused from there on resume. The special tokens sit at the ids of `train.data.vocab`.
+
+Text is not normalised and no dummy prefix is added, with byte fallback on: decoding the ids of
+a string gives the string back exactly, and the UTF-8 bytes of a document equal the sum of its
+tokens' byte lengths (`bytes_per_token`), which is what bits per byte needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+import shutil
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import sentencepiece as spm
+
+from train.config_checks import ConfigError
+from train.data.vocab import NUM_SPECIAL, SPECIAL_TOKENS
+
+log = logging.getLogger(__name__)
+
+_BYTE_PIECE = re.compile(r"^<0x[0-9A-F]{2}>$")
+# SentencePiece skips longer inputs; documents are fed to it line by line.
+_MAX_SENTENCE_BYTES = 4096
+
+
+class Tokenizer:
+    def __init__(self, model_proto: bytes):
+        self.model_proto = model_proto
+        self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        for i, piece in enumerate(SPECIAL_TOKENS):
+            if self._sp.id_to_piece(i) != piece:
+                raise ValueError(f"tokenizer id {i} is {self._sp.id_to_piece(i)!r}, expected {piece!r}")
+
+    @classmethod
+    def load(cls, path: str) -> Tokenizer:
+        with open(path, "rb") as f:
+            return cls(f.read())
+
+    def save(self, path: str) -> None:
+        tmp = f"{path}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(self.model_proto)
+        os.replace(tmp, path)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.vocab_size()
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return self._sp.encode(list(texts), out_type=int, num_threads=os.cpu_count() or 1)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._sp.decode([int(i) for i in ids])
+
+    def bytes_per_token(self) -> np.ndarray:
+        """UTF-8 bytes each token stands for: 0 for special tokens, 1 for byte-fallback pieces."""
+        out = np.zeros(self.vocab_size, np.int32)
+        for i in range(NUM_SPECIAL, self.vocab_size):
+            piece = self._sp.id_to_piece(i)
+            out[i] = 1 if _BYTE_PIECE.match(piece) else len(piece.replace("\u2581", " ").encode("utf-8"))
+        return out
+
+
+def _sentences(documents: Iterable[str], max_chars: int) -> Iterable[str]:
+    total = 0
+    for doc in documents:
+        for line in doc.split("\n"):
+            line = line[: _MAX_SENTENCE_BYTES // 4]
+            if line.strip():
+                yield line
+                total += len(line)
+                if total >= max_chars:
+                    return
+
+
+def train_tokenizer(documents: Iterable[str], vocab_size: int, model_type: str, max_chars: int) -> Tokenizer:
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(_sentences(documents, max_chars)),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            pad_id=0, bos_id=1, eos_id=2, unk_id=3,
+            pad_piece=SPECIAL_TOKENS[0], bos_piece=SPECIAL_TOKENS[1],
+            eos_piece=SPECIAL_TOKENS[2], unk_piece=SPECIAL_TOKENS[3],
+            user_defined_symbols=list(SPECIAL_TOKENS[4:]),
+            byte_fallback=True,
+            normalization_rule_name="identity",
+            add_dummy_prefix=False,
+            remove_extra_whitespaces=False,
+            split_digits=True,
+            character_coverage=0.9995,
+            max_sentence_length=_MAX_SENTENCE_BYTES,
+            num_threads=os.cpu_count() or 1,
+            minloglevel=2,
+        )
+    except RuntimeError as e:
+        m = re.search(r"Vocabulary size too high \((\d+)\).*?<= (\d+)", str(e))
+        if m:
+            raise ConfigError(
+                f"tokenizer.vocab_size={vocab_size} is more than this corpus supports (at most "
+                f"{m.group(2)} for {model_type}); lower tokenizer.vocab_size or add text"
+            ) from e
+        raise ConfigError(f"training the tokenizer failed: {e}") from e
+    return Tokenizer(model.getvalue())
+
+
+def corpus_tokenizer(
+    workdir: str,
+    cache_dir: str,
+    corpus_key: str,
+    documents: Iterable[str],
+    *,
+    vocab_size: int,
+    model_type: str,
+    max_chars: int,
+    path: str = "",
+) -> Tokenizer:
+    """The run's tokenizer: the workdir's copy, else `path`, else the corpus cache, else trained."""
+    in_workdir = os.path.join(workdir, "tokenizer.model")
+    if os.path.exists(in_workdir):
+        return Tokenizer.load(in_workdir)
+    if path:
+        if not os.path.exists(path):
+            raise ConfigError(f"tokenizer.path={path!r} does not exist")
+        tok = Tokenizer.load(path)
+    else:
+        key = hashlib.sha256(f"{corpus_key}|{vocab_size}|{model_type}|{max_chars}".encode()).hexdigest()[:16]
+        cached = os.path.join(cache_dir, "tokenizers", f"{key}.model")
+        if os.path.exists(cached):
+            tok = Tokenizer.load(cached)
+        else:
+            log.info("training a %d-token %s tokenizer on the corpus", vocab_size, model_type)
+            tok = train_tokenizer(documents, vocab_size, model_type, max_chars)
+            os.makedirs(os.path.dirname(cached), exist_ok=True)
+            tok.save(cached)
+    os.makedirs(workdir, exist_ok=True)
+    if path:
+        shutil.copyfile(path, in_workdir)
+    else:
+        tok.save(in_workdir)
+    return tok
