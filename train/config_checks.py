@@ -7,6 +7,7 @@ from typing import Any
 from models.masks import MASK_KINDS
 from models.positions import POSITION_KINDS
 from models.transformer import NORM_KINDS
+
 OBJECTIVES = ("clm", "mlm")
 
 

@@ -110,6 +110,12 @@ def train_tokenizer(documents: Iterable[str], vocab_size: int, model_type: str, 
                 f"tokenizer.vocab_size={vocab_size} is more than this corpus supports (at most "
                 f"{m.group(2)} for {model_type}); lower tokenizer.vocab_size or add text"
             ) from e
+        m = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(e))
+        if m:
+            raise ConfigError(
+                f"tokenizer.vocab_size={vocab_size} is too small: the 256 byte-fallback pieces, the "
+                f"special tokens and this corpus's characters need at least {m.group(2)}"
+            ) from e
         raise ConfigError(f"training the tokenizer failed: {e}") from e
     return Tokenizer(model.getvalue())
 

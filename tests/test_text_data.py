@@ -1,0 +1,152 @@
+"""Real-text input: packing, the grain stream and its resume, TFDS through mock data, bad input."""
+
+import collections
+import logging
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import write_corpus
+
+from configs import bert, gpt
+from models.masks import make_attention_mask
+from train.config_checks import ConfigError
+from train.data import packing, text
+from train.data.pipeline import text_source, tfds_source
+from train.data.vocab import BOS_ID, EOS_ID
+
+
+def test_packing_keeps_every_token_once_and_splits_long_documents():
+    rng = np.random.default_rng(0)
+    docs = [list(rng.integers(7, 100, n)) for n in [3, 10, 40, 1, 17, 16, 70, 5]]
+    tokens, seg = packing.pack(docs, seq_len=16)
+    want = collections.Counter(t for d in docs for t in [BOS_ID, *d, EOS_ID])
+    assert collections.Counter(tokens[seg > 0].tolist()) == want
+    assert (tokens[seg == 0] == 0).all()
+    # Reading segments back in order gives back the documents, cut at row length.
+    chunks = [tokens[r][seg[r] == s].tolist() for r in range(len(tokens)) for s in range(1, seg[r].max() + 1)]
+    assert [t for c in chunks for t in c] == [t for d in docs for t in [BOS_ID, *d, EOS_ID]]
+    assert all(len(c) <= 16 for c in chunks)
+
+
+def test_segments_positions_and_mask_at_document_boundaries():
+    long_doc = list(range(30, 39))  # 11 tokens with BOS and EOS: split 8 + 3
+    tokens, seg = packing.pack([[10, 11], [20, 21], long_doc], seq_len=8)
+    np.testing.assert_array_equal(tokens[0], [BOS_ID, 10, 11, EOS_ID, BOS_ID, 20, 21, EOS_ID])
+    np.testing.assert_array_equal(seg[0], [1, 1, 1, 1, 2, 2, 2, 2])
+    np.testing.assert_array_equal(tokens[1], [BOS_ID, *range(30, 37)])
+    np.testing.assert_array_equal(tokens[2], [37, 38, EOS_ID, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(seg[2], [1, 1, 1, 0, 0, 0, 0, 0])
+    pos = packing.positions_from_segments(seg)
+    np.testing.assert_array_equal(pos[0], [0, 1, 2, 3, 0, 1, 2, 3])
+    np.testing.assert_array_equal(pos[2], [0, 1, 2, 0, 0, 0, 0, 0])
+    mask = np.asarray(make_attention_mask("causal", jnp.asarray(seg)))[:, 0]
+    assert mask[0, 3, :4].all() and not mask[0, 4, :4].any() and mask[0, 7, 4:].all()
+    assert not mask[2, :3, 3:].any()  # nothing attends to padding
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"), n_files=60)
+
+
+def _config(module, dataset, cache, **kw):
+    c = module.get_config("tiny")
+    c.dataset = dataset
+    c.tokenizer.vocab_size = 512
+    c.data_cache_dir = str(cache)
+    c.seq_len, c.batch_size = 64, 8
+    for k, v in kw.items():
+        setattr(c, k, v)
+    return c
+
+
+def test_one_epoch_yields_every_row_once_and_the_next_epoch_reshuffles(corpus, tmp_path):
+    source = text_source(_config(gpt, f"text:{corpus}", tmp_path), str(tmp_path / "w"))
+    rows = len(source._train[0])
+    it = source.train_iterator()
+    epoch = np.concatenate([next(it)["tokens"] for _ in range(rows // 8)])
+    second = np.concatenate([next(it)["tokens"] for _ in range(rows // 8)])
+    key = lambda a: sorted(map(bytes, a))  # noqa: E731
+    all_rows = np.asarray(source._train[0])
+    assert len(set(map(bytes, epoch))) == len(epoch)  # nothing twice within the epoch
+    assert set(key(epoch)) <= set(key(all_rows)) and len(epoch) >= rows - 7
+    assert not np.array_equal(epoch[: len(second)], second)
+
+
+def test_iterator_resumes_mid_epoch_and_processes_partition_batches(corpus, tmp_path):
+    source = text_source(_config(gpt, f"text:{corpus}", tmp_path), str(tmp_path / "w"))
+    it = source.train_iterator()
+    for _ in range(3):
+        next(it)
+    state = it.get_state()
+    expected = [next(it) for _ in range(3)]
+    again = source.train_iterator()
+    again.set_state(state)
+    for e in expected:
+        got = next(again)
+        for k in ("tokens", "segment_ids", "positions"):
+            np.testing.assert_array_equal(got[k], e[k])
+    whole = next(source.train_iterator())["tokens"]
+    halves = [next(source.train_iterator(p, 2))["tokens"] for p in range(2)]
+    assert sorted(map(bytes, np.concatenate(halves))) == sorted(map(bytes, whole))
+
+
+def test_blank_line_documents_and_held_out_split(corpus):
+    docs = text.read_documents(text.list_files(corpus), "blank_lines")
+    assert len(docs) == 60 * 4
+    train, held = text.split_documents(docs, 0.1)
+    assert len(train) + len(held) == len(docs) and 10 <= len(held) <= 40
+    assert text.split_documents(docs, 0.1) == (train, held)
+
+
+def test_non_utf8_bytes_are_replaced_and_counted(tmp_path, caplog):
+    (tmp_path / "a.txt").write_bytes(b"good text \xff\xfe here")
+    (tmp_path / "b.txt").write_bytes(b"more")
+    with caplog.at_level(logging.WARNING):
+        docs = text.read_documents(sorted(map(str, tmp_path.glob("*.txt"))), "file")
+    assert docs[0] == "good text \ufffd\ufffd here"
+    assert "replaced 2 invalid UTF-8 sequences" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "setup,match",
+    [
+        (lambda d: None, "matches no files"),
+        (lambda d: (d / "a.txt").write_text("  \n\n \t"), "hold no text"),
+        (lambda d: (d / "a.txt").write_text("one document only"), "single document"),
+    ],
+)
+def test_bad_text_corpora_are_named(tmp_path, setup, match):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    setup(folder)
+    with pytest.raises(ConfigError, match=match):
+        text_source(_config(gpt, f"text:{folder}/*.txt", tmp_path / "cache"), str(tmp_path / "w"))
+
+
+tfds = pytest.importorskip("tensorflow_datasets")
+
+
+@pytest.mark.parametrize("name", ["lm1b", "tiny_shakespeare"])
+def test_tfds_dataset_through_mock_data(name, tmp_path):
+    with tfds.testing.mock_data(num_examples=400):
+        source = tfds_source(_config(bert, f"tfds:{name}", tmp_path), str(tmp_path / "w"))
+        batch = next(source.train_iterator())
+    assert batch["tokens"].shape == (8, 64)
+    assert (batch["tokens"][:, 0] == BOS_ID).all()
+    assert source.eval_batches()
+
+
+def test_tfds_errors_name_the_fix(tmp_path):
+    with pytest.raises(ConfigError, match="TFDS has no dataset of that name"):
+        tfds_source(_config(gpt, "tfds:no_such_dataset", tmp_path), str(tmp_path / "w"))
+    c = _config(gpt, "tfds:lm1b", tmp_path)
+    c.tfds.data_dir = str(tmp_path / "empty_tfds")
+    with pytest.raises(ConfigError, match=r"not prepared as array_record.*tfds build lm1b"):
+        tfds_source(c, str(tmp_path / "w"))
+    with tfds.testing.mock_data(num_examples=8):
+        c = _config(gpt, "tfds:lm1b", tmp_path / "other")
+        c.tfds.text_feature = "body"
+        with pytest.raises(ConfigError, match=r"tfds.text_feature='body'.*\['text'\]"):
+            tfds_source(c, str(tmp_path / "w2"))
