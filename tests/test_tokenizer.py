@@ -32,7 +32,12 @@ def test_special_tokens_have_the_shared_ids(tokenizer):
 
 @pytest.mark.parametrize(
     "s",
-    ["Hello  world,\n  twice spaced.", "digits 12345 and ünïcödé ☃ 漢字", "tabs\tand\r\nCRLF", " leading space"],
+    [
+        "Hello  world,\n  twice spaced.",
+        "digits 12345 and ünïcödé ☃ 漢字",
+        "tabs\tand\r\nCRLF",
+        " leading space",
+    ],
 )
 def test_round_trip_is_exact(tokenizer, s):
     assert tokenizer.decode(tokenizer.encode([s])[0]) == s

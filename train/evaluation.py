@@ -52,7 +52,10 @@ def _rows_of_this_process(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]
 
 
 class Evaluator:
-    """Loss, accuracy, perplexity on the fixed eval set; gap and captured (HMM) or bits per byte (CLM on text)."""
+    """Loss, accuracy, perplexity on the fixed eval set.
+
+    Plus gap and captured on the HMM corpus, or bits per byte for the causal LM on real text.
+    """
 
     def __init__(self, source: Any, objective: Objective, graphdef, mask_kind: str, sharding):
         eval_objective, host_batches, self.reference = fixed_eval_set(source, objective)

@@ -55,7 +55,9 @@ def positions_from_segments(segment_ids: np.ndarray) -> np.ndarray:
     return np.where(segment_ids > 0, idx - start, 0).astype(np.int32)
 
 
-def cached_pack(path: str, build: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+def cached_pack(
+    path: str, build: Callable[[], tuple[np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray]:
     """Packed rows from the folder `path` (memory-mapped), built and written atomically if absent."""
     if not os.path.isdir(path):
         tokens, segments = build()

@@ -101,7 +101,8 @@ class TextSource:
         def build():
             docs = read()
             tokens, segments = packing.pack(self.tokenizer.encode(docs), self.seq_len)
-            log.info("%s: %d documents packed into %d rows of %d", split, len(docs), len(tokens), self.seq_len)
+            log.info("%s: %d documents packed into %d rows of %d", split, len(docs), len(tokens),
+                     self.seq_len)
             return tokens, segments
 
         return packing.cached_pack(os.path.join(cache, "packed", f"{key}-{split}"), build)

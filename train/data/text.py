@@ -66,4 +66,5 @@ def split_documents(docs: list[str], eval_fraction: float, seed: int = 0) -> tup
         held[-1] = True
     if held.all():
         held[0] = False
-    return [d for d, h in zip(docs, held, strict=True) if not h], [d for d, h in zip(docs, held, strict=True) if h]
+    train = [d for d, h in zip(docs, held, strict=True) if not h]
+    return train, [d for d, h in zip(docs, held, strict=True) if h]

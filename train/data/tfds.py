@@ -39,7 +39,8 @@ def read_documents(name: str, split: str, cfg: Any) -> list[str]:
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as e:
-        raise ConfigError(f"dataset='tfds:{name}': TFDS has no dataset of that name ({e.args[0].splitlines()[0]})") from e
+        first_line = str(e).splitlines()[0]
+        raise ConfigError(f"dataset='tfds:{name}': TFDS has no dataset of that name ({first_line})") from e
     if cfg.download:
         builder.download_and_prepare(file_format="array_record")
     try:
