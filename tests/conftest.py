@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from experiments.make_text_corpus import write_corpus  # noqa: F401  (re-exported for tests)
+
 from configs import bert, gpt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,25 +61,3 @@ def subprocess_env() -> dict[str, str]:
 def micro():
     return micro_config
 
-
-def write_corpus(folder, n_files: int = 20, paragraphs: int = 4, seed: int = 0) -> str:
-    """Writes English-like text files (Zipfian pseudo-words); returns the glob that matches them."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    letters = np.array(list("etaoinshrdlucmfwypvbgkqjxz"))
-    lexicon = ["".join(rng.choice(letters, rng.integers(1, 9))) for _ in range(400)]
-    p = 1.0 / np.arange(1, len(lexicon) + 1)
-    p /= p.sum()
-    os.makedirs(folder, exist_ok=True)
-    for f in range(n_files):
-        paras = []
-        for _ in range(paragraphs):
-            sentences = []
-            for _ in range(int(rng.integers(2, 6))):
-                words = rng.choice(lexicon, int(rng.integers(4, 14)), p=p)
-                sentences.append(" ".join(words).capitalize() + ".")
-            paras.append(" ".join(sentences))
-        with open(os.path.join(folder, f"doc{f:03d}.txt"), "w") as fh:
-            fh.write("\n\n".join(paras) + "\n")
-    return os.path.join(str(folder), "*.txt")

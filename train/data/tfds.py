@@ -33,7 +33,7 @@ def read_documents(name: str, split: str, cfg: Any) -> list[str]:
         import tensorflow_datasets as tfds
     except ImportError as e:
         raise ConfigError(
-            f"dataset='tfds:{name}' needs TensorFlow Datasets: pip install -e '.[tfds]'"
+            f"dataset='tfds:{name}' needs TensorFlow Datasets: pip install tensorflow-datasets"
         ) from e
     data_dir = cfg.data_dir or None
     try:
