@@ -7,9 +7,8 @@ import sys
 
 import pytest
 
-from experiments.make_text_corpus import write_corpus  # noqa: F401  (re-exported for tests)
-
 from configs import bert, gpt
+from experiments.make_text_corpus import write_corpus  # noqa: F401  (re-exported for tests)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

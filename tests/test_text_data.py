@@ -150,3 +150,36 @@ def test_tfds_errors_name_the_fix(tmp_path):
         c.tfds.text_feature = "body"
         with pytest.raises(ConfigError, match=r"tfds.text_feature='body'.*\['text'\]"):
             tfds_source(c, str(tmp_path / "w2"))
+
+
+class TinyText(tfds.core.GeneratorBasedBuilder):
+    """A real TFDS dataset, prepared as array_record in the test (no mocking, no TensorFlow)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        features = tfds.features.FeaturesDict({"text": tfds.features.Text()})
+        return tfds.core.DatasetInfo(builder=self, features=features)
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(0, 300), "validation": self._generate_examples(1, 20)}
+
+    def _generate_examples(self, seed, n):
+        rng = np.random.default_rng(seed)
+        words = ["".join(rng.choice(list("abcdefghij"), int(k))) for k in rng.integers(1, 7, 300)]
+        for i in range(n):
+            yield i, {"text": " ".join(rng.choice(words, 40)) + "."}
+
+
+def test_prepared_tfds_dataset_is_read_and_its_splits_checked(tmp_path):
+    data_dir = str(tmp_path / "tfds")
+    TinyText(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    c = _config(gpt, "tfds:tiny_text", tmp_path / "cache")
+    c.tfds.data_dir = data_dir
+    source = tfds_source(c, str(tmp_path / "w"))
+    batch = next(source.train_iterator())
+    assert batch["tokens"].shape == (8, 64) and (batch["segment_ids"] > 0).any()
+    c = _config(gpt, "tfds:tiny_text", tmp_path / "cache2")
+    c.tfds.data_dir, c.tfds.eval_split = data_dir, "test"
+    with pytest.raises(ConfigError, match=r"has no split 'test'; it has \['train', 'validation'\]"):
+        tfds_source(c, str(tmp_path / "w2"))

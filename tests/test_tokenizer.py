@@ -85,3 +85,9 @@ def test_a_resumed_run_keeps_its_tokenizer_even_if_the_cache_goes(corpus, tmp_pa
             os.remove(os.path.join(root, f))
     config.tokenizer.vocab_size = 600  # would train a different one, were the workdir's not reused
     assert text_source(config, str(tmp_path / "run")).tokenizer.model_proto == first.tokenizer.model_proto
+
+
+def test_training_is_deterministic(corpus, tokenizer):
+    """Hosts that train their own copy (no shared cache) must end with the same tokenizer."""
+    again = train_tokenizer(corpus[1], vocab_size=512, model_type="unigram", max_chars=10**7)
+    assert again.model_proto == tokenizer.model_proto
