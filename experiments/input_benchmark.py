@@ -59,7 +59,9 @@ def main(argv: list[str]) -> None:
             "build_seconds_warm": round(warm, 2),
             "host_tokens_per_sec": round(_tokens_per_sec(source.train_iterator(), _BATCHES.value, tokens)),
             "device_tokens_per_sec": round(
-                _tokens_per_sec(source.train_iterator(), _BATCHES.value, tokens, lambda b: to_global(b, sharding))
+                _tokens_per_sec(
+                    source.train_iterator(), _BATCHES.value, tokens, lambda b: to_global(b, sharding)
+                )
             ),
         }
     print(json.dumps(result))

@@ -17,7 +17,9 @@ import os
 import numpy as np
 
 
-def write_corpus(folder, n_files: int = 20, paragraphs: int = 4, seed: int = 0, lexicon_size: int = 400) -> str:
+def write_corpus(
+    folder, n_files: int = 20, paragraphs: int = 4, seed: int = 0, lexicon_size: int = 400
+) -> str:
     """Writes `n_files` files into `folder`; returns the glob that matches them."""
     rng = np.random.default_rng(seed)
     letters = np.array(list("etaoinshrdlucmfwypvbgkqjxz"))
