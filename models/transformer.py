@@ -5,6 +5,10 @@ Nothing in this file knows which of the two it is. The caller builds the attenti
 
 Layout (pre-LN, as in GPT-2): token embedding + additive positions -> N x [x + Attn(LN(x)),
 x + MLP(LN(x))] -> final LN -> logits through the transposed token embedding (tied head).
+Post-LN (the original Transformer and BERT) is `norm_position="post"`: N x [LN(x + Attn(x)),
+LN(x + MLP(x))] with no final LN. The norm is LayerNorm, RMSNorm or BatchNorm; BatchNorm pools
+statistics over batch and time while training, so in a causal model it lets information flow
+from later tokens to earlier ones (measured, not hidden: see tests/test_block_options.py).
 `encode` and `logits` are separate so an objective can gather the positions it scores before
 paying for the vocabulary projection (the masked LM scores ~15% of positions).
 """
@@ -20,7 +24,10 @@ from flax import nnx
 
 from models.positions import POSITION_KINDS, AdditivePositions, apply_rotary
 
-NORM_KINDS: tuple[str, ...] = ("layernorm", "rmsnorm")
+NORM_KINDS: tuple[str, ...] = ("layernorm", "rmsnorm", "batchnorm")
+NORM_POSITIONS: tuple[str, ...] = ("pre", "post")
+# Multiplier of q.k: 1/sqrt(d_k) (Vaswani et al.), 1 (none), or 1/d_k.
+ATTN_SCALES: tuple[str, ...] = ("sqrt", "one", "inv")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +42,8 @@ class TransformerConfig:
     max_len: int
     position: str = "rotary"
     norm: str = "layernorm"
+    norm_position: str = "pre"
+    attn_scale: str = "sqrt"
     dtype: str = "float32"  # compute dtype of activations and matmuls
     param_dtype: str = "float32"
 
@@ -48,6 +57,10 @@ class TransformerConfig:
             raise ValueError(f"model.position={self.position!r} is not one of {POSITION_KINDS}")
         if self.norm not in NORM_KINDS:
             raise ValueError(f"model.norm={self.norm!r} is not one of {NORM_KINDS}")
+        if self.norm_position not in NORM_POSITIONS:
+            raise ValueError(f"model.norm_position={self.norm_position!r} is not one of {NORM_POSITIONS}")
+        if self.attn_scale not in ATTN_SCALES:
+            raise ValueError(f"model.attn_scale={self.attn_scale!r} is not one of {ATTN_SCALES}")
         if self.position == "rotary" and (self.d_model // self.num_heads) % 2:
             raise ValueError("rotary positions need an even head dim (model.d_model / num_heads)")
 
@@ -55,18 +68,27 @@ class TransformerConfig:
     def head_dim(self) -> int:
         return self.d_model // self.num_heads
 
+    @property
+    def logit_scale(self) -> float:
+        return {"sqrt": self.head_dim**-0.5, "one": 1.0, "inv": 1.0 / self.head_dim}[self.attn_scale]
+
 
 def _norm(cfg: TransformerConfig, rngs: nnx.Rngs) -> nnx.Module:
     kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
     if cfg.norm == "rmsnorm":
         return nnx.RMSNorm(cfg.d_model, **kw)
+    if cfg.norm == "batchnorm":
+        # Statistics over every axis but the feature axis: batch and time. Running averages
+        # (momentum 0.9, PyTorch's default) replace them in eval mode (`model.eval()`).
+        return nnx.BatchNorm(cfg.d_model, momentum=0.9, **kw)
     return nnx.LayerNorm(cfg.d_model, **kw)
 
 
-def _linear(cfg: TransformerConfig, din: int, dout: int, std: float, rngs: nnx.Rngs):
+def _linear(cfg: TransformerConfig, din: int, dout: int, std: float, rngs: nnx.Rngs, use_bias=True):
     return nnx.Linear(
         din,
         dout,
+        use_bias=use_bias,
         kernel_init=nnx.initializers.normal(std),
         dtype=jnp.dtype(cfg.dtype),
         param_dtype=jnp.dtype(cfg.param_dtype),
@@ -83,11 +105,13 @@ class Attention(nnx.Module):
         # GPT-2's residual-branch scaling keeps the residual stream's variance flat with depth.
         out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
         self.query = _linear(cfg, d, d, 0.02, rngs)
-        self.key = _linear(cfg, d, d, 0.02, rngs)
+        # No key bias: q.(k + b) shifts every logit of a query's row by the same q.b, which the
+        # softmax ignores, so that bias would never get a gradient (unless rotary moves it).
+        self.key = _linear(cfg, d, d, 0.02, rngs, use_bias=False)
         self.value = _linear(cfg, d, d, 0.02, rngs)
         self.out = _linear(cfg, d, d, out_std, rngs)
 
-    def __call__(self, x_BLD, mask_B1LL, positions_BL):
+    def _qkv(self, x_BLD, positions_BL):
         B, L, _ = x_BLD.shape
         N, H = self.cfg.num_heads, self.cfg.head_dim
         q_BLNH = self.query(x_BLD).reshape(B, L, N, H)
@@ -96,8 +120,22 @@ class Attention(nnx.Module):
         if self.cfg.position == "rotary":
             q_BLNH = apply_rotary(q_BLNH, positions_BL)
             k_BLNH = apply_rotary(k_BLNH, positions_BL)
-        o_BLNH = jax.nn.dot_product_attention(q_BLNH, k_BLNH, v_BLNH, mask=mask_B1LL)
-        return self.out(o_BLNH.reshape(B, L, N * H))
+        return q_BLNH, k_BLNH, v_BLNH
+
+    def __call__(self, x_BLD, mask_B1LL, positions_BL):
+        B, L, D = x_BLD.shape
+        q_BLNH, k_BLNH, v_BLNH = self._qkv(x_BLD, positions_BL)
+        o_BLNH = jax.nn.dot_product_attention(
+            q_BLNH, k_BLNH, v_BLNH, mask=mask_B1LL, scale=self.cfg.logit_scale
+        )
+        return self.out(o_BLNH.reshape(B, L, D))
+
+    def probabilities(self, x_BLD, mask_B1LL, positions_BL) -> jnp.ndarray:
+        """Attention weights `[B, N, L, L]`, for inspection (the forward pass never builds them)."""
+        q_BLNH, k_BLNH, _ = self._qkv(x_BLD, positions_BL)
+        logits_BNLL = jnp.einsum("bqnh,bknh->bnqk", q_BLNH, k_BLNH).astype(jnp.float32)
+        logits_BNLL = jnp.where(mask_B1LL, logits_BNLL * self.cfg.logit_scale, -1e30)
+        return jax.nn.softmax(logits_BNLL, axis=-1)
 
 
 class MLP(nnx.Module):
@@ -113,14 +151,21 @@ class Block(nnx.Module):
     """The shared block. It takes a mask; it never decides causality."""
 
     def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+        self.pre = cfg.norm_position == "pre"
         self.attn_norm = _norm(cfg, rngs)
         self.attn = Attention(cfg, rngs=rngs)
         self.mlp_norm = _norm(cfg, rngs)
         self.mlp = MLP(cfg, rngs=rngs)
 
     def __call__(self, x_BLD, mask_B1LL, positions_BL):
-        x_BLD = x_BLD + self.attn(self.attn_norm(x_BLD), mask_B1LL, positions_BL)
-        return x_BLD + self.mlp(self.mlp_norm(x_BLD))
+        if self.pre:
+            x_BLD = x_BLD + self.attn(self.attn_norm(x_BLD), mask_B1LL, positions_BL)
+            return x_BLD + self.mlp(self.mlp_norm(x_BLD))
+        x_BLD = self.attn_norm(x_BLD + self.attn(x_BLD, mask_B1LL, positions_BL))
+        return self.mlp_norm(x_BLD + self.mlp(x_BLD))
+
+    def attention_input(self, x_BLD):
+        return self.attn_norm(x_BLD) if self.pre else x_BLD
 
 
 class Transformer(nnx.Module):
@@ -138,14 +183,24 @@ class Transformer(nnx.Module):
             cfg.position, cfg.max_len, cfg.d_model, param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs
         )
         self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
-        self.final_norm = _norm(cfg, rngs)
+        # Post-LN blocks already end in a norm.
+        self.final_norm = _norm(cfg, rngs) if cfg.norm_position == "pre" else None
 
     def encode(self, tokens_BL, mask_B1LL, positions_BL) -> jnp.ndarray:
-        """Final-norm hidden states `[B, L, D]`."""
+        """Final hidden states `[B, L, D]`."""
         x_BLD = self.positions(self.embed(tokens_BL), positions_BL)
         for block in self.blocks:
             x_BLD = block(x_BLD, mask_B1LL, positions_BL)
-        return self.final_norm(x_BLD)
+        return self.final_norm(x_BLD) if self.final_norm is not None else x_BLD
+
+    def attention_maps(self, tokens_BL, mask_B1LL, positions_BL) -> list[jnp.ndarray]:
+        """Each layer's attention weights `[B, N, L, L]`."""
+        x_BLD = self.positions(self.embed(tokens_BL), positions_BL)
+        maps = []
+        for block in self.blocks:
+            maps.append(block.attn.probabilities(block.attention_input(x_BLD), mask_B1LL, positions_BL))
+            x_BLD = block(x_BLD, mask_B1LL, positions_BL)
+        return maps
 
     def logits(self, h_xD) -> jnp.ndarray:
         """Vocabulary logits (float32) for hidden states of any leading shape, via the tied embedding."""

@@ -6,7 +6,7 @@ from typing import Any
 
 from models.masks import MASK_KINDS
 from models.positions import POSITION_KINDS
-from models.transformer import NORM_KINDS
+from models.transformer import ATTN_SCALES, NORM_KINDS, NORM_POSITIONS
 
 OBJECTIVES = ("clm", "mlm")
 
@@ -50,6 +50,11 @@ def validate(config: Any) -> None:
         )
     need(m.position in POSITION_KINDS, f"model.position={m.position!r}: use one of {POSITION_KINDS}")
     need(m.norm in NORM_KINDS, f"model.norm={m.norm!r}: use one of {NORM_KINDS}")
+    need(
+        m.norm_position in NORM_POSITIONS,
+        f"model.norm_position={m.norm_position!r}: use one of {NORM_POSITIONS}",
+    )
+    need(m.attn_scale in ATTN_SCALES, f"model.attn_scale={m.attn_scale!r}: use one of {ATTN_SCALES}")
     need(
         m.max_len >= config.seq_len,
         f"model.max_len={m.max_len} is shorter than seq_len={config.seq_len}; raise "

@@ -62,10 +62,10 @@ class Evaluator:
         self.batches = [to_global(_rows_of_this_process(b), sharding) for b in host_batches]
         self._step = jax.jit(step_lib.make_eval_step(graphdef, eval_objective, mask_kind))
 
-    def __call__(self, params: Any) -> dict[str, float]:
+    def __call__(self, params: Any, model_state: Any) -> dict[str, float]:
         totals: dict[str, float] = {}
         for batch in self.batches:
-            for k, v in jax.device_get(self._step(params, batch)).items():
+            for k, v in jax.device_get(self._step(params, model_state, batch)).items():
                 totals[k] = totals.get(k, 0.0) + float(v)
         n = max(totals["weight_sum"], 1.0)
         out = {

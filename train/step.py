@@ -25,6 +25,7 @@ from train.objectives import Batch, Objective
 class TrainState:
     step: jax.Array  # int32 scalar: number of updates applied
     params: Any  # pure dict of arrays (nnx.to_pure_dict), stable across Flax versions
+    model_state: Any  # the model's other variables (BatchNorm statistics), usually {}
     opt_state: Any
     rng: jax.Array  # raw uint32[2] key; the step's key is fold_in(rng, step)
 
@@ -57,19 +58,25 @@ def make_optimizer(config: Any) -> optax.GradientTransformation:
     )
 
 
+def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, Any, Any]:
+    """(graph definition, trained parameters, other variables), the latter two as pure dicts."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+
+
 def abstract_model(cfg: TransformerConfig) -> tuple[nnx.GraphDef, Any]:
     """The model's graph definition and parameter shapes, without allocating anything."""
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
-    return graphdef, nnx.to_pure_dict(state)
+    graphdef, params, _ = split_model(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+    return graphdef, params
 
 
 def init_state(cfg: TransformerConfig, tx: optax.GradientTransformation, seed: int) -> TrainState:
     """Meant to run under `jax.jit(..., out_shardings=...)` so parameters are born sharded."""
     params_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
-    model = Transformer(cfg, rngs=nnx.Rngs(params=params_rng))
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    _, params, model_state = split_model(Transformer(cfg, rngs=nnx.Rngs(params=params_rng)))
     return TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=train_rng
+        step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+        opt_state=tx.init(params), rng=train_rng,
     )
 
 
@@ -84,10 +91,12 @@ def make_train_step(
         model_batch = objective.transform(batch, jax.random.fold_in(state.rng, state.step))
 
         def loss_fn(params):
-            scores = objective.scores(nnx.merge(graphdef, params), model_batch, mask_kind)
-            return scores["nll_sum"] / jnp.maximum(scores["weight_sum"], 1.0), scores
+            model = nnx.merge(graphdef, params, state.model_state)
+            scores = objective.scores(model, model_batch, mask_kind)
+            loss = scores["nll_sum"] / jnp.maximum(scores["weight_sum"], 1.0)
+            return loss, (scores, split_model(model)[2])
 
-        (loss, scores), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (scores, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {
@@ -97,16 +106,20 @@ def make_train_step(
             "learning_rate": schedule(state.step),
             "predicted_tokens": scores["weight_sum"],
         }
-        new_state = dataclasses.replace(state, step=state.step + 1, params=params, opt_state=opt_state)
+        new_state = dataclasses.replace(
+            state, step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state
+        )
         return new_state, metrics
 
     return train_step
 
 
 def make_eval_step(graphdef: nnx.GraphDef, objective: Objective, mask_kind: str):
-    """`eval_step(params, model_batch) -> sums`: the batch is already transformed (fixed masks)."""
+    """`eval_step(params, model_state, model_batch) -> sums`; the batch is already transformed."""
 
-    def eval_step(params: Any, model_batch: Batch) -> dict[str, jax.Array]:
-        return objective.scores(nnx.merge(graphdef, params), model_batch, mask_kind)
+    def eval_step(params: Any, model_state: Any, model_batch: Batch) -> dict[str, jax.Array]:
+        model = nnx.merge(graphdef, params, model_state)
+        model.eval()  # BatchNorm: running statistics instead of the batch's
+        return objective.scores(model, model_batch, mask_kind)
 
     return eval_step

@@ -118,7 +118,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
             writer.write(step, "train", row)
             writer.scalars(step, "perf", progress.update(step, row))
         if step % config.eval_every_steps == 0 or last:
-            eval_metrics = evaluator(state.params)
+            eval_metrics = evaluator(state.params, state.model_state)
             writer.write(step, "eval", eval_metrics)
             rounded = {k: round(v, 4) for k, v in eval_metrics.items()}
             progress.message(f"eval step {step}: {json.dumps(rounded)}")
@@ -127,7 +127,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
 
     train_seconds = time.perf_counter() - t_loop
     if not eval_metrics:  # the workdir already held the final step
-        eval_metrics = evaluator(state.params)
+        eval_metrics = evaluator(state.params, state.model_state)
     progress.close()
     checkpointer.wait()
     checkpointer.close()

@@ -1,0 +1,145 @@
+"""Options of the shared block (claims C1, C5, C8): each one's defining property, and that it trains."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from models.masks import make_attention_mask
+from models.positions import apply_rotary
+from models.transformer import Transformer, TransformerConfig
+from train import step as step_lib
+from train.data.sources import make_source
+from train.objectives import make_objective
+
+L = 10
+
+
+def _model(**kw) -> Transformer:
+    cfg = dict(vocab_size=64, d_model=32, num_heads=4, num_layers=2, mlp_dim=64, max_len=32)
+    return Transformer(TransformerConfig(**{**cfg, **kw}), rngs=nnx.Rngs(0))
+
+
+def _encode(model, tokens, kind="bidirectional", positions=None):
+    tokens = jnp.asarray(tokens)[None]
+    positions = jnp.arange(tokens.shape[1])[None] if positions is None else jnp.asarray(positions)[None]
+    mask = make_attention_mask(kind, jnp.ones(tokens.shape, jnp.int32))
+    return np.asarray(model.encode(tokens, mask, positions)[0])
+
+
+def test_rotary_scores_depend_only_on_relative_position():
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.normal(size=(1, 1, 1, 16)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(1, 1, 1, 16)), jnp.float32)
+
+    def score(i, j):
+        qi = apply_rotary(q, jnp.asarray([[i]]))
+        kj = apply_rotary(k, jnp.asarray([[j]]))
+        return float((qi * kj).sum())
+
+    for shift in (1, 7, 100):
+        assert score(3 + shift, 1 + shift) == pytest.approx(score(3, 1), rel=1e-4, abs=1e-5)
+    assert score(3, 1) != pytest.approx(score(1, 3), rel=1e-3)
+
+
+def test_bidirectional_model_without_positions_is_permutation_equivariant():
+    model = _model(position="none")
+    tokens = np.arange(10, 10 + L)
+    perm = np.random.default_rng(0).permutation(L)
+    np.testing.assert_allclose(_encode(model, tokens[perm]), _encode(model, tokens)[perm], atol=1e-5)
+
+
+@pytest.mark.parametrize("position,changes", [("learned", True), ("sinusoidal", True), ("rotary", False)])
+def test_absolute_encodings_change_outputs_under_a_shift_and_rotary_does_not(position, changes):
+    model = _model(position=position)
+    tokens = np.arange(10, 10 + L)
+    a = _encode(model, tokens, positions=np.arange(L))
+    b = _encode(model, tokens, positions=np.arange(L) + 5)
+    assert (not np.allclose(a, b, atol=1e-4)) == changes
+
+
+def _train_once(model, tokens):
+    """One train-mode forward, as in train_step: returns the updated BatchNorm statistics."""
+    graphdef, params, stats = step_lib.split_model(model)
+    m = nnx.merge(graphdef, params, stats)
+    _encode_batch(m, tokens)
+    return step_lib.split_model(m)[2]
+
+
+def _encode_batch(model, tokens_BL, kind="causal"):
+    B, Lx = tokens_BL.shape
+    mask = make_attention_mask(kind, jnp.ones((B, Lx), jnp.int32))
+    return model.encode(jnp.asarray(tokens_BL), mask, jnp.broadcast_to(jnp.arange(Lx), (B, Lx)))
+
+
+def test_batchnorm_updates_running_statistics_in_training_and_uses_them_at_eval():
+    model = _model(norm="batchnorm")
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(7, 64, (4, L))
+    stats = _train_once(model, tokens)
+    assert not np.allclose(stats["blocks"][0]["attn_norm"]["mean"], 0.0)
+    graphdef, params, _ = step_lib.split_model(model)
+    trained = nnx.merge(graphdef, params, stats)
+    trained.eval()
+    # At eval, one sequence's output does not depend on what else is in the batch...
+    other = tokens.copy()
+    other[1:] = rng.integers(7, 64, (3, L))
+    np.testing.assert_allclose(
+        _encode_batch(trained, tokens)[0], _encode_batch(trained, other)[0], atol=1e-5
+    )
+    # ...while in training mode it does: the statistics come from the batch.
+    train_mode = nnx.merge(graphdef, params, stats)
+    a, b = _encode_batch(train_mode, tokens)[0], _encode_batch(train_mode, other)[0]
+    assert not np.allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("train_mode", [True, False])
+def test_batchnorm_leaks_the_future_into_a_causal_model_only_while_training(train_mode):
+    """Batch statistics pooled over time carry later tokens into earlier positions (claim C8)."""
+    model = _model(norm="batchnorm")
+    graphdef, params, stats = step_lib.split_model(model)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(7, 64, (4, L)))
+
+    def first_position(embedding):
+        p = jax.tree.map(lambda x: x, params)
+        p["embed"]["embedding"] = embedding
+        m = nnx.merge(graphdef, p, stats)
+        if not train_mode:
+            m.eval()
+        return _encode_batch(m, tokens)[0, 0].sum()
+
+    g = jax.grad(first_position)(params["embed"]["embedding"])
+    future_tokens = np.unique(np.asarray(tokens[0, 1:]))
+    future_tokens = [t for t in future_tokens if t != int(tokens[0, 0])]
+    leak = float(np.abs(np.asarray(g)[future_tokens]).sum())
+    assert (leak > 0) == train_mode
+
+
+OPTIONS = [
+    {"model.position": p} for p in ("none", "learned", "sinusoidal", "rotary")
+] + [{"model.norm": n} for n in ("layernorm", "rmsnorm", "batchnorm")] + [
+    {"model.norm_position": "post"}, {"model.attn_scale": "one"}, {"model.attn_scale": "inv"},
+    {"model.num_heads": 1}, {"optim.warmup_steps": 0},
+]
+
+
+@pytest.mark.parametrize("objective_name", ["clm", "mlm"])
+@pytest.mark.parametrize("option", OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_each_option_builds_and_trains_a_step(option, objective_name, micro, tmp_path):
+    config = micro(objective_name, **option)
+    source = make_source(config, str(tmp_path))
+    cfg = step_lib.model_config(config, source.vocab_size)
+    tx = step_lib.make_optimizer(config)
+    graphdef, _ = step_lib.abstract_model(cfg)
+    state = jax.jit(lambda: step_lib.init_state(cfg, tx, 0))()
+    before = jax.tree.map(np.asarray, state.params)
+    step = jax.jit(step_lib.make_train_step(
+        graphdef, tx, make_objective(config, source.vocab_size), config.mask, step_lib.make_schedule(config)
+    ))
+    it = source.train_iterator()
+    for _ in range(2):
+        state, metrics = step(state, next(it))
+    assert np.isfinite(float(metrics["loss"]))
+    moved = jax.tree.map(lambda a, b: not np.allclose(a, np.asarray(b)), before, state.params)
+    assert all(jax.tree.leaves(moved))
