@@ -56,6 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict(
         dict(
+            arch="transformer",  # or "lstm" (models/lstm.py): uses d_model and num_layers only
             num_layers=4, d_model=128, num_heads=4, mlp_dim=512, max_len=128,
             position="rotary", norm="layernorm", norm_position="pre", attn_scale="sqrt",
             dtype="float32", param_dtype="float32",

@@ -46,6 +46,7 @@ class TransformerConfig:
     attn_scale: str = "sqrt"
     dtype: str = "float32"  # compute dtype of activations and matmuls
     param_dtype: str = "float32"
+    arch: str = "transformer"
 
     def __post_init__(self):
         if self.d_model % self.num_heads:

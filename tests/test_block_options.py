@@ -120,7 +120,7 @@ OPTIONS = [
     {"model.position": p} for p in ("none", "learned", "sinusoidal", "rotary")
 ] + [{"model.norm": n} for n in ("layernorm", "rmsnorm", "batchnorm")] + [
     {"model.norm_position": "post"}, {"model.attn_scale": "one"}, {"model.attn_scale": "inv"},
-    {"model.num_heads": 1}, {"optim.warmup_steps": 0},
+    {"model.num_heads": 1}, {"optim.warmup_steps": 0}, {"model.arch": "lstm"},
 ]
 
 
@@ -143,3 +143,26 @@ def test_each_option_builds_and_trains_a_step(option, objective_name, micro, tmp
     assert np.isfinite(float(metrics["loss"]))
     moved = jax.tree.map(lambda a, b: not np.allclose(a, np.asarray(b)), before, state.params)
     assert all(jax.tree.leaves(moved))
+
+
+@pytest.mark.parametrize("kind", ["causal", "bidirectional"])
+def test_lstm_direction_follows_the_mask_kind(kind):
+    from models.lstm import LSTMLM, LSTMConfig
+
+    model = LSTMLM(LSTMConfig(64, 16, 2, bidirectional=kind == "bidirectional"), rngs=nnx.Rngs(0))
+    graphdef, params, rest = step_lib.split_model(model)
+    tokens = jnp.arange(10, 10 + L)[None]
+
+    probe = jax.random.normal(jax.random.PRNGKey(1), (16,))  # a plain sum after LayerNorm is constant
+
+    def out_at(params, i):
+        return nnx.merge(graphdef, params, rest).encode(tokens)[0, i] @ probe
+
+    reach = np.stack([
+        np.abs(np.asarray(jax.grad(out_at)(params, i)["embed"]["embedding"][10 : 10 + L])).sum(-1)
+        for i in range(L)
+    ])
+    future = np.triu(np.ones((L, L), bool), k=1)
+    assert (reach[future] > 0).all() == (kind == "bidirectional")
+    assert (reach[future] == 0).all() == (kind == "causal")
+    assert (reach[~future] > 0).all()

@@ -23,6 +23,11 @@ def validate(config: Any) -> None:
             errors.append(message)
 
     m = config.model
+    need(m.arch in ("transformer", "lstm"), f"model.arch={m.arch!r}: use 'transformer' or 'lstm'")
+    need(
+        not (m.arch == "lstm" and config.mask == "prefix"),
+        "model.arch='lstm' has no prefix-LM form; use mask='causal' or 'bidirectional'",
+    )
     need(config.objective in OBJECTIVES, f"objective={config.objective!r}: use one of {OBJECTIVES}")
     need(config.mask in MASK_KINDS, f"mask={config.mask!r}: use one of {MASK_KINDS}")
     need(

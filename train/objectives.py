@@ -17,20 +17,27 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from models.masks import make_attention_mask
-from models.transformer import Transformer
 from train.data.vocab import MASK_ID, NUM_SPECIAL
 
 Batch = dict[str, jnp.ndarray]
 
 
-def _forward_hidden(model: Transformer, batch: Batch, mask_kind: str) -> jnp.ndarray:
+class LanguageModel(Protocol):
+    """What an objective needs of a model (the Transformer and the LSTM both provide it)."""
+
+    def encode(self, tokens_BL, mask_B1LL, positions_BL) -> jnp.ndarray: ...
+
+    def logits(self, h_xD) -> jnp.ndarray: ...
+
+
+def _forward_hidden(model: LanguageModel, batch: Batch, mask_kind: str) -> jnp.ndarray:
     mask_B1LL = make_attention_mask(mask_kind, batch["segment_ids"], prefix_BL=batch.get("prefix"))
     return model.encode(batch["inputs"], mask_B1LL, batch["positions"])
 
@@ -59,7 +66,7 @@ class CausalLM:
             "weights": (seg != 0) & (next_seg == seg),
         }
 
-    def scores(self, model: Transformer, batch: Batch, mask_kind: str) -> dict[str, jnp.ndarray]:
+    def scores(self, model: LanguageModel, batch: Batch, mask_kind: str) -> dict[str, jnp.ndarray]:
         h_BLD = _forward_hidden(model, batch, mask_kind)
         return _scores(model.logits(h_BLD), batch["targets"], batch["weights"])
 
@@ -118,7 +125,7 @@ class MaskedLM:
             "weights": valid_BK,
         }
 
-    def scores(self, model: Transformer, batch: Batch, mask_kind: str) -> dict[str, jnp.ndarray]:
+    def scores(self, model: LanguageModel, batch: Batch, mask_kind: str) -> dict[str, jnp.ndarray]:
         h_BLD = _forward_hidden(model, batch, mask_kind)
         h_BKD = jnp.take_along_axis(h_BLD, batch["mlm_positions"][..., None], axis=1)
         return _scores(model.logits(h_BKD), batch["targets"], batch["weights"])

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+from models.lstm import LSTMLM, LSTMConfig
 from models.transformer import Transformer, TransformerConfig
 from train.objectives import Batch, Objective
 
@@ -30,8 +31,19 @@ class TrainState:
     rng: jax.Array  # raw uint32[2] key; the step's key is fold_in(rng, step)
 
 
-def model_config(config: Any, vocab_size: int) -> TransformerConfig:
-    return TransformerConfig(vocab_size=vocab_size, **config.model.to_dict())
+ModelConfig = TransformerConfig | LSTMConfig
+
+
+def model_config(config: Any, vocab_size: int) -> ModelConfig:
+    m = config.model
+    if m.arch == "lstm":
+        # The LSTM realises the mask by its direction (see models/lstm.py).
+        return LSTMConfig(vocab_size, m.d_model, m.num_layers, bidirectional=config.mask != "causal")
+    return TransformerConfig(vocab_size=vocab_size, **m.to_dict())
+
+
+def make_model(cfg: ModelConfig, rngs: nnx.Rngs) -> Transformer | LSTMLM:
+    return LSTMLM(cfg, rngs=rngs) if isinstance(cfg, LSTMConfig) else Transformer(cfg, rngs=rngs)
 
 
 def make_schedule(config: Any) -> optax.Schedule:
@@ -64,16 +76,16 @@ def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, Any, Any]:
     return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
 
 
-def abstract_model(cfg: TransformerConfig) -> tuple[nnx.GraphDef, Any]:
+def abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, Any]:
     """The model's graph definition and parameter shapes, without allocating anything."""
-    graphdef, params, _ = split_model(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+    graphdef, params, _ = split_model(nnx.eval_shape(lambda: make_model(cfg, nnx.Rngs(0))))
     return graphdef, params
 
 
-def init_state(cfg: TransformerConfig, tx: optax.GradientTransformation, seed: int) -> TrainState:
+def init_state(cfg: ModelConfig, tx: optax.GradientTransformation, seed: int) -> TrainState:
     """Meant to run under `jax.jit(..., out_shardings=...)` so parameters are born sharded."""
     params_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
-    _, params, model_state = split_model(Transformer(cfg, rngs=nnx.Rngs(params=params_rng)))
+    _, params, model_state = split_model(make_model(cfg, nnx.Rngs(params=params_rng)))
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
         opt_state=tx.init(params), rng=train_rng,
