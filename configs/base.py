@@ -13,15 +13,27 @@ import ml_collections
 VARIANTS: dict[str, dict] = {
     "tiny": dict(
         model=dict(num_layers=4, d_model=128, num_heads=4, mlp_dim=512, max_len=128),
-        seq_len=128, batch_size=32, num_train_steps=1500, learning_rate=3e-3, warmup_steps=100,
+        seq_len=128,
+        batch_size=32,
+        num_train_steps=1500,
+        learning_rate=3e-3,
+        warmup_steps=100,
     ),
     "small": dict(
         model=dict(num_layers=6, d_model=512, num_heads=8, mlp_dim=2048, max_len=512),
-        seq_len=512, batch_size=64, num_train_steps=20_000, learning_rate=1e-3, warmup_steps=1000,
+        seq_len=512,
+        batch_size=64,
+        num_train_steps=20_000,
+        learning_rate=1e-3,
+        warmup_steps=1000,
     ),
     "base": dict(
         model=dict(num_layers=12, d_model=768, num_heads=12, mlp_dim=3072, max_len=1024),
-        seq_len=1024, batch_size=256, num_train_steps=100_000, learning_rate=6e-4, warmup_steps=2000,
+        seq_len=1024,
+        batch_size=256,
+        num_train_steps=100_000,
+        learning_rate=6e-4,
+        warmup_steps=2000,
     ),
 }
 
@@ -38,8 +50,13 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.hmm = ml_collections.ConfigDict(
         dict(
-            num_states=32, num_symbols=128, transition_support=4, emission_support=8,
-            concentration=0.5, seed=0, eval_sequences=512,
+            num_states=32,
+            num_symbols=128,
+            transition_support=4,
+            emission_support=8,
+            concentration=0.5,
+            seed=0,
+            eval_sequences=512,
         )
     )
     # Real text (dataset "text:GLOB" or "tfds:NAME[/CONFIG]"), see train/data/pipeline.py.
@@ -57,16 +74,30 @@ def get_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(
         dict(
             arch="transformer",  # or "lstm" (models/lstm.py): uses d_model and num_layers only
-            num_layers=4, d_model=128, num_heads=4, mlp_dim=512, max_len=128,
-            position="rotary", norm="layernorm", norm_position="pre", attn_scale="sqrt",
-            dtype="float32", param_dtype="float32",
+            num_layers=4,
+            d_model=128,
+            num_heads=4,
+            mlp_dim=512,
+            max_len=128,
+            position="rotary",
+            norm="layernorm",
+            norm_position="pre",
+            attn_scale="sqrt",
+            dtype="float32",
+            param_dtype="float32",
         )
     )
 
     c.optim = ml_collections.ConfigDict(
         dict(
-            learning_rate=3e-3, warmup_steps=100, min_lr_ratio=0.1, weight_decay=0.1,
-            b1=0.9, b2=0.95, eps=1e-8, grad_clip_norm=1.0,
+            learning_rate=3e-3,
+            warmup_steps=100,
+            min_lr_ratio=0.1,
+            weight_decay=0.1,
+            b1=0.9,
+            b2=0.95,
+            eps=1e-8,
+            grad_clip_norm=1.0,
         )
     )
 
@@ -88,4 +119,17 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_colle
     c.seq_len, c.batch_size, c.num_train_steps = v["seq_len"], v["batch_size"], v["num_train_steps"]
     c.optim.learning_rate, c.optim.warmup_steps = v["learning_rate"], v["warmup_steps"]
     c.eval_every_steps = c.checkpoint_every_steps = max(250, c.num_train_steps // 20)
+    return c
+
+
+def override(c: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+    """Sets dotted keys (`{"model.d_model": 64}`) as `--config.model.d_model=64` would."""
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        if leaf not in node:
+            raise KeyError(f"config has no field {key!r}")
+        node[leaf] = value
     return c

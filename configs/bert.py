@@ -1,7 +1,7 @@
 """BERT: the shared Transformer as a bidirectional encoder, trained as a masked language model.
 
-    python -m train.main --config configs/bert.py:tiny --workdir runs/bert
-    python -m train.main --config configs/bert.py:tiny --workdir runs/bert40 --config.mlm.rate=0.4
+python -m train.main --config configs/bert.py:tiny --workdir runs/bert
+python -m train.main --config configs/bert.py:tiny --workdir runs/bert40 --config.mlm.rate=0.4
 """
 
 from configs import base

@@ -1,7 +1,7 @@
 """GPT: the shared Transformer as a causal decoder, trained as a left-to-right language model.
 
-    python -m train.main --config configs/gpt.py:tiny --workdir runs/gpt
-    python -m train.main --config configs/gpt.py:small --workdir runs/gpt_small --config.seed=1
+python -m train.main --config configs/gpt.py:tiny --workdir runs/gpt
+python -m train.main --config configs/gpt.py:small --workdir runs/gpt_small --config.seed=1
 """
 
 from configs import base

@@ -30,9 +30,7 @@ class LSTMConfig:
 
 
 def _rnn(d: int, reverse: bool, rngs: nnx.Rngs) -> nnx.RNN:
-    return nnx.RNN(
-        nnx.OptimizedLSTMCell(d, d, rngs=rngs), reverse=reverse, keep_order=True, rngs=False
-    )
+    return nnx.RNN(nnx.OptimizedLSTMCell(d, d, rngs=rngs), reverse=reverse, keep_order=True, rngs=False)
 
 
 class LSTMLayer(nnx.Module):

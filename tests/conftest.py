@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from configs import bert, gpt
+from configs import base, bert, gpt
 from experiments.make_text_corpus import write_corpus  # noqa: F401  (re-exported for tests)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,13 +34,7 @@ MICRO_OVERRIDES = {
 
 def micro_config(objective: str = "clm", **overrides):
     c = (gpt if objective == "clm" else bert).get_config("tiny")
-    for key, value in {**MICRO_OVERRIDES, **overrides}.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return base.override(c, {**MICRO_OVERRIDES, **overrides})
 
 
 def train_command(workdir: str, objective: str = "clm", **overrides) -> list[str]:
@@ -59,4 +53,3 @@ def subprocess_env() -> dict[str, str]:
 @pytest.fixture
 def micro():
     return micro_config
-

@@ -85,9 +85,7 @@ def test_batchnorm_updates_running_statistics_in_training_and_uses_them_at_eval(
     # At eval, one sequence's output does not depend on what else is in the batch...
     other = tokens.copy()
     other[1:] = rng.integers(7, 64, (3, L))
-    np.testing.assert_allclose(
-        _encode_batch(trained, tokens)[0], _encode_batch(trained, other)[0], atol=1e-5
-    )
+    np.testing.assert_allclose(_encode_batch(trained, tokens)[0], _encode_batch(trained, other)[0], atol=1e-5)
     # ...while in training mode it does: the statistics come from the batch.
     train_mode = nnx.merge(graphdef, params, stats)
     a, b = _encode_batch(train_mode, tokens)[0], _encode_batch(train_mode, other)[0]
@@ -116,12 +114,18 @@ def test_batchnorm_leaks_the_future_into_a_causal_model_only_while_training(trai
     assert (leak > 0) == train_mode
 
 
-OPTIONS = [
-    {"model.position": p} for p in ("none", "learned", "sinusoidal", "rotary")
-] + [{"model.norm": n} for n in ("layernorm", "rmsnorm", "batchnorm")] + [
-    {"model.norm_position": "post"}, {"model.attn_scale": "one"}, {"model.attn_scale": "inv"},
-    {"model.num_heads": 1}, {"optim.warmup_steps": 0}, {"model.arch": "lstm"},
-]
+OPTIONS = (
+    [{"model.position": p} for p in ("none", "learned", "sinusoidal", "rotary")]
+    + [{"model.norm": n} for n in ("layernorm", "rmsnorm", "batchnorm")]
+    + [
+        {"model.norm_position": "post"},
+        {"model.attn_scale": "one"},
+        {"model.attn_scale": "inv"},
+        {"model.num_heads": 1},
+        {"optim.warmup_steps": 0},
+        {"model.arch": "lstm"},
+    ]
+)
 
 
 @pytest.mark.parametrize("objective_name", ["clm", "mlm"])
@@ -134,9 +138,15 @@ def test_each_option_builds_and_trains_a_step(option, objective_name, micro, tmp
     graphdef, _ = step_lib.abstract_model(cfg)
     state = jax.jit(lambda: step_lib.init_state(cfg, tx, 0))()
     before = jax.tree.map(np.asarray, state.params)
-    step = jax.jit(step_lib.make_train_step(
-        graphdef, tx, make_objective(config, source.vocab_size), config.mask, step_lib.make_schedule(config)
-    ))
+    step = jax.jit(
+        step_lib.make_train_step(
+            graphdef,
+            tx,
+            make_objective(config, source.vocab_size),
+            config.mask,
+            step_lib.make_schedule(config),
+        )
+    )
     it = source.train_iterator()
     for _ in range(2):
         state, metrics = step(state, next(it))
@@ -158,10 +168,12 @@ def test_lstm_direction_follows_the_mask_kind(kind):
     def out_at(params, i):
         return nnx.merge(graphdef, params, rest).encode(tokens)[0, i] @ probe
 
-    reach = np.stack([
-        np.abs(np.asarray(jax.grad(out_at)(params, i)["embed"]["embedding"][10 : 10 + L])).sum(-1)
-        for i in range(L)
-    ])
+    reach = np.stack(
+        [
+            np.abs(np.asarray(jax.grad(out_at)(params, i)["embed"]["embedding"][10 : 10 + L])).sum(-1)
+            for i in range(L)
+        ]
+    )
     future = np.triu(np.ones((L, L), bool), k=1)
     assert (reach[future] > 0).all() == (kind == "bidirectional")
     assert (reach[future] == 0).all() == (kind == "causal")

@@ -31,8 +31,16 @@ def _joint_table(hmm: HMM) -> np.ndarray:
 
 @pytest.fixture(scope="module", params=[0, 1])
 def tiny(request):
-    hmm = HMM(HMMSpec(num_states=3, num_symbols=4, transition_support=2, emission_support=3,
-                      concentration=1.0, seed=request.param))
+    hmm = HMM(
+        HMMSpec(
+            num_states=3,
+            num_symbols=4,
+            transition_support=2,
+            emission_support=3,
+            concentration=1.0,
+            seed=request.param,
+        )
+    )
     return hmm, _joint_table(hmm)
 
 

@@ -17,7 +17,12 @@ L = 12
 
 def _model(layers: int, position: str = "rotary") -> Transformer:
     cfg = TransformerConfig(
-        vocab_size=64, d_model=32, num_heads=4, num_layers=layers, mlp_dim=64, max_len=L,
+        vocab_size=64,
+        d_model=32,
+        num_heads=4,
+        num_layers=layers,
+        mlp_dim=64,
+        max_len=L,
         position=position,
     )
     return Transformer(cfg, rngs=nnx.Rngs(0))

@@ -100,9 +100,10 @@ def test_text_runs_report_bits_per_byte_and_masked_loss(text_runs):
         assert ("bits_per_byte" in evals[-1]) == (objective == "clm")
         assert "captured" not in evals[-1]
         assert os.path.exists(os.path.join(text_runs[objective], "tokenizer.model"))
-    with open(os.path.join(text_runs["clm"], "tokenizer.model"), "rb") as a, open(
-        os.path.join(text_runs["mlm"], "tokenizer.model"), "rb"
-    ) as b:
+    with (
+        open(os.path.join(text_runs["clm"], "tokenizer.model"), "rb") as a,
+        open(os.path.join(text_runs["mlm"], "tokenizer.model"), "rb") as b,
+    ):
         assert a.read() == b.read()  # GPT and BERT share one tokenizer
 
 
@@ -116,8 +117,9 @@ def test_sigkill_then_same_command_ends_bit_identical(reference, text_runs, obje
     mid_write = lambda names: any("tmp" in n for n in names)  # noqa: E731
     after_20 = lambda names: "20" in names  # noqa: E731
     for ready in (mid_write, after_20):
-        proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         killed = _kill_when(proc, workdir, ready)
         assert killed and proc.returncode == -signal.SIGKILL, "the run ended before it was killed"
     result = _run(cmd)

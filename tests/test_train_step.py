@@ -16,8 +16,13 @@ def test_tiny_model_overfits_one_batch(objective_name, steps, micro, tmp_path):
     config = micro(
         objective_name,
         num_train_steps=steps,
-        **{"model.d_model": 64, "model.mlp_dim": 256, "optim.warmup_steps": 10,
-           "optim.weight_decay": 0.0, "hmm.eval_sequences": 256},
+        **{
+            "model.d_model": 64,
+            "model.mlp_dim": 256,
+            "optim.warmup_steps": 10,
+            "optim.weight_decay": 0.0,
+            "hmm.eval_sequences": 256,
+        },
     )
     source = make_source(config, str(tmp_path))
     cfg = step_lib.model_config(config, source.vocab_size)

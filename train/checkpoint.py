@@ -35,7 +35,9 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+                max_to_keep=keep,
+                create=True,
+                cleanup_tmp_directories=True,
                 enable_async_checkpointing=True,
             ),
             item_names=("state", "data", "identity"),

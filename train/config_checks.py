@@ -75,8 +75,14 @@ def validate(config: Any) -> None:
         "sum to at most 1 (the rest of the selected tokens stay unchanged)",
     )
 
-    for field in ("num_train_steps", "batch_size", "log_every_steps", "eval_every_steps",
-                  "checkpoint_every_steps", "keep_checkpoints"):
+    for field in (
+        "num_train_steps",
+        "batch_size",
+        "log_every_steps",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
+    ):
         need(config[field] > 0, f"{field}={config[field]} must be positive")
     if config.log_every_steps > 0:
         need(
@@ -93,8 +99,10 @@ def validate(config: Any) -> None:
     need(0.0 <= o.min_lr_ratio <= 1.0, f"optim.min_lr_ratio={o.min_lr_ratio} must be in [0, 1]")
     if config.dataset == "hmm":
         need(config.hmm.eval_sequences > 0, "hmm.eval_sequences must be positive")
-        need(config.hmm.num_states > 0 and config.hmm.num_symbols > 0,
-             "hmm.num_states and hmm.num_symbols must be positive")
+        need(
+            config.hmm.num_states > 0 and config.hmm.num_symbols > 0,
+            "hmm.num_states and hmm.num_symbols must be positive",
+        )
 
     if errors:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))

@@ -85,7 +85,10 @@ class Progress:
         self.total = total_steps
         self._interactive = sys.stderr.isatty()
         self._bar = tqdm.tqdm(
-            total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+            total=total_steps,
+            initial=start_step,
+            unit="step",
+            dynamic_ncols=True,
             disable=not self._interactive,
         )
         self._last_step, self._last_time = start_step, time.perf_counter()
@@ -106,8 +109,12 @@ class Progress:
         else:
             log.info(
                 "step %d/%d  loss %.4f  %.2f steps/s  %.0f tokens/s  ETA %s",
-                step, self.total, metrics.get("loss", float("nan")), steps_per_sec,
-                timing["tokens_per_sec"], datetime.timedelta(seconds=round(eta)),
+                step,
+                self.total,
+                metrics.get("loss", float("nan")),
+                steps_per_sec,
+                timing["tokens_per_sec"],
+                datetime.timedelta(seconds=round(eta)),
             )
         return timing
 

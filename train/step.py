@@ -64,8 +64,12 @@ def make_optimizer(config: Any) -> optax.GradientTransformation:
     return optax.chain(
         optax.clip_by_global_norm(o.grad_clip_norm),
         optax.adamw(
-            make_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps,
-            weight_decay=o.weight_decay, mask=decay_mask,
+            make_schedule(config),
+            b1=o.b1,
+            b2=o.b2,
+            eps=o.eps,
+            weight_decay=o.weight_decay,
+            mask=decay_mask,
         ),
     )
 
@@ -87,8 +91,11 @@ def init_state(cfg: ModelConfig, tx: optax.GradientTransformation, seed: int) ->
     params_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
     _, params, model_state = split_model(make_model(cfg, nnx.Rngs(params=params_rng)))
     return TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
-        opt_state=tx.init(params), rng=train_rng,
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state=model_state,
+        opt_state=tx.init(params),
+        rng=train_rng,
     )
 
 

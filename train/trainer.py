@@ -29,6 +29,7 @@ from train.objectives import make_objective
 
 log = logging.getLogger(__name__)
 
+
 def run_identity(config: Any, model_cfg) -> dict:
     """What a checkpoint must match to be resumed (or loaded) as this run."""
     return {

@@ -83,8 +83,14 @@ class TextSource:
             return train_docs
 
         self.tokenizer: Tokenizer = corpus_tokenizer(
-            workdir, cache, corpus_key, _Lazy(train_documents),
-            vocab_size=t.vocab_size, model_type=t.model_type, max_chars=t.max_train_chars, path=t.path,
+            workdir,
+            cache,
+            corpus_key,
+            _Lazy(train_documents),
+            vocab_size=t.vocab_size,
+            model_type=t.model_type,
+            max_chars=t.max_train_chars,
+            path=t.path,
         )
         self.vocab_size = self.tokenizer.vocab_size
         tok_hash = hashlib.sha256(self.tokenizer.model_proto).hexdigest()[:16]
@@ -101,8 +107,9 @@ class TextSource:
         def build():
             docs = read()
             tokens, segments = packing.pack(self.tokenizer.encode(docs), self.seq_len)
-            log.info("%s: %d documents packed into %d rows of %d", split, len(docs), len(tokens),
-                     self.seq_len)
+            log.info(
+                "%s: %d documents packed into %d rows of %d", split, len(docs), len(tokens), self.seq_len
+            )
             return tokens, segments
 
         return packing.cached_pack(os.path.join(cache, "packed", f"{key}-{split}"), build)
@@ -162,7 +169,9 @@ def tfds_source(config: Any, workdir: str) -> TextSource:
     c = config.tfds
     corpus_key = json.dumps(["tfds", name, c.data_dir, c.train_split, c.eval_split, c.text_feature])
     return TextSource(
-        config, workdir, corpus_key,
+        config,
+        workdir,
+        corpus_key,
         lambda: tfds.read_documents(name, c.train_split, c),
         lambda: tfds.read_documents(name, c.eval_split, c),
     )

@@ -1,0 +1,176 @@
+"""One command per ablation table: runs every (row, seed), then writes TABLE.md, .csv and .png.
+
+    python -m experiments.ablate position --preset cpu --seeds 3 --out experiments/results
+    python -m experiments.ablate heads --preset gpu --seeds 3 --out /results --jobs 1
+
+Each run is an independent `python -m train.main` process in `OUT/runs/TABLE/ROW/seedN`. A table
+resumes where it stopped: finished runs are not rerun and an interrupted one continues from its
+checkpoint. `--set key=value` overrides a config field in every run (for quick trials);
+`--rows N` keeps the first N rows. Tables and presets are in experiments/tables.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from configs import base, bert, gpt
+from experiments import report
+from experiments.tables import Row, Table, make_tables, run_overrides
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMING_LENGTHS = {"cpu": (64, 128, 256, 512, 1024), "gpu": (128, 256, 512, 1024, 2048, 4096)}
+
+
+def _config(objective: str, overrides: dict[str, Any]):
+    return base.override((gpt if objective == "clm" else bert).get_config("tiny"), overrides)
+
+
+def _finished(workdir: str, steps: int) -> bool:
+    path = os.path.join(workdir, "summary.json")
+    return os.path.exists(path) and json.load(open(path))["final_step"] == steps
+
+
+def _train(workdir: str, objective: str, overrides: dict[str, Any]) -> None:
+    config = "configs/gpt.py:tiny" if objective == "clm" else "configs/bert.py:tiny"
+    cmd = [sys.executable, "-m", "train.main", f"--config={config}", f"--workdir={workdir}"]
+    cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "log.txt"), "a") as log:
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        result = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    if result.returncode:
+        tail = open(os.path.join(workdir, "log.txt")).read()[-2000:]
+        raise RuntimeError(f"run failed ({workdir}):\n{tail}")
+
+
+def _collect(workdir: str) -> dict[str, Any]:
+    summary = json.load(open(os.path.join(workdir, "summary.json")))
+    resolved = json.load(open(os.path.join(workdir, "config.json")))["resolved"]
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    last_train = [r for r in rows if r["split"] == "train"][-1]
+    out = {f"eval_{k}": v for k, v in summary["eval"].items()}
+    out.update(
+        train_loss=last_train["loss"], wall_seconds=summary["wall_seconds"], num_params=resolved["num_params"]
+    )
+    return out
+
+
+def _measure(kind: str, workdir: str, objective: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """An in-process measurement, cached as JSON in the run's folder."""
+    from experiments import measure
+
+    path = os.path.join(workdir, f"{kind}.json")
+    if not os.path.exists(path):
+        result = getattr(measure, kind)(_config(objective, overrides), workdir)
+        os.makedirs(workdir, exist_ok=True)
+        with open(f"{path}.tmp", "w") as f:
+            json.dump(result, f)
+        os.replace(f"{path}.tmp", path)
+    return json.load(open(path))
+
+
+def run_table(
+    table: Table,
+    preset: str,
+    seeds: int,
+    out: str,
+    sets: dict[str, Any],
+    jobs: int,
+    rows: list[Row],
+    command: str,
+) -> str:
+    root = os.path.join(out, "runs", table.name)
+    todo = [(row, seed) for row in rows for seed in range(seeds)]
+
+    def one(item: tuple[Row, int]) -> dict[str, Any]:
+        row, seed = item
+        overrides = {**run_overrides(table, row, preset, seed), **sets}
+        workdir = os.path.join(root, row.slug, f"seed{seed}")
+        if "init_attention" in table.extra:
+            init = _measure("init_attention_stats", workdir, row.objective, overrides)
+        if not _finished(workdir, overrides["num_train_steps"]):
+            _train(workdir, row.objective, overrides)
+        result = {"row": row, "seed": seed, **_collect(workdir)}
+        if "init_attention" in table.extra:
+            result.update(init)
+        print(f"[{table.name}] {row.slug} seed {seed}: eval loss {result['eval_loss']:.4f}", flush=True)
+        return result
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        results = list(pool.map(one, todo))
+    timing = []
+    if "step_timing" in table.extra:
+        for row in rows:
+            for length in TIMING_LENGTHS[preset]:
+                overrides = {
+                    **run_overrides(table, row, preset, 0),
+                    **sets,
+                    "seq_len": length,
+                    "model.max_len": length,
+                    "batch_size": 8,
+                }
+                workdir = os.path.join(root, "timing", f"{row.slug}_len{length}")
+                timing.append(
+                    {
+                        "row": row,
+                        "seq_len": length,
+                        **_measure("step_timing", workdir, row.objective, overrides),
+                    }
+                )
+                print(f"[{table.name}] timing {row.slug} L={length}: {timing[-1]['step_seconds']:.4f}s")
+    return report.write(table, preset, seeds, out, results, timing, command)
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    tables = make_tables()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("table", choices=sorted(tables))
+    parser.add_argument("--preset", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--out", default="experiments/results")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once")
+    parser.add_argument("--rows", type=int, default=None, help="only the first N rows")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every run, e.g. --set num_train_steps=100",
+    )
+    args = parser.parse_args(argv)
+    table = tables[args.table]
+    command = "python -m experiments.ablate " + " ".join(sys.argv[1:] if argv is None else argv)
+    path = run_table(
+        table,
+        args.preset,
+        args.seeds,
+        args.out,
+        _parse_set(args.set),
+        args.jobs,
+        table.rows[: args.rows],
+        command,
+    )
+    print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""The ablation tables: which runs make each one, at the `cpu` and `gpu` presets.
+
+A table is a list of rows; a row is an objective plus config overrides on top of the preset.
+Every (row, seed) is one independent `python -m train.main` run. The `cpu` preset is sized so
+that a table with 3 seeds finishes within about 30 minutes on a 2-core CPU; the `gpu` preset
+uses the `small` shapes for as many steps as one accelerator does in a comparable time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+OBJECTIVE_NAMES = {"clm": "GPT", "mlm": "BERT"}
+
+# Overrides shared by every run of a preset, on top of configs/{gpt,bert}.py:tiny.
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {
+        "model.num_layers": 2,
+        "model.d_model": 64,
+        "model.num_heads": 4,
+        "model.mlp_dim": 256,
+        "seq_len": 128,
+        "batch_size": 32,
+        "num_train_steps": 400,
+        "optim.warmup_steps": 40,
+        "log_every_steps": 50,
+        "eval_every_steps": 100,
+        "checkpoint_every_steps": 100,
+    },
+    "gpu": {
+        "model.num_layers": 6,
+        "model.d_model": 512,
+        "model.num_heads": 8,
+        "model.mlp_dim": 2048,
+        "seq_len": 128,
+        "batch_size": 128,
+        "num_train_steps": 5000,
+        "optim.warmup_steps": 250,
+        "optim.learning_rate": 1e-3,
+        "log_every_steps": 100,
+        "eval_every_steps": 500,
+        "checkpoint_every_steps": 500,
+    },
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    objective: str  # "clm" or "mlm"
+    setting: dict[str, Any]  # what this row varies, shown as columns
+    overrides: dict[str, Any]  # config overrides, on top of the preset
+
+    @property
+    def slug(self) -> str:
+        parts = [self.objective] + [f"{k}-{v}" for k, v in self.setting.items()]
+        return "_".join(str(p).replace(".", "p").replace("/", "-") for p in parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    name: str
+    title: str
+    claim: str
+    rows: list[Row]
+    extra: tuple[str, ...] = ()  # in-process measurements: "init_attention", "step_timing"
+    preset_overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+def _both(settings: list[dict[str, Any]], to_overrides) -> list[Row]:
+    return [Row(o, s, to_overrides(s)) for o in ("clm", "mlm") for s in settings]
+
+
+def make_tables() -> dict[str, Table]:
+    tables = [
+        Table(
+            "position",
+            "Positional encoding x objective",
+            "C1",
+            _both(
+                [{"position": p} for p in ("none", "learned", "sinusoidal", "rotary")],
+                lambda s: {"model.position": s["position"]},
+            ),
+        ),
+        Table(
+            "heads",
+            "Number of heads at fixed width",
+            "C3",
+            _both([{"heads": h} for h in (1, 2, 4, 8, 16)], lambda s: {"model.num_heads": s["heads"]}),
+        ),
+        Table(
+            "attn_scale",
+            "Attention logit scale x head dim d_k (causal LM)",
+            "C5",
+            # d_model is 256 in both presets, so 256 // d_k heads give head dim d_k.
+            [
+                Row("clm", {"scale": sc, "d_k": dk}, {"model.attn_scale": sc, "model.num_heads": 256 // dk})
+                for dk in (16, 64, 256)
+                for sc in ("sqrt", "one", "inv")
+            ],
+            extra=("init_attention",),
+            preset_overrides={
+                "cpu": {
+                    "model.d_model": 256,
+                    "model.mlp_dim": 512,
+                    "model.num_layers": 1,
+                    "batch_size": 16,
+                    "seq_len": 64,
+                    "num_train_steps": 300,
+                },
+                "gpu": {"model.d_model": 256, "model.mlp_dim": 1024},
+            },
+        ),
+        Table(
+            "norm",
+            "Normalisation x placement x objective",
+            "C8",
+            _both(
+                [
+                    {"norm": n, "placement": p}
+                    for n in ("layernorm", "rmsnorm", "batchnorm")
+                    for p in ("pre", "post")
+                ],
+                lambda s: {"model.norm": s["norm"], "model.norm_position": s["placement"]},
+            ),
+        ),
+        Table(
+            "warmup",
+            "Pre-LN vs post-LN, with and without warmup, at depth (causal LM)",
+            "Xiong et al. 2020",
+            [
+                Row("clm", {"placement": p, "warmup": w}, {"model.norm_position": p, "optim.warmup_steps": w})
+                for p in ("pre", "post")
+                for w in (0, 100)
+            ],
+            preset_overrides={
+                "cpu": {
+                    "model.num_layers": 8,
+                    "model.d_model": 64,
+                    "optim.learning_rate": 3e-3,
+                    "num_train_steps": 400,
+                },
+                "gpu": {"model.num_layers": 24, "optim.learning_rate": 1e-3},
+            },
+        ),
+        Table(
+            "mask_rate",
+            "Masking rate for the masked LM",
+            "Wettig et al. 2023",
+            [Row("mlm", {"mask_rate": r}, {"mlm.rate": r}) for r in (0.15, 0.3, 0.4, 0.6)],
+            preset_overrides={
+                "cpu": {"num_train_steps": 1000, "eval_every_steps": 250, "checkpoint_every_steps": 250}
+            },
+        ),
+        Table(
+            "lstm",
+            "Transformer vs LSTM at equal parameters: loss after equal steps, cost vs length",
+            "C1",
+            # Layer counts that match the 2-layer Transformer's parameters (about 99k besides the
+            # embedding at width 64): 3 LSTM layers; 1 bidirectional layer (two LSTMs + merge).
+            [
+                Row(o, {"arch": a, "layers": n}, {"model.arch": a, "model.num_layers": n})
+                for o, a, n in [
+                    ("clm", "transformer", 2),
+                    ("clm", "lstm", 3),
+                    ("mlm", "transformer", 2),
+                    ("mlm", "lstm", 1),
+                ]
+            ],
+            extra=("step_timing",),
+        ),
+    ]
+    return {t.name: t for t in tables}
+
+
+def run_overrides(table: Table, row: Row, preset: str, seed: int) -> dict[str, Any]:
+    return {**PRESETS[preset], **table.preset_overrides.get(preset, {}), **row.overrides, "seed": seed}
