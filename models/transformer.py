@@ -71,7 +71,10 @@ class TransformerConfig:
 
     @property
     def logit_scale(self) -> float:
-        return {"sqrt": self.head_dim**-0.5, "one": 1.0, "inv": 1.0 / self.head_dim}[self.attn_scale]
+        # 1.0 / sqrt(d_k) exactly as jax.nn.dot_product_attention computes its default.
+        return {"sqrt": 1.0 / math.sqrt(self.head_dim), "one": 1.0, "inv": 1.0 / self.head_dim}[
+            self.attn_scale
+        ]
 
 
 def _norm(cfg: TransformerConfig, rngs: nnx.Rngs) -> nnx.Module:
@@ -106,9 +109,10 @@ class Attention(nnx.Module):
         # GPT-2's residual-branch scaling keeps the residual stream's variance flat with depth.
         out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
         self.query = _linear(cfg, d, d, 0.02, rngs)
-        # No key bias: q.(k + b) shifts every logit of a query's row by the same q.b, which the
-        # softmax ignores, so that bias would never get a gradient (unless rotary moves it).
-        self.key = _linear(cfg, d, d, 0.02, rngs, use_bias=False)
+        # A key bias b adds q.b to every logit of a query's row, which the softmax ignores: it
+        # would never get a gradient. Rotary positions rotate b per key position, turning it
+        # into a learned relative-position bias, so only then does the key get one.
+        self.key = _linear(cfg, d, d, 0.02, rngs, use_bias=cfg.position == "rotary")
         self.value = _linear(cfg, d, d, 0.02, rngs)
         self.out = _linear(cfg, d, d, out_std, rngs)
 
