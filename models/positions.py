@@ -19,6 +19,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 POSITION_KINDS: tuple[str, ...] = ("none", "learned", "sinusoidal", "rotary")
+# Token embeddings and learned positions start at this std. Sinusoids (amplitude 1) are scaled
+# to it, else they swamp the tokens at init; Vaswani et al. instead scale embeddings by sqrt(d).
+EMBED_INIT_STD = 0.02
 
 
 def sinusoidal_table(positions_BL: jnp.ndarray, d_model: int) -> jnp.ndarray:
@@ -57,7 +60,7 @@ class AdditivePositions(nnx.Module):
             self.table = nnx.Embed(
                 max_len,
                 d_model,
-                embedding_init=nnx.initializers.normal(0.02),
+                embedding_init=nnx.initializers.normal(EMBED_INIT_STD),
                 param_dtype=param_dtype,
                 rngs=rngs,
             )
@@ -66,5 +69,6 @@ class AdditivePositions(nnx.Module):
         if self.kind == "learned":
             return x_BLD + self.table(positions_BL).astype(x_BLD.dtype)
         if self.kind == "sinusoidal":
-            return x_BLD + sinusoidal_table(positions_BL, self.d_model).astype(x_BLD.dtype)
+            table_BLD = EMBED_INIT_STD * sinusoidal_table(positions_BL, self.d_model)
+            return x_BLD + table_BLD.astype(x_BLD.dtype)
         return x_BLD

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.positions import POSITION_KINDS, AdditivePositions, apply_rotary
+from models.positions import EMBED_INIT_STD, POSITION_KINDS, AdditivePositions, apply_rotary
 
 NORM_KINDS: tuple[str, ...] = ("layernorm", "rmsnorm", "batchnorm")
 NORM_POSITIONS: tuple[str, ...] = ("pre", "post")
@@ -179,7 +179,7 @@ class Transformer(nnx.Module):
         self.embed = nnx.Embed(
             cfg.vocab_size,
             cfg.d_model,
-            embedding_init=nnx.initializers.normal(0.02),
+            embedding_init=nnx.initializers.normal(EMBED_INIT_STD),
             dtype=jnp.dtype(cfg.dtype),
             param_dtype=jnp.dtype(cfg.param_dtype),
             rngs=rngs,
