@@ -43,19 +43,16 @@ def read_documents(name: str, split: str, cfg: Any) -> list[str]:
         raise ConfigError(f"dataset='tfds:{name}': TFDS has no dataset of that name ({first_line})") from e
     if cfg.download:
         builder.download_and_prepare(file_format="array_record")
+    known = list(builder.info.splits.keys())  # empty until the dataset is prepared
+    if known and split.split("[")[0] not in known:
+        raise ConfigError(f"dataset='tfds:{name}' has no split {split!r}; it has {known}")
     try:
         source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # TFDS raises several types for "not prepared / wrong format"
-        known = list(builder.info.splits.keys())
-        if known and split.split("[")[0] not in known:
-            raise ConfigError(f"dataset='tfds:{name}' has no split {split!r}; it has {known}") from e
         raise ConfigError(
             f"dataset='tfds:{name}' split {split!r} is not prepared as array_record in "
             f"{data_dir or builder.data_dir}: {_prepare_hint(name, cfg.data_dir)}"
         ) from e
-    known = list(builder.info.splits.keys())
-    if known and split.split("[")[0] not in known:
-        raise ConfigError(f"dataset='tfds:{name}' has no split {split!r}; it has {known}")
     feature = cfg.text_feature
     docs = []
     for i in range(len(source)):
