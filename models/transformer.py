@@ -191,11 +191,21 @@ class Transformer(nnx.Module):
         # Post-LN blocks already end in a norm.
         self.final_norm = _norm(cfg, rngs) if cfg.norm_position == "pre" else None
 
-    def encode(self, tokens_BL, mask_B1LL, positions_BL) -> jnp.ndarray:
-        """Final hidden states `[B, L, D]`."""
+    def hidden_states(self, tokens_BL, mask_B1LL, positions_BL) -> list[jnp.ndarray]:
+        """The residual stream `[B, L, D]` after the embedding (index 0) and after each block.
+
+        What a probe reads at "layer i"; `encode` is the final norm of the last entry.
+        """
         x_BLD = self.positions(self.embed(tokens_BL), positions_BL)
+        states = [x_BLD]
         for block in self.blocks:
             x_BLD = block(x_BLD, mask_B1LL, positions_BL)
+            states.append(x_BLD)
+        return states
+
+    def encode(self, tokens_BL, mask_B1LL, positions_BL) -> jnp.ndarray:
+        """Final hidden states `[B, L, D]`."""
+        x_BLD = self.hidden_states(tokens_BL, mask_B1LL, positions_BL)[-1]
         return self.final_norm(x_BLD) if self.final_norm is not None else x_BLD
 
     def attention_maps(self, tokens_BL, mask_B1LL, positions_BL) -> list[jnp.ndarray]:
