@@ -77,8 +77,12 @@ class HMM:
             p_state = p_state @ self.A
         return (acc / length) @ self.B
 
-    def _forward_backward(self, x_NT: np.ndarray, observed_NT: np.ndarray):
-        """Scaled forward-backward. Unobserved positions have emission likelihood 1 (marginalised)."""
+    def forward_backward(self, x_NT: np.ndarray, observed_NT: np.ndarray):
+        """Scaled forward-backward. Unobserved positions have emission likelihood 1 (marginalised).
+
+        Returns (alpha [N,T,S] = p(z_t | x_<=t) filtered, beta [N,T,S] normalised per step,
+        log_c [N,T] = log p(x_t | x_<t)); alpha * beta, renormalised, is p(z_t | all observed x).
+        """
         N, T = x_NT.shape
         S = self.spec.num_states
         e_NTS = np.where(observed_NT[..., None], self.B.T[x_NT], 1.0)
@@ -100,12 +104,12 @@ class HMM:
 
     def clm_nll(self, x_NT: np.ndarray) -> np.ndarray:
         """-log p(x_t | x_<t) for every position, `[N, T]`."""
-        _, _, log_c = self._forward_backward(x_NT, np.ones_like(x_NT, bool))
+        _, _, log_c = self.forward_backward(x_NT, np.ones_like(x_NT, bool))
         return -log_c
 
     def mlm_nll(self, x_NT: np.ndarray, masked_NT: np.ndarray) -> np.ndarray:
         """-log p(x_t | unmasked tokens) at masked positions (0 elsewhere), `[N, T]`."""
-        alpha, beta, _ = self._forward_backward(x_NT, ~masked_NT)
+        alpha, beta, _ = self.forward_backward(x_NT, ~masked_NT)
         post_NTS = alpha * beta
         post_NTS /= post_NTS.sum(-1, keepdims=True)
         p_true_NT = np.einsum("nts,snt->nt", post_NTS, self.B[:, x_NT])

@@ -1,0 +1,1 @@
+"""Evaluations of trained models beyond their own loss: scoring, probes, fine-tuning."""
