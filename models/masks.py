@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import jax
 import jax.numpy as jnp
 
 MaskKind = Literal["causal", "bidirectional", "prefix"]
@@ -58,3 +59,31 @@ def make_attention_mask(
     # softmax well defined and changes nothing for real tokens (padding is never a target).
     mask_BLL = mask_BLL | (jnp.eye(L, dtype=bool)[None] & ~real_key_BL[:, :, None])
     return mask_BLL[:, None, :, :]
+
+
+def make_cache_mask(
+    valid_BS: jnp.ndarray,
+    start: jnp.ndarray | int,
+    num_queries: int,
+    *,
+    prefix_BT: jnp.ndarray | None = None,
+) -> jnp.ndarray:
+    """`[B, 1, T, S]` mask for T new tokens at slots start..start+T-1 of an S-slot KV cache.
+
+    The rule of `make_attention_mask` restated over cache slots: query slot q sees key slot k
+    when (k <= q, or both are bidirectional-prefix tokens) and k holds a real token
+    (`valid_BS`); a padding query sees itself only. `prefix_BT` marks new tokens that form a
+    bidirectional prefix (a prefix LM's prompt, prefilled in one call); later tokens are causal.
+    """
+    B, S = valid_BS.shape
+    q_T = start + jnp.arange(num_queries)
+    k_S = jnp.arange(S)
+    see_BTS = jnp.broadcast_to(k_S[None, :] <= q_T[:, None], (B, num_queries, S))
+    if prefix_BT is not None:
+        prefix_BS = jax.lax.dynamic_update_slice_in_dim(
+            jnp.zeros((B, S), bool), prefix_BT.astype(bool), start, axis=1
+        )
+        see_BTS = see_BTS | (prefix_BT.astype(bool)[:, :, None] & prefix_BS[:, None, :])
+    self_TS = k_S[None, :] == q_T[:, None]
+    mask_BTS = see_BTS & (valid_BS[:, None, :] | self_TS[None])
+    return mask_BTS[:, None, :, :]

@@ -20,8 +20,9 @@ import math
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
+from models.masks import make_cache_mask
 from models.positions import EMBED_INIT_STD, POSITION_KINDS, AdditivePositions, apply_rotary
 
 NORM_KINDS: tuple[str, ...] = ("layernorm", "rmsnorm", "batchnorm")
@@ -77,6 +78,15 @@ class TransformerConfig:
         ]
 
 
+@struct.dataclass
+class KVCache:
+    """Keys and values of every layer for `S` token slots per row, filled left to right."""
+
+    kv: list[dict[str, jnp.ndarray]]  # per layer {"k", "v"}: [B, S, N, H]
+    valid_BS: jnp.ndarray  # bool: the slot holds a real (not padding) token
+    index: jnp.ndarray  # int32 scalar: the next slot to write
+
+
 def _norm(cfg: TransformerConfig, rngs: nnx.Rngs) -> nnx.Module:
     kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
     if cfg.norm == "rmsnorm":
@@ -128,12 +138,26 @@ class Attention(nnx.Module):
         return q_BLNH, k_BLNH, v_BLNH
 
     def __call__(self, x_BLD, mask_B1LL, positions_BL):
-        B, L, D = x_BLD.shape
         q_BLNH, k_BLNH, v_BLNH = self._qkv(x_BLD, positions_BL)
-        o_BLNH = jax.nn.dot_product_attention(
-            q_BLNH, k_BLNH, v_BLNH, mask=mask_B1LL, scale=self.cfg.logit_scale
+        return self._attend(q_BLNH, k_BLNH, v_BLNH, mask_B1LL)
+
+    def extend(self, x_BTD, mask_B1TS, positions_BT, kv: dict, index):
+        """Attention of T new tokens over a KV cache of S slots, after writing theirs at `index`.
+
+        Same projections and attention as `__call__`; only where keys and values come from
+        differs. Returns (output `[B, T, D]`, the updated `{"k", "v"}` `[B, S, N, H]`).
+        """
+        q_BTNH, k_BTNH, v_BTNH = self._qkv(x_BTD, positions_BT)
+        k_BSNH = jax.lax.dynamic_update_slice_in_dim(kv["k"], k_BTNH.astype(kv["k"].dtype), index, axis=1)
+        v_BSNH = jax.lax.dynamic_update_slice_in_dim(kv["v"], v_BTNH.astype(kv["v"].dtype), index, axis=1)
+        return self._attend(q_BTNH, k_BSNH, v_BSNH, mask_B1TS), {"k": k_BSNH, "v": v_BSNH}
+
+    def _attend(self, q_BTNH, k_BSNH, v_BSNH, mask_B1TS):
+        B, T, N, H = q_BTNH.shape
+        o_BTNH = jax.nn.dot_product_attention(
+            q_BTNH, k_BSNH, v_BSNH, mask=mask_B1TS, scale=self.cfg.logit_scale
         )
-        return self.out(o_BLNH.reshape(B, L, D))
+        return self.out(o_BTNH.reshape(B, T, N * H))
 
     def probabilities(self, x_BLD, mask_B1LL, positions_BL) -> jnp.ndarray:
         """Attention weights `[B, N, L, L]`, for inspection (the forward pass never builds them)."""
@@ -163,10 +187,23 @@ class Block(nnx.Module):
         self.mlp = MLP(cfg, rngs=rngs)
 
     def __call__(self, x_BLD, mask_B1LL, positions_BL):
+        return self._residual(x_BLD, lambda h_BLD: self.attn(h_BLD, mask_B1LL, positions_BL))
+
+    def extend(self, x_BTD, mask_B1TS, positions_BT, kv: dict, index):
+        """The block on T new tokens against a KV cache (see `Attention.extend`)."""
+        new_kv = {}
+
+        def attend(h_BTD):
+            out_BTD, new_kv["kv"] = self.attn.extend(h_BTD, mask_B1TS, positions_BT, kv, index)
+            return out_BTD
+
+        return self._residual(x_BTD, attend), new_kv["kv"]
+
+    def _residual(self, x_BLD, attend):
         if self.pre:
-            x_BLD = x_BLD + self.attn(self.attn_norm(x_BLD), mask_B1LL, positions_BL)
+            x_BLD = x_BLD + attend(self.attn_norm(x_BLD))
             return x_BLD + self.mlp(self.mlp_norm(x_BLD))
-        x_BLD = self.attn_norm(x_BLD + self.attn(x_BLD, mask_B1LL, positions_BL))
+        x_BLD = self.attn_norm(x_BLD + attend(x_BLD))
         return self.mlp_norm(x_BLD + self.mlp(x_BLD))
 
     def attention_input(self, x_BLD):
@@ -216,6 +253,39 @@ class Transformer(nnx.Module):
             maps.append(block.attn.probabilities(block.attention_input(x_BLD), mask_B1LL, positions_BL))
             x_BLD = block(x_BLD, mask_B1LL, positions_BL)
         return maps
+
+    def init_cache(self, batch_size: int, num_slots: int) -> KVCache:
+        """An empty KV cache of `num_slots` token slots per row."""
+        cfg = self.cfg
+        shape = (batch_size, num_slots, cfg.num_heads, cfg.head_dim)
+        zeros = lambda: jnp.zeros(shape, jnp.dtype(cfg.dtype))  # noqa: E731
+        return KVCache(
+            kv=[{"k": zeros(), "v": zeros()} for _ in range(cfg.num_layers)],
+            valid_BS=jnp.zeros((batch_size, num_slots), bool),
+            index=jnp.zeros((), jnp.int32),
+        )
+
+    def extend(
+        self, tokens_BT, positions_BT, valid_BT, cache: KVCache, *, prefix_BT=None
+    ) -> tuple[jnp.ndarray, KVCache]:
+        """Runs T new tokens (a prompt prefill, or one decoding step) against the cache.
+
+        Each new token attends causally to every valid slot before it, so a prefill followed by
+        one-token steps computes exactly the logits of one causal forward pass over the whole
+        sequence. `valid_BT` is False on left padding of shorter prompts; `prefix_BT` makes
+        the new tokens a bidirectional prefix (a prefix LM's prompt). Returns (float32
+        logits `[B, T, V]`, the cache with the new tokens written at `cache.index`).
+        """
+        T = tokens_BT.shape[1]
+        valid_BS = jax.lax.dynamic_update_slice_in_dim(cache.valid_BS, valid_BT, cache.index, axis=1)
+        mask_B1TS = make_cache_mask(valid_BS, cache.index, T, prefix_BT=prefix_BT)
+        x_BTD = self.positions(self.embed(tokens_BT), positions_BT)
+        new_kv = []
+        for block, kv in zip(self.blocks, cache.kv, strict=True):
+            x_BTD, kv = block.extend(x_BTD, mask_B1TS, positions_BT, kv, cache.index)
+            new_kv.append(kv)
+        h_BTD = self.final_norm(x_BTD) if self.final_norm is not None else x_BTD
+        return self.logits(h_BTD), KVCache(kv=new_kv, valid_BS=valid_BS, index=cache.index + T)
 
     def logits(self, h_xD) -> jnp.ndarray:
         """Vocabulary logits (float32) for hidden states of any leading shape, via the tied embedding."""
