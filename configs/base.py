@@ -41,7 +41,7 @@ VARIANTS: dict[str, dict] = {
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.objective = "clm"  # "clm" (GPT) or "mlm" (BERT)
+    c.objective = "clm"  # "clm" (GPT), "mlm" (BERT), "prefix_lm" or "hybrid" (train/objectives.py)
     c.mask = "causal"  # "causal", "bidirectional" or "prefix" (models/masks.py)
 
     c.dataset = "hmm"
@@ -70,6 +70,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.data_cache_dir = ""  # tokenizers and packed rows; "" means ~/.cache/gptbert
     c.eval_max_rows = 1024  # real text: eval on the first rows of the eval split
     c.mlm = ml_collections.ConfigDict(dict(rate=0.15, mask_frac=0.8, random_frac=0.1))
+    # objective "hybrid": the share of rows trained causally; the rest use mlm.* masking.
+    c.hybrid = ml_collections.ConfigDict(dict(causal_fraction=0.5))
 
     c.model = ml_collections.ConfigDict(
         dict(

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from configs import base, bert, gpt
+from configs import base, bert, gpt, hybrid, prefix_lm
 from experiments.make_text_corpus import write_corpus  # noqa: F401  (re-exported for tests)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,8 +32,11 @@ MICRO_OVERRIDES = {
 }
 
 
+CONFIG_MODULES = {"clm": gpt, "mlm": bert, "prefix_lm": prefix_lm, "hybrid": hybrid}
+
+
 def micro_config(objective: str = "clm", **overrides):
-    c = (gpt if objective == "clm" else bert).get_config("tiny")
+    c = CONFIG_MODULES[objective].get_config("tiny")
     return base.override(c, {**MICRO_OVERRIDES, **overrides})
 
 

@@ -4,8 +4,9 @@ import jax
 import numpy as np
 import pytest
 
+from models.masks import make_attention_mask
 from train.data.vocab import BOS_ID, MASK_ID, NUM_SPECIAL, PAD_ID
-from train.objectives import CausalLM, MaskedLM
+from train.objectives import CausalLM, HybridLM, MaskedLM, PrefixLM
 
 V = 100
 
@@ -96,3 +97,55 @@ def test_mlm_scores_only_selected_positions():
     model.logits = lambda h: (seen.append(h.shape), original(h))[1]
     objective.scores(model, out, "bidirectional")
     assert seen == [(2, objective.max_predictions(64), 16)]
+
+
+def _sees_beyond(mask_B1LL: np.ndarray, scored_BL: np.ndarray) -> bool:
+    """Whether any scored position t may attend to a position after t (where its target is)."""
+    L = scored_BL.shape[1]
+    future_LL = np.arange(L)[None, :] > np.arange(L)[:, None]
+    return bool((mask_B1LL[:, 0] & future_LL[None] & scored_BL[:, :, None]).any())
+
+
+def test_prefix_lm_scores_only_after_the_split_and_never_sees_its_targets():
+    batch = _batch(np.random.default_rng(1), B=256, L=32, pad_from=24)
+    out = jax.jit(PrefixLM().transform)(batch, jax.random.PRNGKey(0))
+    prefix, weights = np.asarray(out["prefix"]), np.asarray(out["weights"])
+    split = prefix.sum(1)
+    # A contiguous prefix from BOS, with at least one real token left to predict.
+    np.testing.assert_array_equal(prefix, np.arange(32)[None] < split[:, None])
+    assert split.min() == 1 and split.max() == 23 and len(np.unique(split)) > 15
+    expected = (np.arange(32)[None] >= split[:, None] - 1) & (np.arange(32)[None] < 23)
+    np.testing.assert_array_equal(weights, expected)
+    mask = np.asarray(make_attention_mask("prefix", out["segment_ids"], prefix_BL=out["prefix"]))
+    assert not _sees_beyond(mask, weights)
+    # Under the same mask, the prefix tokens do see ahead (within the prefix).
+    assert _sees_beyond(mask, prefix & (np.arange(32)[None] < split[:, None] - 1))
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 0.5, 1.0])
+def test_hybrid_mixes_causal_and_masked_next_token_rows(fraction):
+    B, L = 64, 128
+    batch = _batch(np.random.default_rng(2), B=B, L=L)
+    objective = HybridLM(vocab_size=V, causal_fraction=fraction)
+    out = jax.device_get(jax.jit(objective.transform)(batch, jax.random.PRNGKey(3)))
+    causal = ~out["prefix"][:, 0]
+    assert causal.sum() == round(fraction * B)
+    assert (out["prefix"] == ~causal[:, None]).all()  # each row wholly causal or bidirectional
+    clm = CausalLM().transform(batch)
+    np.testing.assert_array_equal(out["inputs"][causal], batch["tokens"][causal])
+    np.testing.assert_array_equal(out["weights"][causal], np.asarray(clm["weights"])[causal])
+    np.testing.assert_array_equal(out["targets"], np.asarray(clm["targets"]))
+    mask = np.asarray(make_attention_mask("prefix", out["segment_ids"], prefix_BL=out["prefix"]))
+    assert not _sees_beyond(mask[causal], out["weights"][causal])
+    if fraction < 1.0:
+        masked = ~causal
+        # Masked rows predict token t+1 at position t exactly where t+1 was selected: 15%.
+        changed_next = np.pad(out["inputs"] != batch["tokens"], ((0, 0), (0, 1)))[:, 1:]
+        assert not (changed_next & ~out["weights"])[masked].any()
+        rate = out["weights"][masked].sum() / (masked.sum() * (L - 1))
+        assert abs(rate - 0.15) < 0.01
+        view = jax.device_get(jax.jit(objective.masked_view().transform)(batch, jax.random.PRNGKey(3)))
+        next_inputs = np.pad(view["inputs"], ((0, 0), (0, 1)))[:, 1:]
+        assert (next_inputs[view["weights"]] == MASK_ID).all()
+        assert objective.masked_view().oracle == "mlm"
+    assert objective.for_eval().oracle == "clm"

@@ -7,8 +7,7 @@ from typing import Any
 from models.masks import MASK_KINDS
 from models.positions import POSITION_KINDS
 from models.transformer import ATTN_SCALES, NORM_KINDS, NORM_POSITIONS
-
-OBJECTIVES = ("clm", "mlm")
+from train.objectives import OBJECTIVES
 
 
 class ConfigError(ValueError):
@@ -30,6 +29,17 @@ def validate(config: Any) -> None:
     )
     need(config.objective in OBJECTIVES, f"objective={config.objective!r}: use one of {OBJECTIVES}")
     need(config.mask in MASK_KINDS, f"mask={config.mask!r}: use one of {MASK_KINDS}")
+    needs_prefix = config.objective in ("prefix_lm", "hybrid")
+    need(
+        needs_prefix == (config.mask == "prefix"),
+        f"objective={config.objective!r} with mask={config.mask!r}: the 'prefix' mask takes its "
+        "per-row prefix from the objective, so objectives 'prefix_lm' and 'hybrid' need "
+        "mask='prefix' and the others must not use it (see configs/prefix_lm.py, configs/hybrid.py)",
+    )
+    need(
+        0.0 <= config.hybrid.causal_fraction <= 1.0,
+        f"hybrid.causal_fraction={config.hybrid.causal_fraction} must be in [0, 1]",
+    )
     need(
         not (config.objective == "clm" and config.mask != "causal"),
         f"objective='clm' with mask={config.mask!r} lets each position see the token it must "

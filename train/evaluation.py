@@ -1,8 +1,9 @@
 """Evaluation on a fixed eval set: the same batches, masks and references at every eval.
 
-MLM eval draws its masking pattern once, from a key shared by every run whatever its seed, and
-turns every selected token into [MASK] (`MaskedLM.for_eval`), so the model's loss and the HMM
-oracle's measure the same thing and runs with different seeds are scored on the same positions.
+An objective with `for_eval()` is evaluated in that form: MLM with every selected token turned
+into [MASK], the hybrid in its causal view. MLM eval draws its masking pattern once, from a key
+shared by every run whatever its seed, so the model's loss and the HMM oracle's measure the same
+thing and runs with different seeds are scored on the same positions.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 
 from train import step as step_lib
 from train.mesh import to_global
-from train.objectives import CausalLM, MaskedLM, Objective
+from train.objectives import Objective
 
 _EVAL_MASK_KEY = 0x5EED
 
@@ -26,7 +27,7 @@ def fixed_eval_set(source: Any, objective: Objective) -> tuple[Objective, list[d
     References are the HMM's exact losses, or, for the causal LM on real text, the number of
     UTF-8 bytes its scored targets stand for (for bits per byte).
     """
-    eval_objective = objective.for_eval() if isinstance(objective, MaskedLM) else objective
+    eval_objective = objective.for_eval() if hasattr(objective, "for_eval") else objective
     transform = jax.jit(eval_objective.transform)
     key = jax.random.PRNGKey(_EVAL_MASK_KEY)
     raw_batches = source.eval_batches()
@@ -34,11 +35,11 @@ def fixed_eval_set(source: Any, objective: Objective) -> tuple[Objective, list[d
         jax.device_get(transform(b, jax.random.fold_in(key, i))) for i, b in enumerate(raw_batches)
     ]
     reference = None
-    if hasattr(source, "reference_losses"):
+    if hasattr(source, "reference_losses") and eval_objective.oracle:
         raw = np.concatenate([b["tokens"] for b in raw_batches])
         scored = np.concatenate([np.asarray(eval_objective.scored_tokens(b)) for b in host_batches])
-        reference = source.reference_losses(objective.name, raw, scored)
-    elif hasattr(source, "bytes_per_token") and isinstance(eval_objective, CausalLM):
+        reference = source.reference_losses(eval_objective.oracle, raw, scored)
+    elif hasattr(source, "bytes_per_token") and eval_objective.oracle == "clm":
         table = source.bytes_per_token()
         n_bytes = sum(float((table[b["targets"]] * b["weights"]).sum()) for b in host_batches)
         reference = {"target_bytes": n_bytes}

@@ -11,6 +11,15 @@ the objective's business: it comes from `config.mask` and is built by `models.ma
   per batch); of those, `mask_frac` become [MASK], `random_frac` a random real token and the
   rest stay. Only selected positions are scored, and only their hidden states go through the
   vocabulary projection.
+- Prefix LM (T5's): each row is split at a uniformly random point; the prefix attends
+  bidirectionally (mask "prefix"), the rest causally, and only next-token targets after the
+  split are scored (a prefix token's own target is visible to it).
+- Hybrid (GPT-BERT, Charpentier & Samuel 2024): a fraction of the rows are causal LM rows; the
+  others are masked as for MLM, attend bidirectionally, and predict each masked token from the
+  position before it ("masked next-token prediction"), so both row kinds share one shifted
+  output head. Per-row causality is data: the prefix flag is all-False or all-True per row.
+
+`oracle` names the exact HMM optimum an objective's eval loss is comparable with.
 """
 
 from __future__ import annotations
@@ -50,29 +59,45 @@ def _scores(logits_xV, targets_x, weights_x) -> dict[str, jnp.ndarray]:
     return {"nll_sum": (nll * w).sum(), "correct_sum": (correct * w).sum(), "weight_sum": w.sum()}
 
 
+def _next_token_scores(model: LanguageModel, batch: Batch, mask_kind: str) -> dict[str, jnp.ndarray]:
+    h_BLD = _forward_hidden(model, batch, mask_kind)
+    return _scores(model.logits(h_BLD), batch["targets"], batch["weights"])
+
+
+def _next_token_targets(tokens_BL, seg_BL) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(token t+1 at position t, whether it belongs to the same real document)."""
+    next_seg_BL = jnp.pad(seg_BL[:, 1:], ((0, 0), (0, 1)))
+    return jnp.pad(tokens_BL[:, 1:], ((0, 0), (0, 1))), (seg_BL != 0) & (next_seg_BL == seg_BL)
+
+
+def _shifted(weights_BL) -> jnp.ndarray:
+    """Which tokens a next-token batch predicts: position t scores token t+1."""
+    return jnp.pad(weights_BL[:, :-1], ((0, 0), (1, 0)))
+
+
 @dataclasses.dataclass(frozen=True)
 class CausalLM:
     name: str = "clm"
+    oracle: str = "clm"
 
     def transform(self, batch: Batch, rng: jax.Array | None = None) -> Batch:
         del rng  # deterministic
         tokens, seg = jnp.asarray(batch["tokens"]), jnp.asarray(batch["segment_ids"])
-        next_seg = jnp.pad(seg[:, 1:], ((0, 0), (0, 1)))
+        targets, weights = _next_token_targets(tokens, seg)
         return {
             "inputs": tokens,
             "segment_ids": seg,
             "positions": batch["positions"],
-            "targets": jnp.pad(tokens[:, 1:], ((0, 0), (0, 1))),
-            "weights": (seg != 0) & (next_seg == seg),
+            "targets": targets,
+            "weights": weights,
         }
 
     def scores(self, model: LanguageModel, batch: Batch, mask_kind: str) -> dict[str, jnp.ndarray]:
-        h_BLD = _forward_hidden(model, batch, mask_kind)
-        return _scores(model.logits(h_BLD), batch["targets"], batch["weights"])
+        return _next_token_scores(model, batch, mask_kind)
 
     def scored_tokens(self, batch: Batch) -> jnp.ndarray:
         """`[B, L]` bool: which tokens of the row are predicted (input t predicts token t+1)."""
-        return jnp.pad(batch["weights"][:, :-1], ((0, 0), (1, 0)))
+        return _shifted(batch["weights"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +107,7 @@ class MaskedLM:
     mask_frac: float = 0.8
     random_frac: float = 0.1
     name: str = "mlm"
+    oracle: str = "mlm"
 
     def max_predictions(self, seq_len: int) -> int:
         return max(1, math.ceil(self.rate * seq_len))
@@ -136,17 +162,115 @@ class MaskedLM:
         return zeros.at[jnp.arange(B)[:, None], batch["mlm_positions"]].max(batch["weights"])
 
 
-Objective = CausalLM | MaskedLM
+@dataclasses.dataclass(frozen=True)
+class PrefixLM:
+    name: str = "prefix_lm"
+    oracle: str = "clm"  # targets after the split see exactly their left context
+
+    def transform(self, batch: Batch, rng: jax.Array) -> Batch:
+        tokens, seg = jnp.asarray(batch["tokens"]), jnp.asarray(batch["segment_ids"])
+        B, L = tokens.shape
+        n_real_B = (seg != 0).sum(1)
+        # At least one prefix token (BOS) and one target: split in [1, n_real - 1].
+        u_B = jax.random.uniform(rng, (B,))
+        split_B = 1 + jnp.floor(u_B * jnp.maximum(n_real_B - 1, 1)).astype(jnp.int32)
+        prefix_BL = jnp.arange(L)[None, :] < split_B[:, None]
+        targets, weights = _next_token_targets(tokens, seg)
+        return {
+            "inputs": tokens,
+            "segment_ids": seg,
+            "positions": batch["positions"],
+            "prefix": prefix_BL,
+            "targets": targets,
+            # Position t's target t+1 must lie after the split, else t sees it.
+            "weights": weights & ~jnp.pad(prefix_BL[:, 1:], ((0, 0), (0, 1)), constant_values=False),
+        }
+
+    def scores(self, model: LanguageModel, batch: Batch, mask_kind: str) -> dict[str, jnp.ndarray]:
+        return _next_token_scores(model, batch, mask_kind)
+
+    def scored_tokens(self, batch: Batch) -> jnp.ndarray:
+        return _shifted(batch["weights"])
+
+
+@dataclasses.dataclass(frozen=True)
+class HybridLM:
+    """Causal rows and masked-next-token rows in one batch; `causal_fraction` of rows are causal."""
+
+    vocab_size: int
+    causal_fraction: float = 0.5
+    rate: float = 0.15
+    mask_frac: float = 0.8
+    random_frac: float = 0.1
+    name: str = "hybrid"
+
+    @property
+    def oracle(self) -> str | None:
+        return {1.0: "clm", 0.0: "mlm"}.get(float(self.causal_fraction))
+
+    def for_eval(self) -> HybridLM:
+        """The causal view: every row next-token, comparable with GPT and the CLM optimum."""
+        return dataclasses.replace(self, causal_fraction=1.0)
+
+    def masked_view(self) -> HybridLM:
+        """Every row masked, all selected tokens [MASK]: comparable with the MLM optimum."""
+        return dataclasses.replace(self, causal_fraction=0.0, mask_frac=1.0, random_frac=0.0)
+
+    def transform(self, batch: Batch, rng: jax.Array) -> Batch:
+        tokens, seg = jnp.asarray(batch["tokens"]), jnp.asarray(batch["segment_ids"])
+        B, L = tokens.shape
+        rows_rng, mask_rng = jax.random.split(rng)
+        # Exactly round(fraction * B) causal rows, so the mix does not fluctuate per batch.
+        n_causal = round(self.causal_fraction * B)
+        rank_B = jnp.argsort(jnp.argsort(jax.random.uniform(rows_rng, (B,))))
+        causal_B = rank_B < n_causal
+
+        mlm = MaskedLM(self.vocab_size, self.rate, self.mask_frac, self.random_frac)
+        masked = mlm.transform(batch, mask_rng)
+        selected_BL = mlm.scored_tokens(masked)
+        targets, next_ok_BL = _next_token_targets(tokens, seg)
+        selected_next_BL = jnp.pad(selected_BL[:, 1:], ((0, 0), (0, 1)))
+        return {
+            "inputs": jnp.where(causal_B[:, None], tokens, masked["inputs"]),
+            "segment_ids": seg,
+            "positions": batch["positions"],
+            "prefix": jnp.broadcast_to(~causal_B[:, None], (B, L)),
+            "targets": targets,
+            "weights": next_ok_BL & (causal_B[:, None] | selected_next_BL),
+        }
+
+    def scores(self, model: LanguageModel, batch: Batch, mask_kind: str) -> dict[str, jnp.ndarray]:
+        return _next_token_scores(model, batch, mask_kind)
+
+    def scored_tokens(self, batch: Batch) -> jnp.ndarray:
+        return _shifted(batch["weights"])
+
+
+Objective = CausalLM | MaskedLM | PrefixLM | HybridLM
+OBJECTIVES: tuple[str, ...] = ("clm", "mlm", "prefix_lm", "hybrid")
+# The attention mask each objective is built for; "prefix" carries per-row prefix flags.
+OBJECTIVE_MASKS: dict[str, str] = {
+    "clm": "causal",
+    "mlm": "bidirectional",
+    "prefix_lm": "prefix",
+    "hybrid": "prefix",
+}
 
 
 def make_objective(config: Any, vocab_size: int) -> Objective:
+    m = config.mlm
     if config.objective == "clm":
         return CausalLM()
     if config.objective == "mlm":
-        return MaskedLM(
-            vocab_size=vocab_size,
-            rate=config.mlm.rate,
-            mask_frac=config.mlm.mask_frac,
-            random_frac=config.mlm.random_frac,
+        return MaskedLM(vocab_size, rate=m.rate, mask_frac=m.mask_frac, random_frac=m.random_frac)
+    if config.objective == "prefix_lm":
+        return PrefixLM()
+    if config.objective == "hybrid":
+        return HybridLM(
+            vocab_size,
+            causal_fraction=config.hybrid.causal_fraction,
+            rate=m.rate,
+            mask_frac=m.mask_frac,
+            random_frac=m.random_frac,
         )
-    raise ValueError(f"objective={config.objective!r} is not one of ('clm', 'mlm')")
+    raise ValueError(f"objective={config.objective!r} is not one of {OBJECTIVES}")
