@@ -15,52 +15,14 @@ import argparse
 import ast
 import json
 import os
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from configs import base, bert, gpt
-from experiments import report
+from experiments import report, runs
 from experiments.tables import Row, Table, make_tables, run_overrides
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING_LENGTHS = {"cpu": (64, 128, 256, 512, 1024), "gpu": (128, 256, 512, 1024, 2048, 4096)}
-
-
-def _config(objective: str, overrides: dict[str, Any]):
-    return base.override((gpt if objective == "clm" else bert).get_config("tiny"), overrides)
-
-
-def _finished(workdir: str, steps: int) -> bool:
-    path = os.path.join(workdir, "summary.json")
-    return os.path.exists(path) and json.load(open(path))["final_step"] == steps
-
-
-def _train(workdir: str, objective: str, overrides: dict[str, Any]) -> None:
-    config = "configs/gpt.py:tiny" if objective == "clm" else "configs/bert.py:tiny"
-    cmd = [sys.executable, "-m", "train.main", f"--config={config}", f"--workdir={workdir}"]
-    cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "log.txt"), "a") as log:
-        log.write(" ".join(cmd) + "\n")
-        log.flush()
-        result = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    if result.returncode:
-        tail = open(os.path.join(workdir, "log.txt")).read()[-2000:]
-        raise RuntimeError(f"run failed ({workdir}):\n{tail}")
-
-
-def _collect(workdir: str) -> dict[str, Any]:
-    summary = json.load(open(os.path.join(workdir, "summary.json")))
-    resolved = json.load(open(os.path.join(workdir, "config.json")))["resolved"]
-    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-    last_train = [r for r in rows if r["split"] == "train"][-1]
-    out = {f"eval_{k}": v for k, v in summary["eval"].items()}
-    out.update(
-        train_loss=last_train["loss"], wall_seconds=summary["wall_seconds"], num_params=resolved["num_params"]
-    )
-    return out
 
 
 def _measure(kind: str, workdir: str, objective: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +31,7 @@ def _measure(kind: str, workdir: str, objective: str, overrides: dict[str, Any])
 
     path = os.path.join(workdir, f"{kind}.json")
     if not os.path.exists(path):
-        result = getattr(measure, kind)(_config(objective, overrides), workdir)
+        result = getattr(measure, kind)(runs.make_config(objective, overrides), workdir)
         os.makedirs(workdir, exist_ok=True)
         with open(f"{path}.tmp", "w") as f:
             json.dump(result, f)
@@ -96,9 +58,9 @@ def run_table(
         workdir = os.path.join(root, row.slug, f"seed{seed}")
         if "init_attention" in table.extra:
             init = _measure("init_attention_stats", workdir, row.objective, overrides)
-        if not _finished(workdir, overrides["num_train_steps"]):
-            _train(workdir, row.objective, overrides)
-        result = {"row": row, "seed": seed, **_collect(workdir)}
+        if not runs.finished(workdir, overrides["num_train_steps"]):
+            runs.train(workdir, row.objective, overrides)
+        result = {"row": row, "seed": seed, **runs.collect(workdir)}
         if "init_attention" in table.extra:
             result.update(init)
         print(f"[{table.name}] {row.slug} seed {seed}: eval loss {result['eval_loss']:.4f}", flush=True)

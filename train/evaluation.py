@@ -21,13 +21,17 @@ from train.objectives import Objective
 _EVAL_MASK_KEY = 0x5EED
 
 
-def fixed_eval_set(source: Any, objective: Objective) -> tuple[Objective, list[dict], dict | None]:
+def fixed_eval_set(
+    source: Any, objective: Objective, *, eval_form: bool = True
+) -> tuple[Objective, list[dict], dict | None]:
     """(the eval objective, transformed global batches on the host, references or None).
+
+    `eval_form=False` evaluates `objective` exactly as given (e.g. the hybrid's masked view).
 
     References are the HMM's exact losses, or, for the causal LM on real text, the number of
     UTF-8 bytes its scored targets stand for (for bits per byte).
     """
-    eval_objective = objective.for_eval() if hasattr(objective, "for_eval") else objective
+    eval_objective = objective.for_eval() if eval_form and hasattr(objective, "for_eval") else objective
     transform = jax.jit(eval_objective.transform)
     key = jax.random.PRNGKey(_EVAL_MASK_KEY)
     raw_batches = source.eval_batches()
@@ -58,8 +62,10 @@ class Evaluator:
     Plus gap and captured on the HMM corpus, or bits per byte for the causal LM on real text.
     """
 
-    def __init__(self, source: Any, objective: Objective, graphdef, mask_kind: str, sharding):
-        eval_objective, host_batches, self.reference = fixed_eval_set(source, objective)
+    def __init__(
+        self, source: Any, objective: Objective, graphdef, mask_kind: str, sharding, *, eval_form: bool = True
+    ):
+        eval_objective, host_batches, self.reference = fixed_eval_set(source, objective, eval_form=eval_form)
         self.batches = [to_global(_rows_of_this_process(b), sharding) for b in host_batches]
         self._step = jax.jit(step_lib.make_eval_step(graphdef, eval_objective, mask_kind))
 

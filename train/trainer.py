@@ -114,7 +114,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
             fetched = jax.device_get(window)
             row = {k: float(np.mean([m[k] for m in fetched])) for k in ("loss", "accuracy", "grad_norm")}
             row["learning_rate"] = float(fetched[-1]["learning_rate"])
-            row["predicted_tokens"] = float(fetched[-1]["predicted_tokens"])
+            # Mean per step over the window: times log_every_steps it is the exact count.
+            row["predicted_tokens"] = float(np.mean([m["predicted_tokens"] for m in fetched]))
             window = []
             writer.write(step, "train", row)
             writer.scalars(step, "perf", progress.update(step, row))

@@ -1,0 +1,69 @@
+"""Training runs as independent processes: launch, detect finished ones, collect their results.
+
+Shared by `experiments.ablate` and `experiments.compare`. A run is `python -m train.main` with a
+config file per objective plus overrides, in its own workdir; rerunning an unfinished one
+resumes it from its last checkpoint, and a finished one (summary.json at the final step) is
+never rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+from ml_collections import ConfigDict
+
+from configs import base, bert, gpt, hybrid, prefix_lm
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_FILES = {
+    "clm": "configs/gpt.py",
+    "mlm": "configs/bert.py",
+    "prefix_lm": "configs/prefix_lm.py",
+    "hybrid": "configs/hybrid.py",
+}
+_MODULES = {"clm": gpt, "mlm": bert, "prefix_lm": prefix_lm, "hybrid": hybrid}
+
+
+def make_config(objective: str, overrides: dict[str, Any], variant: str = "tiny") -> ConfigDict:
+    """The config a run of `objective` with `overrides` trains with (as `train.main` builds it)."""
+    return base.override(_MODULES[objective].get_config(variant), overrides)
+
+
+def finished(workdir: str, steps: int) -> bool:
+    path = os.path.join(workdir, "summary.json")
+    return os.path.exists(path) and json.load(open(path))["final_step"] == steps
+
+
+def train(workdir: str, objective: str, overrides: dict[str, Any], variant: str = "tiny") -> None:
+    """Runs (or resumes) one training process; its output goes to `workdir/log.txt`."""
+    cmd = [sys.executable, "-m", "train.main", f"--config={CONFIG_FILES[objective]}:{variant}"]
+    cmd += [f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "log.txt"), "a") as log:
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        result = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    if result.returncode:
+        tail = open(os.path.join(workdir, "log.txt")).read()[-2000:]
+        raise RuntimeError(f"run failed ({workdir}):\n{tail}")
+
+
+def metrics_lines(workdir: str) -> list[dict[str, Any]]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def collect(workdir: str) -> dict[str, Any]:
+    """The final eval (`eval_*`), last train loss, wall time and parameter count of a run."""
+    summary = json.load(open(os.path.join(workdir, "summary.json")))
+    resolved = json.load(open(os.path.join(workdir, "config.json")))["resolved"]
+    last_train = [r for r in metrics_lines(workdir) if r["split"] == "train"][-1]
+    out = {f"eval_{k}": v for k, v in summary["eval"].items()}
+    out.update(
+        train_loss=last_train["loss"], wall_seconds=summary["wall_seconds"], num_params=resolved["num_params"]
+    )
+    return out

@@ -1,0 +1,184 @@
+"""Loading a trained model for inference: `load_trained(path)`, on one CPU (or any one device).
+
+Works from a run's workdir (its latest complete checkpoint), a `checkpoints/` folder, or one
+step's folder `checkpoints/<step>`, whatever mesh or number of devices wrote it: the parameters
+are restored straight onto a single device, and the optimizer state is never read (Orbax
+partial restore). The model is rebuilt from the run identity stored in every checkpoint, so a
+step folder copied on its own (to Drive, for Colab) still loads; the workdir's `config.json`
+and `tokenizer.model` are used when they are there.
+
+    trained = load_trained("runs/gpt")
+    trained.model, trained.tokenizer.encode(["..."]), trained.config.objective
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from train import step as step_lib
+from train.checkpoint import CheckpointMismatch, identity_diff
+from train.data.vocab import NUM_SPECIAL, SPECIAL_TOKENS
+from train.tokenizer import Tokenizer
+
+
+class SymbolTokenizer:
+    """The embedded HMM corpus's "tokenizer": symbol k is written `s<k>` (token id k + NUM_SPECIAL)."""
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        out = []
+        for text in texts:
+            ids = []
+            for word in text.split():
+                if word in SPECIAL_TOKENS:
+                    ids.append(SPECIAL_TOKENS.index(word))
+                elif re.fullmatch(r"s\d+", word) and int(word[1:]) + NUM_SPECIAL < self.vocab_size:
+                    ids.append(int(word[1:]) + NUM_SPECIAL)
+                else:
+                    raise ValueError(
+                        f"{word!r} is not a symbol of the HMM corpus: write symbols as s0 .. "
+                        f"s{self.vocab_size - NUM_SPECIAL - 1}, or special tokens {SPECIAL_TOKENS}"
+                    )
+            out.append(ids)
+        return out
+
+    def decode(self, ids: Sequence[int]) -> str:
+        words = (SPECIAL_TOKENS[i] if i < NUM_SPECIAL else f"s{i - NUM_SPECIAL}" for i in map(int, ids))
+        return " ".join(words)
+
+
+@dataclasses.dataclass
+class Trained:
+    model: nnx.Module  # in eval mode
+    identity: dict[str, Any]  # model config, objective, mask, dataset (as the checkpoint stores it)
+    config: ml_collections.ConfigDict | None  # the run's full config, when its workdir is there
+    tokenizer: Tokenizer | SymbolTokenizer
+    step: int
+    checkpoint: str  # the step folder it came from
+
+    @property
+    def mask_kind(self) -> str:
+        return self.identity["mask"]
+
+    @property
+    def objective(self) -> str:
+        return self.identity["objective"]
+
+
+def _step_folder(path: str, step: int | None) -> str:
+    path = os.path.abspath(path)
+    if os.path.isdir(os.path.join(path, "state")) and os.path.isdir(os.path.join(path, "identity")):
+        return path
+    folder = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
+    # A step folder exists only once complete: Orbax writes into a temporary name, then renames.
+    steps = sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
+    if not steps:
+        raise FileNotFoundError(
+            f"no complete checkpoint under {path}: pass a run's workdir, its checkpoints/ folder, or "
+            "one step's folder (checkpoints/<step>)"
+        )
+    if step is not None and step not in steps:
+        raise FileNotFoundError(f"{folder} has no step {step}; it has {steps}")
+    return os.path.join(folder, str(steps[-1] if step is None else step))
+
+
+def _workdir_file(step_folder: str, name: str) -> str | None:
+    candidate = os.path.join(os.path.dirname(os.path.dirname(step_folder)), name)
+    return candidate if os.path.exists(candidate) else None
+
+
+def load_trained(
+    path: str,
+    *,
+    step: int | None = None,
+    expect: dict[str, Any] | None = None,
+    device: jax.Device | None = None,
+) -> Trained:
+    """The trained model at `path` (workdir, checkpoints folder or step folder), on `device`.
+
+    `expect`: a run identity (`train.trainer.run_identity(config, model_cfg)`) the checkpoint
+    must match; a mismatch raises `CheckpointMismatch` listing every field that differs.
+    """
+    folder = _step_folder(path, step)
+    identity = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(folder, "identity"))
+    if expect is not None:
+        diff = identity_diff(identity, expect)
+        if diff:
+            raise CheckpointMismatch(
+                f"the checkpoint {folder} is from a different model:\n  - " + "\n  - ".join(diff)
+            )
+    model_cfg = _model_config(identity["model"])
+    graphdef, abstract_params, abstract_rest = step_lib.split_model(
+        nnx.eval_shape(lambda: step_lib.make_model(model_cfg, nnx.Rngs(0)))
+    )
+
+    device = device or jax.devices("cpu")[0]
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+        {"params": abstract_params, "model_state": abstract_rest, "step": jax.ShapeDtypeStruct((), "int32")},
+    )
+    restore_args = jax.tree.map(
+        lambda a: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=a.shape, dtype=a.dtype), abstract
+    )
+    try:
+        restored = ocp.PyTreeCheckpointer().restore(
+            os.path.join(folder, "state"),
+            args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True),
+        )
+    except (ValueError, KeyError) as e:
+        raise CheckpointMismatch(
+            f"the parameters in {folder} do not fit the model its identity describes (written by "
+            f"another version of models/?): {str(e)[:500]}"
+        ) from e
+    model = nnx.merge(graphdef, restored["params"], restored["model_state"] or {})
+    model.eval()
+
+    config = None
+    config_path = _workdir_file(folder, "config.json")
+    if config_path:
+        with open(config_path) as f:
+            raw = json.load(f)
+        raw.pop("resolved", None)
+        config = ml_collections.ConfigDict(raw)
+        config.lock()
+    return Trained(
+        model=model,
+        identity=identity,
+        config=config,
+        tokenizer=_tokenizer(identity, folder),
+        step=int(restored["step"]),
+        checkpoint=folder,
+    )
+
+
+def _model_config(fields: dict[str, Any]) -> step_lib.ModelConfig:
+    if fields.get("arch") == "lstm" or "bidirectional" in fields:
+        from models.lstm import LSTMConfig
+
+        return LSTMConfig(**fields)
+    return step_lib.TransformerConfig(**fields)
+
+
+def _tokenizer(identity: dict[str, Any], folder: str) -> Tokenizer | SymbolTokenizer:
+    if identity["dataset"] == "hmm":
+        return SymbolTokenizer(identity["model"]["vocab_size"])
+    path = _workdir_file(folder, "tokenizer.model")
+    if path is None:
+        raise FileNotFoundError(
+            f"{folder} was trained on {identity['dataset']!r} but its workdir has no tokenizer.model; "
+            "copy the run's tokenizer.model two levels above the step folder (next to checkpoints/)"
+        )
+    return Tokenizer.load(path)
