@@ -1,0 +1,79 @@
+"""The comparison runner end to end at micro size, and the sampling command on its runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import pytest
+from conftest import MICRO_OVERRIDES
+
+from experiments import compare, sample
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("compare"))
+    sizes = dict(probe_train=32, probe_eval=16, pairs=16, finetune_train=64, finetune_steps=10)
+    old = dict(compare.EVALS["cpu"])
+    compare.EVALS["cpu"].update(sizes)
+    sets = {k: v for k, v in MICRO_OVERRIDES.items() if not k.startswith("hmm.")}
+    sets.update({"num_train_steps": 20, "model.max_len": 64, "checkpoint_every_steps": 20})
+    try:
+        path = compare.run_comparison("cpu", 1, out, sets, "python -m experiments.compare (test)")
+    finally:
+        compare.EVALS["cpu"].update(old)
+    return out, path
+
+
+def test_writes_the_table_csv_and_plot_for_every_objective(comparison):
+    out, md_path = comparison
+    md = open(md_path).read()
+    for name in ("GPT", "BERT", "prefix LM", "GPT-BERT hybrid"):
+        assert f"| {name} |" in md
+    assert "command: `python -m experiments.compare (test)`" in md and "seeds: 0" in md
+    assert os.path.getsize(os.path.join(out, "compare.png")) > 10_000
+    rows = list(csv.DictReader(open(os.path.join(out, "compare.csv"))))
+    by = {r["objective"]: r for r in rows}
+    assert set(by) == set(compare.OBJECTIVES)
+    # Equal tokens seen; the masked LM predicts ~15% of them, the others (almost) all.
+    seen = {float(r["tokens_seen"]) for r in rows}
+    assert seen == {20 * 8 * 32}
+    assert float(by["mlm"]["tokens_predicted"]) == pytest.approx(0.15 * 20 * 8 * 31, rel=0.1)
+    assert float(by["clm"]["tokens_predicted"]) == 20 * 8 * 31
+    assert float(by["mlm"]["train_flops"]) < float(by["clm"]["train_flops"])
+    for r in rows:
+        for key in ("probe_best", "pairs_accuracy", "finetune_accuracy", "probe_layer0", "probe_layer2"):
+            assert 0.0 <= float(r[key]) <= 1.0
+        assert float(r["probe_filtering"]) <= float(r["probe_smoothing"])
+    # Masked-token view only where the model has one; next-token view everywhere but BERT.
+    assert by["hybrid"]["masked_captured"] and by["mlm"]["masked_captured"]
+    assert not by["clm"]["masked_captured"] and not by["mlm"]["next_token_captured"]
+
+
+def test_an_interrupted_comparison_resumes_without_retraining(comparison):
+    out, _ = comparison
+    workdir = os.path.join(out, "runs", "compare", "clm", "seed0")
+    cached = json.load(open(os.path.join(workdir, "compare_eval.json")))
+    mtime = os.path.getmtime(os.path.join(workdir, "summary.json"))
+    result = compare.evaluate_run(workdir, "clm", "cpu", 0, {})
+    assert result == cached and os.path.getmtime(os.path.join(workdir, "summary.json")) == mtime
+
+
+def test_sample_generates_from_gpt_and_fills_masks_with_bert(comparison, capsys):
+    out, _ = comparison
+    runs = os.path.join(out, "runs", "compare")
+    sample.main(
+        ["--workdir", f"{runs}/clm/seed0", "--prompt", "s3 s4", "--prompt", "s5", "--max_new_tokens", "5"]
+    )
+    text = capsys.readouterr().out
+    lines = [x for x in text.splitlines() if " -> " in x]
+    assert len(lines) == 2 and all(len(x.split(" -> ")[1].split()) <= 5 for x in lines)
+    sample.main(["--workdir", f"{runs}/mlm/seed0", "--prompt", "s3 <mask> s4"])
+    text = capsys.readouterr().out
+    assert "position 2:" in text
+    sample.main(["--workdir", f"{runs}/prefix_lm/seed0", "--prompt", "s1", "--temperature", "0"])
+    assert " -> " in capsys.readouterr().out
