@@ -61,6 +61,8 @@ def run_table(
         if not runs.finished(workdir, overrides["num_train_steps"]):
             runs.train(workdir, row.objective, overrides)
         result = {"row": row, "seed": seed, **runs.collect(workdir)}
+        if "eval_at_15" in table.extra:
+            result.update(_measure("eval_at_15", workdir, row.objective, overrides))
         if "init_attention" in table.extra:
             result.update(init)
         print(f"[{table.name}] {row.slug} seed {seed}: eval loss {result['eval_loss']:.4f}", flush=True)

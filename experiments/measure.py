@@ -5,6 +5,8 @@
   of the query and key kernels.
 - `step_timing`: seconds per train step and tokens/s over sequence lengths (claim C1: the
   Transformer trains all positions at once; the LSTM steps through them).
+- `eval_at_15`: a trained masked LM scored at the standard 15% masking rate, whatever rate it
+  was trained with, so the rows of the masking-rate table share one yardstick.
 """
 
 from __future__ import annotations
@@ -83,3 +85,19 @@ def step_timing(config: Any, workdir: str, repeats: int = 5) -> dict[str, float]
         "compile_seconds": compile_s,
         "num_params": int(sum(np.prod(p.shape) for p in jax.tree.leaves(state.params))),
     }
+
+
+def eval_at_15(config: Any, workdir: str) -> dict[str, float]:
+    """The trained run's eval loss and `captured` with 15% of tokens masked (all [MASK])."""
+    import dataclasses
+
+    from train.evaluation import Evaluator
+    from train.inference import load_trained
+
+    trained = load_trained(workdir)
+    source, _, objective = _setup(config, workdir)
+    graphdef, params, rest = step_lib.split_model(trained.model)
+    at_15 = dataclasses.replace(objective, rate=0.15)
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    result = Evaluator(source, at_15, graphdef, config.mask, sharding)(params, rest)
+    return {"eval15_loss": result["loss"], "eval15_captured": result["captured"]}

@@ -21,6 +21,8 @@ METRICS = [
     ("captured", "eval_captured", 3),
     ("gap", "eval_gap", 3),
     ("bits/byte", "eval_bits_per_byte", 4),
+    ("eval loss @15%", "eval15_loss", 4),
+    ("captured @15%", "eval15_captured", 3),
     ("train loss", "train_loss", 4),
     ("train - eval", "train_minus_eval", 4),
     ("init entropy", "init_entropy", 3),

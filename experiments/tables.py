@@ -63,7 +63,7 @@ class Table:
     title: str
     claim: str
     rows: list[Row]
-    extra: tuple[str, ...] = ()  # in-process measurements: "init_attention", "step_timing"
+    extra: tuple[str, ...] = ()  # in-process measurements: "init_attention", "step_timing", "eval_at_15"
     preset_overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
@@ -148,6 +148,7 @@ def make_tables() -> dict[str, Table]:
             "Masking rate for the masked LM",
             "Wettig et al. 2023",
             [Row("mlm", {"mask_rate": r}, {"mlm.rate": r}) for r in (0.15, 0.3, 0.4, 0.6)],
+            extra=("eval_at_15",),
             preset_overrides={
                 "cpu": {"num_train_steps": 1000, "eval_every_steps": 250, "checkpoint_every_steps": 250}
             },

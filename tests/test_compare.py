@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
 
 import pytest
 from conftest import MICRO_OVERRIDES
@@ -77,3 +78,34 @@ def test_sample_generates_from_gpt_and_fills_masks_with_bert(comparison, capsys)
     assert "position 2:" in text
     sample.main(["--workdir", f"{runs}/prefix_lm/seed0", "--prompt", "s1", "--temperature", "0"])
     assert " -> " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("objective", ["clm", "mlm"])
+def test_classify_fine_tunes_a_text_run_on_sst2(objective, tmp_path, capsys):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from conftest import REPO, subprocess_env, train_command, write_corpus
+
+    from experiments import classify
+
+    overrides = {
+        "dataset": f"text:{write_corpus(tmp_path / 'corpus', n_files=40)}",
+        "tokenizer.vocab_size": 512,
+        "data_cache_dir": str(tmp_path / "cache"),
+        "num_train_steps": 10,
+    }
+    workdir = str(tmp_path / "run")
+    result = subprocess.run(
+        train_command(workdir, objective, **overrides), cwd=REPO, env=subprocess_env(), capture_output=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with tfds.testing.mock_data(num_examples=40):
+        classify.main(
+            ["--workdir", workdir, "--task", "sst2", "--seq_len", "32", "--steps", "5", "--seeds", "2"]
+        )
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x.get("seed") for x in lines[:2]] == [0, 1]
+    assert 0.0 <= lines[-1]["accuracy"]["mean"] <= 1.0 and lines[-1]["accuracy"]["seeds"] == 2
+    with pytest.raises(SystemExit, match="trained on the HMM corpus"):
+        hmm_run = os.path.join(tmp_path, "hmm")
+        subprocess.run(train_command(hmm_run, "clm", num_train_steps=10), cwd=REPO, env=subprocess_env())
+        classify.main(["--workdir", hmm_run, "--task", "sst2"])
