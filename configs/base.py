@@ -108,7 +108,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 250
     c.checkpoint_every_steps = 250
     c.keep_checkpoints = 3
-    c.mesh = ml_collections.ConfigDict(dict(data=-1))  # -1: all devices
+    # data x fsdp must equal the device count; data=-1 takes what fsdp leaves (train/mesh.py).
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
     return c
 
 

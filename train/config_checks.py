@@ -122,5 +122,5 @@ def check_batch_divides(batch_size: int, data_devices: int, process_count: int) 
     if batch_size % data_devices or batch_size % process_count:
         raise ConfigError(
             f"batch_size={batch_size} must be divisible by the {data_devices} data-parallel "
-            f"devices and the {process_count} processes; change batch_size or mesh.data"
+            f"devices and the {process_count} processes; change batch_size or mesh.data / mesh.fsdp"
         )

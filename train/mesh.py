@@ -1,7 +1,11 @@
-"""Device mesh and shardings: data parallelism over a `data` axis, on one host or many.
+"""Device mesh and shardings: data parallelism and FSDP over a (`data`, `fsdp`) mesh.
 
-Params and optimizer state are replicated; batches are split along their leading axis. Each
-process passes only its own rows, and `to_global` assembles the global array.
+Batches are split along their leading axis over both axes (every device gets its own rows).
+Parameters and optimizer state are sharded over `fsdp` (each large array along its largest
+dimension divisible by the axis size; small ones are replicated), so with `mesh.fsdp = n`
+each device holds about 1/n of the state and XLA all-gathers a layer's weights when it needs
+them. `mesh.fsdp = 1` is plain data parallelism. Each process passes only its own rows, and
+`to_global` assembles the global array.
 """
 
 from __future__ import annotations
@@ -15,14 +19,44 @@ from jax.sharding import PartitionSpec as P
 
 from train.config_checks import ConfigError, check_batch_divides
 
+# Arrays smaller than this stay replicated: sharding them saves nothing and costs a collective.
+MIN_SHARDED_SIZE = 1024
+
+
+def mesh_shape(config: Any, num_devices: int) -> tuple[int, int]:
+    """(data, fsdp) sizes for `num_devices`; `mesh.data = -1` takes what `mesh.fsdp` leaves."""
+    fsdp = config.mesh.fsdp
+    if fsdp < 1 or num_devices % fsdp:
+        raise ConfigError(f"mesh.fsdp={fsdp} must be a positive divisor of the {num_devices} devices")
+    data = config.mesh.data if config.mesh.data > 0 else num_devices // fsdp
+    if data * fsdp != num_devices:
+        raise ConfigError(
+            f"mesh.data={config.mesh.data} x mesh.fsdp={fsdp} must equal the {num_devices} visible "
+            "devices; use mesh.data=-1 to take all the devices mesh.fsdp leaves"
+        )
+    return data, fsdp
+
 
 def make_mesh(config: Any) -> Mesh:
-    n = jax.device_count()
-    data = config.mesh.data if config.mesh.data > 0 else n
-    if data != n:
-        raise ConfigError(f"mesh.data={config.mesh.data} but {n} devices are visible; use -1 for all")
-    check_batch_divides(config.batch_size, data, jax.process_count())
-    return jax.make_mesh((data,), ("data",), axis_types=(AxisType.Auto,))
+    data, fsdp = mesh_shape(config, jax.device_count())
+    check_batch_divides(config.batch_size, data * fsdp, jax.process_count())
+    return jax.make_mesh((data, fsdp), ("data", "fsdp"), axis_types=(AxisType.Auto, AxisType.Auto))
+
+
+def param_spec(shape: tuple[int, ...], fsdp: int) -> P:
+    """Shards the largest dimension divisible by `fsdp` over the `fsdp` axis (or nothing)."""
+    if fsdp == 1 or int(np.prod(shape, dtype=np.int64)) < MIN_SHARDED_SIZE:
+        return P()
+    for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+        if shape[dim] % fsdp == 0:
+            return P(*[("fsdp" if d == dim else None) for d in range(len(shape))])
+    return P()
+
+
+def state_shardings(mesh: Mesh, abstract_state: Any) -> Any:
+    """A NamedSharding per leaf of the train state (params, optimizer moments, step, rng)."""
+    fsdp = mesh.shape["fsdp"]
+    return jax.tree.map(lambda a: NamedSharding(mesh, param_spec(a.shape, fsdp)), abstract_state)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -30,11 +64,20 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P("data"))
+    return NamedSharding(mesh, P(("data", "fsdp")))
 
 
 def to_global(local_batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-    """This process's rows -> global arrays sharded over the `data` axis."""
+    """This process's rows -> global arrays sharded over the batch axes."""
     return {
         k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()
     }
+
+
+def state_bytes(state: Any) -> tuple[int, int]:
+    """(bytes of the whole state, bytes the first device holds): what FSDP divides."""
+    leaves = jax.tree.leaves(state)
+    total = sum(int(x.nbytes) for x in leaves)
+    first = jax.local_devices()[0]
+    on_first = sum(int(s.data.nbytes) for x in leaves for s in x.addressable_shards if s.device == first)
+    return total, on_first

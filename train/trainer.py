@@ -23,7 +23,7 @@ from train.checkpoint import Checkpointer
 from train.config_checks import validate
 from train.data.sources import make_source
 from train.evaluation import Evaluator
-from train.mesh import batch_sharding, make_mesh, replicated, to_global
+from train.mesh import batch_sharding, make_mesh, replicated, state_bytes, state_shardings, to_global
 from train.metrics import MetricsWriter, Progress, write_json_atomic
 from train.objectives import make_objective
 
@@ -54,13 +54,12 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     tx = step_lib.make_optimizer(config)
     graphdef, _ = step_lib.abstract_model(model_cfg)
     identity = run_identity(config, model_cfg)
-    state_sharding = replicated(mesh)
     data_sharding = batch_sharding(mesh)
-
-    init = jax.jit(lambda: step_lib.init_state(model_cfg, tx, config.seed), out_shardings=state_sharding)
-    abstract_state = jax.eval_shape(init)
+    init_fn = lambda: step_lib.init_state(model_cfg, tx, config.seed)  # noqa: E731
+    state_sharding = state_shardings(mesh, jax.eval_shape(init_fn))
+    init = jax.jit(init_fn, out_shardings=state_sharding)  # parameters are born sharded
     abstract_state = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=state_sharding), abstract_state
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), jax.eval_shape(init), state_sharding
     )
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(abstract_state.params))
 
@@ -74,6 +73,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         train_iter.set_state(data_state)
         log.info("resumed from step %d in %s", latest, checkpointer.directory)
     start_step = int(state.step)
+    total_bytes, device_bytes = state_bytes(state)
 
     if chief:
         write_json_atomic(
@@ -143,6 +143,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         "steps_this_session": steps_run,
         "train_tokens_per_sec": steps_run * tokens_per_step / max(train_seconds, 1e-9),
         "devices": jax.device_count(),
+        "mesh": dict(mesh.shape),
+        "state_bytes": total_bytes,
+        "state_bytes_per_device": device_bytes,
         "platform": jax.devices()[0].platform,
     }
     if chief:
