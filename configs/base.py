@@ -85,8 +85,10 @@ def get_config() -> ml_collections.ConfigDict:
             norm="layernorm",
             norm_position="pre",
             attn_scale="sqrt",
-            dtype="float32",
+            dtype="float32",  # compute dtype; "bfloat16" for mixed precision (params stay param_dtype)
             param_dtype="float32",
+            remat="none",  # "none", "full" or "dots": recompute block activations in backward
+            attention_impl="xla",  # or "cudnn" (GPU, bf16/fp16 only)
         )
     )
 
@@ -102,6 +104,9 @@ def get_config() -> ml_collections.ConfigDict:
             grad_clip_norm=1.0,
         )
     )
+
+    c.grad_accum_steps = 1  # micro-batches per step: batch_size / grad_accum_steps rows each
+    c.compilation_cache_dir = ""  # persistent XLA compilation cache ("" = off)
 
     c.num_train_steps = 1500
     c.log_every_steps = 50

@@ -29,6 +29,13 @@ NORM_KINDS: tuple[str, ...] = ("layernorm", "rmsnorm", "batchnorm")
 NORM_POSITIONS: tuple[str, ...] = ("pre", "post")
 # Multiplier of q.k: 1/sqrt(d_k) (Vaswani et al.), 1 (none), or 1/d_k.
 ATTN_SCALES: tuple[str, ...] = ("sqrt", "one", "inv")
+# Rematerialisation of each block in the backward pass: what the forward pass keeps.
+REMAT_POLICIES = {
+    "none": None,  # keep every activation (no remat)
+    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
+}
+ATTENTION_IMPLS: tuple[str, ...] = ("xla", "cudnn")  # jax.nn.dot_product_attention(implementation=)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +55,9 @@ class TransformerConfig:
     dtype: str = "float32"  # compute dtype of activations and matmuls
     param_dtype: str = "float32"
     arch: str = "transformer"
+    # How, not what: neither changes the parameters or the function computed.
+    remat: str = "none"
+    attention_impl: str = "xla"
 
     def __post_init__(self):
         if self.d_model % self.num_heads:
@@ -63,6 +73,10 @@ class TransformerConfig:
             raise ValueError(f"model.norm_position={self.norm_position!r} is not one of {NORM_POSITIONS}")
         if self.attn_scale not in ATTN_SCALES:
             raise ValueError(f"model.attn_scale={self.attn_scale!r} is not one of {ATTN_SCALES}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"model.remat={self.remat!r} is not one of {tuple(REMAT_POLICIES)}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"model.attention_impl={self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
         if self.position == "rotary" and (self.d_model // self.num_heads) % 2:
             raise ValueError("rotary positions need an even head dim (model.d_model / num_heads)")
 
@@ -155,7 +169,12 @@ class Attention(nnx.Module):
     def _attend(self, q_BTNH, k_BSNH, v_BSNH, mask_B1TS):
         B, T, N, H = q_BTNH.shape
         o_BTNH = jax.nn.dot_product_attention(
-            q_BTNH, k_BSNH, v_BSNH, mask=mask_B1TS, scale=self.cfg.logit_scale
+            q_BTNH,
+            k_BSNH,
+            v_BSNH,
+            mask=mask_B1TS,
+            scale=self.cfg.logit_scale,
+            implementation=self.cfg.attention_impl,
         )
         return self.out(o_BTNH.reshape(B, T, N * H))
 
@@ -236,9 +255,17 @@ class Transformer(nnx.Module):
         x_BLD = self.positions(self.embed(tokens_BL), positions_BL)
         states = [x_BLD]
         for block in self.blocks:
-            x_BLD = block(x_BLD, mask_B1LL, positions_BL)
+            x_BLD = self._block(block, x_BLD, mask_B1LL, positions_BL)
             states.append(x_BLD)
         return states
+
+    def _block(self, block: Block, x_BLD, mask_B1LL, positions_BL):
+        if self.cfg.remat == "none":
+            return block(x_BLD, mask_B1LL, positions_BL)
+        # Activations inside the block are recomputed in the backward pass (per the policy):
+        # memory for compute, the function and its gradients unchanged.
+        run = nnx.remat(lambda b, x, m, p: b(x, m, p), policy=REMAT_POLICIES[self.cfg.remat])
+        return run(block, x_BLD, mask_B1LL, positions_BL)
 
     def encode(self, tokens_BL, mask_B1LL, positions_BL) -> jnp.ndarray:
         """Final hidden states `[B, L, D]`."""

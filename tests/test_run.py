@@ -117,11 +117,16 @@ def test_sigkill_then_same_command_ends_bit_identical(reference, text_runs, obje
     mid_write = lambda names: any("tmp" in n for n in names)  # noqa: E731
     after_20 = lambda names: "20" in names  # noqa: E731
     for ready in (mid_write, after_20):
-        proc = subprocess.Popen(
-            cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        killed = _kill_when(proc, workdir, ready)
-        assert killed and proc.returncode == -signal.SIGKILL, "the run ended before it was killed"
+        # A checkpoint write can finish between two polls; then the run is started over (a
+        # fresh workdir) rather than the test failing on timing. Three misses is a real failure.
+        for _ in range(3):
+            proc = subprocess.Popen(
+                cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            if _kill_when(proc, workdir, ready):
+                break
+            shutil.rmtree(workdir)
+        assert proc.returncode == -signal.SIGKILL, "the run ended before it was killed, three times"
     result = _run(cmd)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from step" in result.stderr
@@ -232,3 +237,13 @@ def test_a_mesh_that_does_not_fit_the_devices_is_named(tmp_path):
     assert (
         result.returncode == 2 and "mesh.fsdp=3 must be a positive divisor of the 4 devices" in result.stderr
     )
+
+
+def test_compilation_cache_and_step_memory_are_recorded(tmp_path):
+    workdir, cache = str(tmp_path / "run"), str(tmp_path / "xla_cache")
+    result = _run(train_command(workdir, num_train_steps=10, compilation_cache_dir=cache))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.listdir(cache)  # compiled executables were written for the next run
+    memory = json.load(open(os.path.join(workdir, "summary.json")))["step_memory"]
+    assert memory["peak_bytes"] >= memory["argument_bytes"] > 0
+    assert "GiB per device" in result.stderr

@@ -77,6 +77,16 @@ def validate(config: Any) -> None:
     )
     need(config.seq_len >= 2, f"seq_len={config.seq_len} must be at least 2")
 
+    need(
+        config.grad_accum_steps >= 1 and config.batch_size % max(config.grad_accum_steps, 1) == 0,
+        f"grad_accum_steps={config.grad_accum_steps} must be >= 1 and divide batch_size={config.batch_size}",
+    )
+    need(
+        m.attention_impl != "cudnn" or m.dtype in ("bfloat16", "float16"),
+        f"model.attention_impl='cudnn' runs in bfloat16 or float16 only, not model.dtype={m.dtype!r}; "
+        "set model.dtype=bfloat16 or use attention_impl='xla'",
+    )
+
     r = config.mlm
     need(0.0 < r.rate < 1.0, f"mlm.rate={r.rate} must be in (0, 1)")
     need(

@@ -105,22 +105,55 @@ def make_train_step(
     objective: Objective,
     mask_kind: str,
     schedule: optax.Schedule,
+    grad_accum_steps: int = 1,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """`train_step(state, batch)`; with `grad_accum_steps = k` the batch runs as k micro-batches.
+
+    The objective transforms the whole batch first, so a micro-batched step sees exactly the
+    inputs and targets of the full batch, and the gradient is that of the loss averaged over
+    every scored token of the batch (sums over micro-batches, divided once at the end).
+    """
+
+    def scores_and_grads(params, model_state, model_batch):
+        def nll_sum(params):
+            model = nnx.merge(graphdef, params, model_state)
+            scores = objective.scores(model, model_batch, mask_kind)
+            return scores["nll_sum"], (scores, split_model(model)[2])
+
+        (_, (scores, model_state)), grads = jax.value_and_grad(nll_sum, has_aux=True)(params)
+        return scores, grads, model_state
+
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         model_batch = objective.transform(batch, jax.random.fold_in(state.rng, state.step))
+        if grad_accum_steps == 1:
+            scores, grads, model_state = scores_and_grads(state.params, state.model_state, model_batch)
+        else:
+            # Micro-batch i takes rows i, i + k, i + 2k, ...: every device's rows feed every
+            # micro-batch, so each stays spread over the data axes.
+            micro = jax.tree.map(
+                lambda x: x.reshape(x.shape[0] // grad_accum_steps, grad_accum_steps, *x.shape[1:]).swapaxes(
+                    0, 1
+                ),
+                model_batch,
+            )
 
-        def loss_fn(params):
-            model = nnx.merge(graphdef, params, state.model_state)
-            scores = objective.scores(model, model_batch, mask_kind)
-            loss = scores["nll_sum"] / jnp.maximum(scores["weight_sum"], 1.0)
-            return loss, (scores, split_model(model)[2])
+            def accumulate(carry, micro_batch):
+                scores, grads, model_state = carry
+                s, g, model_state = scores_and_grads(state.params, model_state, micro_batch)
+                return (jax.tree.map(jnp.add, scores, s), jax.tree.map(jnp.add, grads, g), model_state), None
 
-        (loss, (scores, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            init_scores = {k: jnp.zeros((), jnp.float32) for k in ("nll_sum", "correct_sum", "weight_sum")}
+            (scores, grads, model_state), _ = jax.lax.scan(
+                accumulate, (init_scores, zeros, state.model_state), micro
+            )
+        denom = jnp.maximum(scores["weight_sum"], 1.0)
+        grads = jax.tree.map(lambda g: g / denom, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {
-            "loss": loss,
-            "accuracy": scores["correct_sum"] / jnp.maximum(scores["weight_sum"], 1.0),
+            "loss": scores["nll_sum"] / denom,
+            "accuracy": scores["correct_sum"] / denom,
             "grad_norm": optax.global_norm(grads),
             "learning_rate": schedule(state.step),
             "predicted_tokens": scores["weight_sum"],

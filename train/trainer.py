@@ -20,9 +20,10 @@ import numpy as np
 
 from train import step as step_lib
 from train.checkpoint import Checkpointer
-from train.config_checks import validate
+from train.config_checks import ConfigError, validate
 from train.data.sources import make_source
 from train.evaluation import Evaluator
+from train.memory import check_fits, device_limit_bytes, step_memory
 from train.mesh import batch_sharding, make_mesh, replicated, state_bytes, state_shardings, to_global
 from train.metrics import MetricsWriter, Progress, write_json_atomic
 from train.objectives import make_objective
@@ -30,10 +31,15 @@ from train.objectives import make_objective
 log = logging.getLogger(__name__)
 
 
+# Model fields that change how, not what, is computed: a run may resume with other values.
+EXECUTION_FIELDS = ("remat", "attention_impl")
+
+
 def run_identity(config: Any, model_cfg) -> dict:
     """What a checkpoint must match to be resumed (or loaded) as this run."""
+    model = {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in EXECUTION_FIELDS}
     return {
-        "model": dataclasses.asdict(model_cfg),
+        "model": model,
         "objective": config.objective,
         "mask": config.mask,
         "dataset": config.dataset,
@@ -43,6 +49,12 @@ def run_identity(config: Any, model_cfg) -> dict:
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     """Trains (or resumes) the run described by `config` in `workdir`; returns `summary.json`."""
     validate(config)
+    if config.compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # small steps too
+    platform = jax.devices()[0].platform
+    if config.model.attention_impl == "cudnn" and platform != "gpu":
+        raise ConfigError(f"model.attention_impl='cudnn' needs a GPU, and this run is on {platform}")
     t_start = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
     chief = jax.process_index() == 0
@@ -85,7 +97,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
 
     t_compile = time.perf_counter()
     train_step = jax.jit(
-        step_lib.make_train_step(graphdef, tx, objective, config.mask, step_lib.make_schedule(config)),
+        step_lib.make_train_step(
+            graphdef, tx, objective, config.mask, step_lib.make_schedule(config), config.grad_accum_steps
+        ),
         in_shardings=(state_sharding, data_sharding),
         out_shardings=(state_sharding, replicated(mesh)),
         donate_argnums=(0,),
@@ -93,7 +107,14 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     first = next(train_iter)
     compiled_step = train_step.lower(state, to_global(first, data_sharding)).compile()
     compile_seconds = time.perf_counter() - t_compile
-    log.info("%s params; train step compiled in %.1fs", f"{num_params:,}", compile_seconds)
+    memory = step_memory(compiled_step)
+    log.info(
+        "%s params; train step compiled in %.1fs; needs %.3f GiB per device",
+        f"{num_params:,}",
+        compile_seconds,
+        memory.get("peak_bytes", 0) / 2**30,
+    )
+    check_fits(memory, device_limit_bytes())
 
     tokens_per_step = config.batch_size * config.seq_len
     progress = Progress(start_step, config.num_train_steps, tokens_per_step)
@@ -142,11 +163,12 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         "wall_seconds": time.perf_counter() - t_start,
         "steps_this_session": steps_run,
         "train_tokens_per_sec": steps_run * tokens_per_step / max(train_seconds, 1e-9),
+        "step_memory": memory,
         "devices": jax.device_count(),
         "mesh": dict(mesh.shape),
         "state_bytes": total_bytes,
         "state_bytes_per_device": device_bytes,
-        "platform": jax.devices()[0].platform,
+        "platform": platform,
     }
     if chief:
         write_json_atomic(os.path.join(workdir, "summary.json"), summary)

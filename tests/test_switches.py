@@ -1,0 +1,107 @@
+"""Execution switches that must not change what is computed: remat, gradient accumulation,
+mixed precision; and the memory check before training."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from models.masks import make_attention_mask
+from train import step as step_lib
+from train.config_checks import ConfigError, validate
+from train.data.sources import make_source
+from train.memory import check_fits, step_memory
+from train.objectives import make_objective
+from train.trainer import train_and_evaluate
+
+
+def _setup(micro, tmp_path, objective="clm", adam=False, **overrides):
+    config = micro(objective, **{"optim.warmup_steps": 0, **overrides})
+    source = make_source(config, str(tmp_path))
+    cfg = step_lib.model_config(config, source.vocab_size)
+    # Plain SGD with rate 1: the update is minus the gradient, so comparing parameters after
+    # one step compares gradients (Adam's first step, ~lr * sign(g), would amplify float noise).
+    tx = step_lib.make_optimizer(config) if adam else optax.sgd(1.0)
+    graphdef, _ = step_lib.abstract_model(cfg)
+    state = jax.jit(lambda: step_lib.init_state(cfg, tx, 0))()
+    batch = next(source.train_iterator())
+    obj = make_objective(config, source.vocab_size)
+
+    def step(accum=1):
+        fn = step_lib.make_train_step(graphdef, tx, obj, config.mask, step_lib.make_schedule(config), accum)
+        return jax.jit(fn)(state, batch)
+
+    return step
+
+
+@pytest.mark.parametrize("objective", ["clm", "mlm", "hybrid"])
+def test_gradient_accumulation_equals_the_full_batch(objective, micro, tmp_path):
+    full_state, full = _setup(micro, tmp_path, objective)(1)
+    for accum in (2, 4):
+        state, metrics = _setup(micro, tmp_path, objective)(accum)
+        assert float(metrics["loss"]) == pytest.approx(float(full["loss"]), rel=1e-5)
+        assert float(metrics["predicted_tokens"]) == float(full["predicted_tokens"])
+        assert float(metrics["grad_norm"]) == pytest.approx(float(full["grad_norm"]), rel=1e-5)
+        for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(full_state.params), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_remat_changes_nothing_but_memory(remat, micro, tmp_path):
+    ref_state, ref = _setup(micro, tmp_path)(1)
+    state, metrics = _setup(micro, tmp_path, **{"model.remat": remat})(1)
+    assert float(metrics["loss"]) == pytest.approx(float(ref["loss"]), rel=1e-6)
+    assert float(metrics["grad_norm"]) == pytest.approx(float(ref["grad_norm"]), rel=1e-5)
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_bf16_compute_keeps_fp32_params_and_optimizer_state(micro, tmp_path):
+    _, ref = _setup(micro, tmp_path, adam=True)(1)
+    state, metrics = _setup(micro, tmp_path, adam=True, **{"model.dtype": "bfloat16"})(1)
+    assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
+    assert {x.dtype for x in jax.tree.leaves(state.opt_state) if x.ndim} == {jnp.dtype("float32")}
+    assert float(metrics["loss"]) == pytest.approx(float(ref["loss"]), rel=2e-2)
+    assert float(metrics["loss"]) != float(ref["loss"])  # it did run in lower precision
+
+    config = micro("clm", **{"model.dtype": "bfloat16"})
+    model = step_lib.make_model(step_lib.model_config(config, 23), nnx.Rngs(0))
+    tokens = jnp.zeros((1, 8), jnp.int32)
+    mask = make_attention_mask("causal", jnp.ones((1, 8), jnp.int32))
+    assert model.encode(tokens, mask, jnp.arange(8)[None]).dtype == jnp.bfloat16
+    assert model(tokens, mask, jnp.arange(8)[None]).dtype == jnp.float32  # logits in fp32
+
+
+def test_memory_check_reports_the_step_and_stops_when_it_cannot_fit(micro, tmp_path):
+    config = micro("clm")
+    source = make_source(config, str(tmp_path))
+    cfg = step_lib.model_config(config, source.vocab_size)
+    tx = step_lib.make_optimizer(config)
+    graphdef, _ = step_lib.abstract_model(cfg)
+    state = jax.jit(lambda: step_lib.init_state(cfg, tx, 0))()
+    fn = step_lib.make_train_step(
+        graphdef, tx, make_objective(config, 23), "causal", step_lib.make_schedule(config)
+    )
+    compiled = jax.jit(fn, donate_argnums=0).lower(state, next(source.train_iterator())).compile()
+    memory = step_memory(compiled)
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+    assert memory["argument_bytes"] >= state_bytes and memory["peak_bytes"] > 0
+    check_fits(memory, None)  # no known limit (CPU): nothing to check
+    check_fits(memory, memory["peak_bytes"])
+    with pytest.raises(ConfigError, match=r"needs .* GiB per device .* model.remat=full"):
+        check_fits(memory, memory["peak_bytes"] - 1)
+
+
+def test_cudnn_attention_is_refused_where_it_cannot_run(micro, tmp_path):
+    with pytest.raises(ConfigError, match="attention_impl='cudnn' runs in bfloat16 or float16 only"):
+        validate(micro("clm", **{"model.attention_impl": "cudnn"}))
+    with pytest.raises(ConfigError, match="needs a GPU, and this run is on cpu"):
+        train_and_evaluate(
+            micro("clm", **{"model.attention_impl": "cudnn", "model.dtype": "bfloat16"}), str(tmp_path)
+        )
+    with pytest.raises(ConfigError, match="grad_accum_steps=3 must be >= 1 and divide batch_size=8"):
+        validate(micro("clm", grad_accum_steps=3))
