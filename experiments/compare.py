@@ -33,6 +33,7 @@ import jax
 
 from experiments import compare_report, runs
 from experiments.ablate import _parse_set
+from experiments.flops import non_embedding_params, train_flops_per_step
 
 OBJECTIVES: tuple[str, ...] = ("clm", "mlm", "prefix_lm", "hybrid")
 NAMES = {"clm": "GPT", "mlm": "BERT", "prefix_lm": "prefix LM", "hybrid": "GPT-BERT hybrid"}
@@ -75,22 +76,6 @@ EVALS: dict[str, dict[str, int]] = {
 EVAL_SEQ_LEN = 64
 
 
-def train_flops_per_step(
-    config: Any, num_params_non_embedding: int, vocab_size: int, head_positions: int
-) -> float:
-    """Matmul FLOPs of one train step as computed (forward + backward = 3x forward).
-
-    Per row: every token pays the block's weights (2 FLOPs per multiply-add) and full L x L
-    attention (QK^T and AV, computed for every key even under a causal mask); the vocabulary
-    projection is paid at every position by next-token objectives and at the K gathered
-    positions by the masked LM (`head_positions` per row).
-    """
-    m, L, B = config.model, config.seq_len, config.batch_size
-    per_token = 2 * num_params_non_embedding + 2 * 2 * L * m.d_model * m.num_layers
-    forward = B * (L * per_token + head_positions * 2 * m.d_model * vocab_size)
-    return 3.0 * forward
-
-
 def _tokens_predicted(lines: list[dict[str, Any]]) -> float:
     total, previous = 0.0, 0
     for line in (x for x in lines if x["split"] == "train"):
@@ -122,10 +107,7 @@ def evaluate_run(workdir: str, objective: str, preset: str, seed: int, cache: di
     graphdef, params, rest = step_lib.split_model(model)
     sharding = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
     lines = runs.metrics_lines(workdir)
-    num_params = sum(int(x.size) for x in jax.tree.leaves(params))
-    # Lookups (token and learned position tables) cost no matmul FLOPs; the tied head is counted apart.
-    lookups = jax.tree.leaves({k: params[k] for k in ("embed", "positions") if k in params})
-    non_embedding = num_params - sum(int(x.size) for x in lookups)
+    non_embedding = non_embedding_params(params)
     train_objective = make_objective(config, source.vocab_size)
     head_positions = (
         train_objective.max_predictions(config.seq_len)

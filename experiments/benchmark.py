@@ -1,0 +1,241 @@
+"""Train-step and decode speed of a config: one JSON line of measurements.
+
+    python -m experiments.benchmark --config configs/gpt.py:tiny --config.model.d_model=256 \
+        --config.seq_len=256 --config.batch_size=16 --vocab_size 8192
+    python -m experiments.benchmark --config configs/gpt.py:base --config.model.dtype=bfloat16 --steps 20
+    python -m experiments.benchmark --config configs/gpt.py:tiny --decode 512
+
+The step is built exactly as the trainer builds it (mesh, FSDP shardings, objective transform,
+donation, remat, dtype, gradient accumulation) and fed random tokens of `--vocab_size` (default:
+the dataset's), so the data pipeline is not in the measurement. Reported: tokens/s (and
+predicted tokens/s for the masked LM), median step time and its spread over `--steps` timed
+steps after two warm-up steps, compile seconds, model FLOPs per step counted two ways (every
+attention key, and causal attention halved), MFU against a peak (on CPU a measured float32
+matmul peak; on GPU/TPU the device's dense bf16 peak, from a table by device kind, or a
+measured bf16 matmul where the kind is unknown), and the step's memory per device.
+`--decode N` instead measures generation: new tokens/s with the KV cache vs recomputing the
+whole prefix at every step, N new tokens from a batch of 8-token prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py:<variant>", lock_config=True)
+_STEPS = flags.DEFINE_integer("steps", 10, "timed steps (after 2 warm-up steps); at least 10")
+_VOCAB = flags.DEFINE_integer("vocab_size", 0, "vocabulary of the random tokens (0: the dataset's)")
+_DECODE = flags.DEFINE_integer("decode", 0, "measure generation of this many new tokens instead")
+
+# Dense bf16 peak FLOP/s per chip, from the vendors' data sheets.
+DEVICE_PEAKS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L4": 121e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+}
+
+
+def matmul_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 10) -> float:
+    """Measured FLOP/s of a large square matmul on the default device (the best of `repeats`)."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = min(_timed(lambda: f(a).block_until_ready()) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def device_peak() -> tuple[float, str]:
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return matmul_peak(jnp.float32), "measured float32 matmul (2048^3)"
+    for kind, peak in DEVICE_PEAKS.items():
+        if kind.lower() in device.device_kind.lower():
+            return peak * jax.device_count(), f"{device.device_kind} bf16 data sheet x {jax.device_count()}"
+    return matmul_peak(jnp.bfloat16, 8192) * jax.device_count(), "measured bf16 matmul (8192^3)"
+
+
+def _random_batch(config, vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    from train.data.vocab import BOS_ID, NUM_SPECIAL
+
+    rng = np.random.default_rng(seed)
+    B, L = config.batch_size, config.seq_len
+    tokens = rng.integers(NUM_SPECIAL, vocab_size, (B, L)).astype(np.int32)
+    tokens[:, 0] = BOS_ID
+    return {
+        "tokens": tokens,
+        "segment_ids": np.ones((B, L), np.int32),
+        "positions": np.broadcast_to(np.arange(L, dtype=np.int32), (B, L)).copy(),
+    }
+
+
+def train_benchmark(config, vocab_size: int, steps: int) -> dict:
+    from experiments.flops import non_embedding_params, train_flops_per_step
+    from train import step as step_lib
+    from train.memory import step_memory
+    from train.mesh import batch_sharding, make_mesh, replicated, state_shardings, to_global
+    from train.objectives import MaskedLM, make_objective
+
+    mesh = make_mesh(config)
+    cfg = step_lib.model_config(config, vocab_size)
+    objective = make_objective(config, vocab_size)
+    tx = step_lib.make_optimizer(config)
+    graphdef, _ = step_lib.abstract_model(cfg)
+    init_fn = lambda: step_lib.init_state(cfg, tx, config.seed)  # noqa: E731
+    shardings = state_shardings(mesh, jax.eval_shape(init_fn))
+    state = jax.jit(init_fn, out_shardings=shardings)()
+    data_sharding = batch_sharding(mesh)
+    step = jax.jit(
+        step_lib.make_train_step(
+            graphdef, tx, objective, config.mask, step_lib.make_schedule(config), config.grad_accum_steps
+        ),
+        in_shardings=(shardings, data_sharding),
+        out_shardings=(shardings, replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    batch = to_global(_random_batch(config, vocab_size), data_sharding)
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_seconds = time.perf_counter() - t0
+    for _ in range(2):
+        state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    L = config.seq_len
+    head = objective.max_predictions(L) if isinstance(objective, MaskedLM) else L
+    n = non_embedding_params(state.params)
+    flops = train_flops_per_step(config, n, vocab_size, head)
+    flops_causal = train_flops_per_step(config, n, vocab_size, head, causal_attention_halved=True)
+    peak, peak_source = device_peak()
+    tokens = config.batch_size * L
+    return {
+        "objective": config.objective,
+        "platform": jax.devices()[0].platform,
+        "device_kind": jax.devices()[0].device_kind,
+        "devices": jax.device_count(),
+        "mesh": dict(mesh.shape),
+        "params": int(sum(x.size for x in jax.tree.leaves(state.params))),
+        "batch_size": config.batch_size,
+        "seq_len": L,
+        "vocab_size": vocab_size,
+        "dtype": config.model.dtype,
+        "remat": config.model.remat,
+        "attention_impl": config.model.attention_impl,
+        "tokens_per_sec": tokens / median,
+        "predicted_tokens_per_sec": float(metrics["predicted_tokens"]) / median,
+        "step_seconds_median": median,
+        "step_seconds_min": min(times),
+        "step_seconds_max": max(times),
+        "step_seconds_iqr": float(np.subtract(*np.percentile(times, [75, 25]))),
+        "timed_steps": steps,
+        "compile_seconds": compile_seconds,
+        "flops_per_step": flops,
+        "flops_per_step_causal_halved": flops_causal,
+        "model_flops_per_sec": flops / median,
+        "peak_flops_per_sec": peak,
+        "peak_source": peak_source,
+        "mfu": flops / median / peak,
+        "mfu_causal_halved": flops_causal / median / peak,
+        "step_memory": step_memory(compiled),
+    }
+
+
+def decode_benchmark(config, vocab_size: int, new_tokens: int, batch: int = 8, prompt_len: int = 8) -> dict:
+    from models.decode import SamplingConfig, generate
+    from models.masks import make_attention_mask
+    from train import step as step_lib
+
+    cfg = step_lib.model_config(config, vocab_size)
+    model = step_lib.make_model(cfg, nnx.Rngs(0))
+    model.eval()
+    prompts = _random_batch(config, vocab_size)["tokens"][:batch, :prompt_len].tolist()
+    sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0)
+
+    def cached():
+        return generate(model, prompts, sampling, jax.random.PRNGKey(0)).tokens
+
+    total = prompt_len + new_tokens
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def recompute(state, prompt_BP):
+        # The whole sequence so far through the full model at every step: O(steps x length).
+        m = nnx.merge(graphdef, state)
+        tokens_BT = jnp.zeros((batch, total), jnp.int32).at[:, :prompt_len].set(prompt_BP)
+        positions_BT = jnp.broadcast_to(jnp.arange(total), (batch, total))
+        mask = make_attention_mask("causal", jnp.ones((batch, total), jnp.int32))
+
+        def body(t, tokens_BT):
+            logits_BTV = m(tokens_BT, mask, positions_BT)
+            next_B = jnp.argmax(logits_BTV[:, t - 1], -1).astype(jnp.int32)
+            return tokens_BT.at[:, t].set(next_B)
+
+        return jax.lax.fori_loop(prompt_len, total, body, tokens_BT)
+
+    prompt_arr = jnp.asarray(prompts, jnp.int32)
+    t_compile = time.perf_counter()
+    reference = np.asarray(recompute(state, prompt_arr))[:, prompt_len:]
+    first = cached()
+    compile_seconds = time.perf_counter() - t_compile
+    cached_s = min(_timed(cached) for _ in range(3))
+    recompute_s = min(_timed(lambda: recompute(state, prompt_arr).block_until_ready()) for _ in range(3))
+    return {
+        "decode_new_tokens": new_tokens,
+        "batch": batch,
+        "prompt_len": prompt_len,
+        "params": int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))),
+        "kv_cache_tokens_per_sec": batch * new_tokens / cached_s,
+        "recompute_tokens_per_sec": batch * new_tokens / recompute_s,
+        "speedup": recompute_s / cached_s,
+        "same_tokens": bool((np.asarray(first) == reference).all()),
+        "compile_seconds": compile_seconds,
+        "platform": jax.devices()[0].platform,
+    }
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from train.config_checks import validate
+    from train.data.sources import make_source
+
+    config = _CONFIG.value
+    validate(config)
+    if _STEPS.value < 10:
+        raise app.UsageError("--steps must be at least 10")
+    vocab_size = _VOCAB.value or make_source(config, "/tmp/benchmark_unused").vocab_size
+    if _DECODE.value:
+        if config.mask != "causal":
+            raise app.UsageError("--decode measures generation: use a causal config (configs/gpt.py)")
+        print(json.dumps(decode_benchmark(config, vocab_size, _DECODE.value)))
+    else:
+        print(json.dumps(train_benchmark(config, vocab_size, _STEPS.value)))
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config"])
+    app.run(main)

@@ -1,0 +1,39 @@
+"""The benchmark command runs on a fresh machine and reports what it promises (no speed asserts)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import MICRO_OVERRIDES, REPO, subprocess_env
+
+pytestmark = pytest.mark.slow
+
+
+def _bench(config: str, *extra: str) -> dict:
+    flags = [f"--config.{k}={v}" for k, v in MICRO_OVERRIDES.items()]
+    cmd = [sys.executable, "-m", "experiments.benchmark", f"--config={config}", *flags, *extra]
+    result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("config", ["configs/gpt.py:tiny", "configs/bert.py:tiny"])
+def test_train_benchmark_reports_speed_flops_mfu_and_memory(config):
+    out = _bench(config, "--steps=10", "--vocab_size=64")
+    assert out["timed_steps"] == 10 and out["vocab_size"] == 64
+    assert out["step_seconds_min"] <= out["step_seconds_median"] <= out["step_seconds_max"]
+    assert out["tokens_per_sec"] == pytest.approx(8 * 32 / out["step_seconds_median"])
+    assert out["flops_per_step_causal_halved"] < out["flops_per_step"]
+    assert 0 < out["mfu"] == pytest.approx(out["model_flops_per_sec"] / out["peak_flops_per_sec"])
+    assert out["step_memory"]["peak_bytes"] > 0
+    if "bert" in config:  # 15% of 31 eligible tokens per row are predicted
+        assert out["predicted_tokens_per_sec"] == pytest.approx(8 * 5 / out["step_seconds_median"], rel=1e-6)
+
+
+def test_decode_benchmark_generates_the_same_tokens_both_ways():
+    out = _bench("configs/gpt.py:tiny", "--decode=16")
+    assert out["same_tokens"] and out["decode_new_tokens"] == 16
+    assert out["kv_cache_tokens_per_sec"] > 0 and out["recompute_tokens_per_sec"] > 0
