@@ -2,6 +2,9 @@
 
     python -m train.main --config configs/gpt.py:tiny --workdir runs/gpt
     python -m train.main --config configs/bert.py:tiny --workdir runs/bert --config.num_train_steps=500
+    # two processes (hosts), each with its devices; the same command with --process_id=1 on the other
+    python -m train.main --config configs/gpt.py:tiny --workdir /shared/runs/gpt \
+        --coordinator_address=host0:1234 --num_processes=2 --process_id=0
 
 Rerunning the same command in the same workdir resumes from its latest complete checkpoint.
 """
@@ -20,6 +23,14 @@ from train.config_checks import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py:<variant>", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, TensorBoard.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "", "host:port of process 0, for a multi-process run (jax.distributed)"
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "number of processes of a multi-process run")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "this process's index in [0, num_processes)")
+_DISTRIBUTED_AUTO = flags.DEFINE_bool(
+    "distributed_auto", False, "join a multi-process run detected from the cluster (TPU pod, SLURM, ...)"
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -35,7 +46,15 @@ def main(argv: list[str]) -> None:
     project_log.setLevel(logging.INFO)
     project_log.propagate = False
     # Imported here so `--help` and flag errors do not pay for JAX start-up.
+    from train.mesh import initialize_distributed
     from train.trainer import train_and_evaluate
+
+    n, i = _NUM_PROCESSES.value, _PROCESS_ID.value
+    if _COORDINATOR.value and not (n > 0 and 0 <= i < n):
+        raise app.UsageError(
+            "--coordinator_address needs --num_processes and --process_id in [0, num_processes)"
+        )
+    initialize_distributed(_COORDINATOR.value, n, i, auto=_DISTRIBUTED_AUTO.value)
 
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -37,6 +37,27 @@ def mesh_shape(config: Any, num_devices: int) -> tuple[int, int]:
     return data, fsdp
 
 
+def initialize_distributed(
+    coordinator_address: str = "", num_processes: int = 0, process_id: int = -1, auto: bool = False
+) -> None:
+    """Joins a multi-process run (one process per host, or several on one machine).
+
+    With an address, count and id the processes meet at the coordinator; with `auto`, JAX
+    detects them from the cluster (Cloud TPU, SLURM, Open MPI, Kubernetes). On CPU the
+    collectives go through gloo. Must run before anything touches a JAX device.
+    """
+    if not (coordinator_address or auto):
+        return
+    if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if auto:
+        jax.distributed.initialize()
+    else:
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+        )
+
+
 def make_mesh(config: Any) -> Mesh:
     data, fsdp = mesh_shape(config, jax.device_count())
     check_batch_divides(config.batch_size, data * fsdp, jax.process_count())

@@ -1,0 +1,78 @@
+"""Two processes on loopback (CPU, gloo collectives) train like one process with two devices,
+and resume after both are killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+from conftest import REPO, subprocess_env, train_command
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_pair(workdir: str) -> list[subprocess.Popen]:
+    port = _free_port()
+    procs = []
+    for i in range(2):
+        cmd = train_command(workdir) + [
+            f"--coordinator_address=127.0.0.1:{port}",
+            "--num_processes=2",
+            f"--process_id={i}",
+        ]
+        procs.append(
+            subprocess.Popen(
+                cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        )
+    return procs
+
+
+def _metrics(workdir: str) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_two_processes_match_one_process_with_two_devices_and_resume(tmp_path):
+    one = str(tmp_path / "one_process")
+    env = {**subprocess_env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    result = subprocess.run(train_command(one), cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    two = str(tmp_path / "two_processes")
+    for proc in _start_pair(two):
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err.decode()[-3000:]
+    summary = json.load(open(os.path.join(two, "summary.json")))
+    assert summary["devices"] == 2
+    reference = _metrics(one)
+    assert [(r["step"], r["split"]) for r in _metrics(two)] == [(r["step"], r["split"]) for r in reference]
+    for a, b in zip(reference, _metrics(two), strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), (a, b)
+
+    # Kill both once step 20 is on disk, then start both again: the same metrics.
+    resumed = str(tmp_path / "resumed")
+    procs = _start_pair(resumed)
+    ckpt = os.path.join(resumed, "checkpoints")
+    while not (os.path.isdir(ckpt) and "20" in os.listdir(ckpt)):
+        assert all(p.poll() is None for p in procs), "a process ended before it was killed"
+        time.sleep(0.01)
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    procs = _start_pair(resumed)
+    errs = [p.communicate(timeout=600)[1].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), errs[0][-3000:]
+    assert "resumed from step" in errs[0]
+    assert _metrics(resumed) == _metrics(two)
