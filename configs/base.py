@@ -41,7 +41,8 @@ VARIANTS: dict[str, dict] = {
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.objective = "clm"  # "clm" (GPT), "mlm" (BERT), "prefix_lm" or "hybrid" (train/objectives.py)
+    # "clm" (GPT), "mlm" (BERT), "prefix_lm", "hybrid" or "seq2seq" (train/objectives.py)
+    c.objective = "clm"
     c.mask = "causal"  # "causal", "bidirectional" or "prefix" (models/masks.py)
 
     c.dataset = "hmm"
@@ -73,9 +74,25 @@ def get_config() -> ml_collections.ConfigDict:
     # objective "hybrid": the share of rows trained causally; the rest use mlm.* masking.
     c.hybrid = ml_collections.ConfigDict(dict(causal_fraction=0.5))
 
+    # Encoder-decoder runs (configs/seq2seq.py): dataset "seq2seq:copy|reverse|sort" or "span:BASE".
+    c.seq2seq = ml_collections.ConfigDict(
+        dict(
+            num_symbols=32,  # synthetic tasks: source alphabet
+            min_len=8,  # synthetic tasks: source lengths drawn uniformly in [min_len, max_len]
+            max_len=64,
+            eval_lengths=(8, 16, 32, 64),  # the eval set: eval_examples sources of each length
+            eval_examples=128,
+            noise_density=0.15,  # span corruption: share of tokens dropped into the target
+            mean_span=3.0,
+            share_embeddings=True,  # encoder-decoder: one embedding for source, target and head
+        )
+    )
+
     c.model = ml_collections.ConfigDict(
         dict(
-            arch="transformer",  # or "lstm" (models/lstm.py): uses d_model and num_layers only
+            # "transformer" or "lstm" (models/lstm.py: d_model and num_layers only) for language
+            # models; "encdec", "lstm_seq2seq" or "lstm_attention" for objective "seq2seq".
+            arch="transformer",
             num_layers=4,
             d_model=128,
             num_heads=4,

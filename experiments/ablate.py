@@ -65,6 +65,8 @@ def run_table(
             result.update(_measure("eval_at_15", workdir, row.objective, overrides))
         if "init_attention" in table.extra:
             result.update(init)
+        if "by_length" in table.extra:
+            result.update(_measure("seq2seq_by_length", workdir, row.objective, overrides))
         print(f"[{table.name}] {row.slug} seed {seed}: eval loss {result['eval_loss']:.4f}", flush=True)
         return result
 
@@ -90,7 +92,18 @@ def run_table(
                     }
                 )
                 print(f"[{table.name}] timing {row.slug} L={length}: {timing[-1]['step_seconds']:.4f}s")
-    return report.write(table, preset, seeds, out, results, timing, command)
+    attention = None
+    if "attention_kinds" in table.extra:
+        # The first encoder-decoder row, seed 0: one trained Transformer, one eval example.
+        row = next(r for r in rows if r.overrides.get("model.arch") == "encdec")
+        overrides = {**run_overrides(table, row, preset, 0), **sets}
+        attention = _measure(
+            "attention_kinds", os.path.join(root, row.slug, "seed0"), row.objective, overrides
+        )
+        attention["caption"] = (
+            f"{row.slug} seed 0, eval source of length {attention['length']}, mean over heads"
+        )
+    return report.write(table, preset, seeds, out, results, timing, command, attention)
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:

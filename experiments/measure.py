@@ -7,6 +7,10 @@
   Transformer trains all positions at once; the LSTM steps through them).
 - `eval_at_15`: a trained masked LM scored at the standard 15% masking rate, whatever rate it
   was trained with, so the rows of the masking-rate table share one yardstick.
+- `seq2seq_by_length`: a trained seq2seq model's token accuracy and exact match on the eval
+  sources of each length (claim C11).
+- `attention_kinds`: a trained encoder-decoder's three kinds of attention weights on one eval
+  example (claim C10), averaged over heads, per layer.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from models.masks import make_attention_mask
+from models.masks import make_attention_mask, make_cross_mask
 from train import step as step_lib
 from train.data.sources import make_source
 from train.objectives import make_objective
@@ -101,3 +105,56 @@ def eval_at_15(config: Any, workdir: str) -> dict[str, float]:
     sharding = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
     result = Evaluator(source, at_15, graphdef, config.mask, sharding)(params, rest)
     return {"eval15_loss": result["loss"], "eval15_captured": result["captured"]}
+
+
+def _trained_seq2seq(config: Any, workdir: str):
+    from train.inference import load_trained
+
+    trained = load_trained(workdir)
+    source, _, objective = _setup(config, workdir)
+    graphdef, params, rest = step_lib.split_model(trained.model)
+    return trained.model, source, objective, graphdef, params, rest
+
+
+def seq2seq_by_length(config: Any, workdir: str) -> dict[str, float]:
+    """Per eval length n: `len{n}_token_acc` (teacher-forced argmax accuracy over the target and
+    EOS) and `len{n}_exact` (rows whose every target is right: what greedy decoding gets right)."""
+    _, source, objective, graphdef, params, rest = _trained_seq2seq(config, workdir)
+    eval_step = jax.jit(step_lib.make_eval_step(graphdef, objective, config.mask))
+    out = {}
+    for n, batches in source.eval_batches_by_length().items():
+        totals: dict[str, float] = {}
+        for batch in batches:
+            sums = jax.device_get(eval_step(params, rest, objective.transform(batch)))
+            for k, v in sums.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        out[f"len{n}_token_acc"] = totals["correct_sum"] / totals["weight_sum"]
+        out[f"len{n}_exact"] = totals["exact_sum"] / totals["rows_sum"]
+    return out
+
+
+def attention_kinds(config: Any, workdir: str, length: int = 16) -> dict[str, Any]:
+    """Encoder self-, decoder self- and cross-attention of every layer on the first eval source of
+    `length` (or the shortest eval length above it), averaged over heads; plus that example's tokens."""
+    model, source, objective, *_ = _trained_seq2seq(config, workdir)
+    lengths = sorted(source.eval_lengths)
+    n = next((m for m in lengths if m >= length), lengths[-1])
+    ex = {k: v[:1] for k, v in source.eval_examples_by_length()[n].items()}
+    b = objective.transform(ex)
+    src_mask = make_attention_mask("bidirectional", b["src_segment_ids"])
+    mask = make_attention_mask(config.mask, b["segment_ids"])
+    cross = make_cross_mask(b["segment_ids"], b["src_segment_ids"])
+    maps = model.attention_maps(
+        b["src_tokens"], src_mask, b["src_positions"], b["inputs"], mask, b["positions"], cross
+    )
+    S, T = n, n + 2  # the real source; the decoder reads BOS, y_1 .. y_n, EOS
+    crop = {"encoder": (S, S), "decoder": (T, T), "cross": (T, S)}
+    return {
+        "length": n,
+        "src_tokens": ex["src_tokens"][0, :S].tolist(),
+        "tgt_tokens": ex["tokens"][0, :T].tolist(),
+        "maps": {
+            kind: [np.asarray(m[0].mean(0))[: crop[kind][0], : crop[kind][1]].tolist() for m in layer_maps]
+            for kind, layer_maps in maps.items()
+        },
+    }

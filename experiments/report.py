@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments import runs, seq2seq_report
 from experiments.tables import OBJECTIVE_NAMES, PRESETS, Table
 
 # (column title, result key, decimals); a column shows only if some run has the key.
@@ -21,6 +22,7 @@ METRICS = [
     ("captured", "eval_captured", 3),
     ("gap", "eval_gap", 3),
     ("bits/byte", "eval_bits_per_byte", 4),
+    ("exact match (all lengths)", "eval_exact_match", 3),
     ("eval loss @15%", "eval15_loss", 4),
     ("captured @15%", "eval15_captured", 3),
     ("train loss", "train_loss", 4),
@@ -75,12 +77,20 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write(
-    table: Table, preset: str, seeds: int, out: str, results: list[dict], timing: list[dict], command: str
+    table: Table,
+    preset: str,
+    seeds: int,
+    out: str,
+    results: list[dict],
+    timing: list[dict],
+    command: str,
+    attention: dict[str, Any] | None = None,
 ) -> str:
     os.makedirs(out, exist_ok=True)
     rows = summarise(results)
     settings = list(rows[0]["row"].setting) if rows else []
     metrics = [m for m in METRICS if any(m[1] in e["values"] for e in rows)]
+    config_names = {runs.CONFIG_FILES[e["row"].objective][len("configs/") : -len(".py")] for e in rows}
     preset_text = ", ".join(
         f"{k}={v}" for k, v in {**PRESETS[preset], **table.preset_overrides.get(preset, {})}.items()
     )
@@ -90,9 +100,9 @@ def write(
         f"- command: `{command}`",
         f"- commit: {_commit()}; seeds: {', '.join(map(str, range(seeds)))}; "
         f"date: {datetime.date.today().isoformat()}",
-        f"- preset `{preset}` on top of configs/{{gpt,bert}}.py:tiny: {preset_text}",
-        "- cells: mean ± std over seeds (sample std); eval on the fixed eval set of the embedded "
-        "HMM corpus unless the dataset says otherwise",
+        f"- preset `{preset}` on top of configs/{{{','.join(sorted(config_names))}}}.py:tiny: {preset_text}",
+        "- cells: mean ± std over seeds (sample std); eval on the fixed eval set of the run's dataset "
+        "(the embedded HMM corpus unless the preset names another)",
         "",
         "| objective | " + " | ".join(settings) + " | " + " | ".join(m[0] for m in metrics) + " |",
         "|---" * (1 + len(settings) + len(metrics)) + "|",
@@ -118,11 +128,28 @@ def write(
                 t = next(t for t in timing if t["row"].slug == row.slug and t["seq_len"] == n)
                 cells.append(f"{1000 * t['step_seconds']:.1f} ms, {t['tokens_per_sec']:,.0f}/s")
             lines.append("| " + " | ".join(cells) + " |")
+    by_length = bool(seq2seq_report.lengths(results))
+    if by_length:
+        lines += seq2seq_report.length_section(results, settings)
+    if attention:
+        lines += [
+            "",
+            f"Attention kinds of one trained encoder-decoder: {table.name}_attention.png "
+            f"({attention['caption']}).",
+        ]
+        seq2seq_report.plot_attention(
+            os.path.join(out, f"{table.name}_attention.png"), attention, attention["caption"]
+        )
     md_path = os.path.join(out, f"{table.name}.md")
     with open(md_path, "w") as f:
         f.write("\n".join(lines) + "\n")
     _write_csv(os.path.join(out, f"{table.name}.csv"), results, timing, settings)
-    _plot(os.path.join(out, f"{table.name}.png"), table, rows, timing)
+    if by_length:
+        seq2seq_report.plot_by_length(
+            os.path.join(out, f"{table.name}.png"), f"{table.name}: {table.title}", results
+        )
+    else:
+        _plot(os.path.join(out, f"{table.name}.png"), table, rows, timing)
     return md_path
 
 

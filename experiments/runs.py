@@ -16,7 +16,7 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from configs import base, bert, gpt, hybrid, prefix_lm
+from configs import base, bert, gpt, hybrid, prefix_lm, seq2seq
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = {
@@ -24,8 +24,9 @@ CONFIG_FILES = {
     "mlm": "configs/bert.py",
     "prefix_lm": "configs/prefix_lm.py",
     "hybrid": "configs/hybrid.py",
+    "seq2seq": "configs/seq2seq.py",
 }
-_MODULES = {"clm": gpt, "mlm": bert, "prefix_lm": prefix_lm, "hybrid": hybrid}
+_MODULES = {"clm": gpt, "mlm": bert, "prefix_lm": prefix_lm, "hybrid": hybrid, "seq2seq": seq2seq}
 
 
 def make_config(objective: str, overrides: dict[str, Any], variant: str = "tiny") -> ConfigDict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-OBJECTIVE_NAMES = {"clm": "GPT", "mlm": "BERT"}
+OBJECTIVE_NAMES = {"clm": "GPT", "mlm": "BERT", "seq2seq": "seq2seq"}
 
 # Overrides shared by every run of a preset, on top of configs/{gpt,bert}.py:tiny.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -47,9 +47,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    objective: str  # "clm" or "mlm"
+    objective: str  # "clm", "mlm" or "seq2seq"
     setting: dict[str, Any]  # what this row varies, shown as columns
     overrides: dict[str, Any]  # config overrides, on top of the preset
+    # Per preset, on top of `overrides` (sizes that must differ by preset, e.g. matched widths).
+    preset_overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     @property
     def slug(self) -> str:
@@ -170,9 +172,63 @@ def make_tables() -> dict[str, Table]:
             ],
             extra=("step_timing",),
         ),
+        Table(
+            "seq2seq",
+            "Encoder-decoder Transformer vs LSTM seq2seq with and without attention, copy task by length",
+            "C10, C11",
+            # LSTM widths match the Transformer's parameters (235,840 at cpu, 3,695,872 at gpu, within 0.3%):
+            # one layer per side, so the bottleneck is exactly one (c, h) pair of the width.
+            [
+                Row("seq2seq", {"model": "transformer"}, {"model.arch": "encdec"}),
+                Row(
+                    "seq2seq",
+                    {"model": "lstm_bottleneck"},
+                    {"model.arch": "lstm_seq2seq", "model.num_layers": 1, "model.d_model": 120},
+                    {"gpu": {"model.d_model": 479}},
+                ),
+                Row(
+                    "seq2seq",
+                    {"model": "lstm_attention"},
+                    {"model.arch": "lstm_attention", "model.num_layers": 1, "model.d_model": 110},
+                    {"gpu": {"model.d_model": 440}},
+                ),
+            ],
+            extra=("by_length", "attention_kinds"),
+            preset_overrides={
+                "cpu": {
+                    "dataset": "seq2seq:copy",
+                    "model.position": "sinusoidal",  # the original Transformer's
+                    "seq2seq.max_len": 64,
+                    "seq2seq.eval_lengths": (8, 16, 32, 48, 64),
+                    "seq_len": 66,
+                    "model.max_len": 66,
+                    "num_train_steps": 1000,
+                    "optim.warmup_steps": 100,
+                    "eval_every_steps": 250,
+                    "checkpoint_every_steps": 250,
+                },
+                "gpu": {
+                    "dataset": "seq2seq:copy",
+                    "model.position": "sinusoidal",
+                    "model.num_layers": 2,
+                    "model.d_model": 256,
+                    "model.mlp_dim": 1024,
+                    "seq2seq.max_len": 512,
+                    "seq2seq.eval_lengths": (8, 32, 64, 128, 256, 512),
+                    "seq_len": 514,
+                    "model.max_len": 514,
+                },
+            },
+        ),
     ]
     return {t.name: t for t in tables}
 
 
 def run_overrides(table: Table, row: Row, preset: str, seed: int) -> dict[str, Any]:
-    return {**PRESETS[preset], **table.preset_overrides.get(preset, {}), **row.overrides, "seed": seed}
+    return {
+        **PRESETS[preset],
+        **table.preset_overrides.get(preset, {}),
+        **row.overrides,
+        **row.preset_overrides.get(preset, {}),
+        "seed": seed,
+    }

@@ -87,3 +87,17 @@ def make_cache_mask(
     self_TS = k_S[None, :] == q_T[:, None]
     mask_BTS = see_BTS & (valid_BS[:, None, :] | self_TS[None])
     return mask_BTS[:, None, :, :]
+
+
+def make_cross_mask(q_segment_ids_BT: jnp.ndarray, kv_segment_ids_BS: jnp.ndarray) -> jnp.ndarray:
+    """`[B, 1, T, S]` mask for cross-attention: decoder queries over encoder keys.
+
+    A query sees every real key of its own example (same segment id): no causality, since the
+    whole source is known before decoding starts. A padding query (id 0) sees every key, which
+    keeps its softmax defined; it is never scored.
+    """
+    same_BTS = q_segment_ids_BT[:, :, None] == kv_segment_ids_BS[:, None, :]
+    real_key_BS = kv_segment_ids_BS != 0
+    pad_query_BT = q_segment_ids_BT == 0
+    mask_BTS = (same_BTS & real_key_BS[:, None, :]) | pad_query_BT[:, :, None]
+    return mask_BTS[:, None, :, :]

@@ -99,6 +99,10 @@ class KVCache:
     kv: list[dict[str, jnp.ndarray]]  # per layer {"k", "v"}: [B, S, N, H]
     valid_BS: jnp.ndarray  # bool: the slot holds a real (not padding) token
     index: jnp.ndarray  # int32 scalar: the next slot to write
+    # A decoder's cache also holds the encoder output's keys and values, per layer, and which
+    # source positions are real.
+    cross: list[dict[str, jnp.ndarray]] | None = None
+    cross_valid_BS: jnp.ndarray | None = None
 
 
 def _norm(cfg: TransformerConfig, rngs: nnx.Rngs) -> nnx.Module:
@@ -125,10 +129,17 @@ def _linear(cfg: TransformerConfig, din: int, dout: int, std: float, rngs: nnx.R
 
 
 class Attention(nnx.Module):
-    """Multi-head self-attention through `jax.nn.dot_product_attention`."""
+    """Multi-head attention through `jax.nn.dot_product_attention`.
 
-    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    Self-attention, or cross-attention (`cross=True`) when the keys and values come from a
+    `context`, an encoder's output: queries from the decoder, keys and values from the encoder.
+    """
+
+    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, cross: bool = False):
         self.cfg = cfg
+        # Rotary angles encode the offset between a query and a key of one sequence; a decoder
+        # query and an encoder key have no such offset, so cross-attention has none (as in T5).
+        self.rotary = cfg.position == "rotary" and not cross
         d = cfg.d_model
         # GPT-2's residual-branch scaling keeps the residual stream's variance flat with depth.
         out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
@@ -136,24 +147,28 @@ class Attention(nnx.Module):
         # A key bias b adds q.b to every logit of a query's row, which the softmax ignores: it
         # would never get a gradient. Rotary positions rotate b per key position, turning it
         # into a learned relative-position bias, so only then does the key get one.
-        self.key = _linear(cfg, d, d, 0.02, rngs, use_bias=cfg.position == "rotary")
+        self.key = _linear(cfg, d, d, 0.02, rngs, use_bias=self.rotary)
         self.value = _linear(cfg, d, d, 0.02, rngs)
         self.out = _linear(cfg, d, d, out_std, rngs)
 
-    def _qkv(self, x_BLD, positions_BL):
-        B, L, _ = x_BLD.shape
-        N, H = self.cfg.num_heads, self.cfg.head_dim
-        q_BLNH = self.query(x_BLD).reshape(B, L, N, H)
-        k_BLNH = self.key(x_BLD).reshape(B, L, N, H)
-        v_BLNH = self.value(x_BLD).reshape(B, L, N, H)
-        if self.cfg.position == "rotary":
-            q_BLNH = apply_rotary(q_BLNH, positions_BL)
-            k_BLNH = apply_rotary(k_BLNH, positions_BL)
-        return q_BLNH, k_BLNH, v_BLNH
+    def _heads(self, y_BLD):
+        B, L, _ = y_BLD.shape
+        return y_BLD.reshape(B, L, self.cfg.num_heads, self.cfg.head_dim)
 
-    def __call__(self, x_BLD, mask_B1LL, positions_BL):
-        q_BLNH, k_BLNH, v_BLNH = self._qkv(x_BLD, positions_BL)
-        return self._attend(q_BLNH, k_BLNH, v_BLNH, mask_B1LL)
+    def queries(self, x_BLD, positions_BL):
+        q_BLNH = self._heads(self.query(x_BLD))
+        return apply_rotary(q_BLNH, positions_BL) if self.rotary else q_BLNH
+
+    def keys_values(self, x_BSD, positions_BS=None) -> dict[str, jnp.ndarray]:
+        """`{"k", "v"}` `[B, S, N, H]`: what a KV cache holds (for cross-attention, once per source)."""
+        k_BSNH = self._heads(self.key(x_BSD))
+        if self.rotary:
+            k_BSNH = apply_rotary(k_BSNH, positions_BS)
+        return {"k": k_BSNH, "v": self._heads(self.value(x_BSD))}
+
+    def __call__(self, x_BLD, mask_B1LS, positions_BL, context_BSD=None):
+        kv = self.keys_values(x_BLD if context_BSD is None else context_BSD, positions_BL)
+        return self.attend(self.queries(x_BLD, positions_BL), kv, mask_B1LS)
 
     def extend(self, x_BTD, mask_B1TS, positions_BT, kv: dict, index):
         """Attention of T new tokens over a KV cache of S slots, after writing theirs at `index`.
@@ -161,29 +176,34 @@ class Attention(nnx.Module):
         Same projections and attention as `__call__`; only where keys and values come from
         differs. Returns (output `[B, T, D]`, the updated `{"k", "v"}` `[B, S, N, H]`).
         """
-        q_BTNH, k_BTNH, v_BTNH = self._qkv(x_BTD, positions_BT)
-        k_BSNH = jax.lax.dynamic_update_slice_in_dim(kv["k"], k_BTNH.astype(kv["k"].dtype), index, axis=1)
-        v_BSNH = jax.lax.dynamic_update_slice_in_dim(kv["v"], v_BTNH.astype(kv["v"].dtype), index, axis=1)
-        return self._attend(q_BTNH, k_BSNH, v_BSNH, mask_B1TS), {"k": k_BSNH, "v": v_BSNH}
+        new = self.keys_values(x_BTD, positions_BT)
+        kv = {
+            name: jax.lax.dynamic_update_slice_in_dim(
+                kv[name], new[name].astype(kv[name].dtype), index, axis=1
+            )
+            for name in ("k", "v")
+        }
+        return self.attend(self.queries(x_BTD, positions_BT), kv, mask_B1TS), kv
 
-    def _attend(self, q_BTNH, k_BSNH, v_BSNH, mask_B1TS):
+    def attend(self, q_BTNH, kv: dict, mask_B1TS):
         B, T, N, H = q_BTNH.shape
         o_BTNH = jax.nn.dot_product_attention(
             q_BTNH,
-            k_BSNH,
-            v_BSNH,
+            kv["k"],
+            kv["v"],
             mask=mask_B1TS,
             scale=self.cfg.logit_scale,
             implementation=self.cfg.attention_impl,
         )
         return self.out(o_BTNH.reshape(B, T, N * H))
 
-    def probabilities(self, x_BLD, mask_B1LL, positions_BL) -> jnp.ndarray:
-        """Attention weights `[B, N, L, L]`, for inspection (the forward pass never builds them)."""
-        q_BLNH, k_BLNH, _ = self._qkv(x_BLD, positions_BL)
-        logits_BNLL = jnp.einsum("bqnh,bknh->bnqk", q_BLNH, k_BLNH).astype(jnp.float32)
-        logits_BNLL = jnp.where(mask_B1LL, logits_BNLL * self.cfg.logit_scale, -1e30)
-        return jax.nn.softmax(logits_BNLL, axis=-1)
+    def probabilities(self, x_BLD, mask_B1LS, positions_BL, context_BSD=None) -> jnp.ndarray:
+        """Attention weights `[B, N, L, S]`, for inspection (the forward pass never builds them)."""
+        q_BLNH = self.queries(x_BLD, positions_BL)
+        k_BSNH = self.keys_values(x_BLD if context_BSD is None else context_BSD, positions_BL)["k"]
+        logits_BNLS = jnp.einsum("bqnh,bknh->bnqk", q_BLNH, k_BSNH).astype(jnp.float32)
+        logits_BNLS = jnp.where(mask_B1LS, logits_BNLS * self.cfg.logit_scale, -1e30)
+        return jax.nn.softmax(logits_BNLS, axis=-1)
 
 
 class MLP(nnx.Module):
@@ -196,41 +216,71 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-    """The shared block. It takes a mask; it never decides causality."""
+    """The shared block. It takes masks; it never decides causality.
 
-    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    With `cross_attention` (an encoder-decoder's decoder) a cross-attention sublayer over the
+    encoder's output sits between self-attention and the MLP, as in Vaswani et al. 2017.
+    """
+
+    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, cross_attention: bool = False):
         self.pre = cfg.norm_position == "pre"
         self.attn_norm = _norm(cfg, rngs)
         self.attn = Attention(cfg, rngs=rngs)
         self.mlp_norm = _norm(cfg, rngs)
         self.mlp = MLP(cfg, rngs=rngs)
+        self.cross_norm = _norm(cfg, rngs) if cross_attention else None
+        self.cross = Attention(cfg, rngs=rngs, cross=True) if cross_attention else None
 
-    def __call__(self, x_BLD, mask_B1LL, positions_BL):
-        return self._residual(x_BLD, lambda h_BLD: self.attn(h_BLD, mask_B1LL, positions_BL))
+    def __call__(self, x_BLD, mask_B1LL, positions_BL, context_BSD=None, cross_mask_B1LS=None):
+        x_BLD = self._sublayer(x_BLD, self.attn_norm, lambda h: self.attn(h, mask_B1LL, positions_BL))
+        if self.cross is not None:
+            if context_BSD is None:
+                raise ValueError("a block with cross-attention needs the encoder output (context_BSD)")
+            x_BLD = self._sublayer(
+                x_BLD, self.cross_norm, lambda h: self.cross(h, cross_mask_B1LS, None, context_BSD)
+            )
+        return self._sublayer(x_BLD, self.mlp_norm, self.mlp)
 
-    def extend(self, x_BTD, mask_B1TS, positions_BT, kv: dict, index):
-        """The block on T new tokens against a KV cache (see `Attention.extend`)."""
+    def extend(self, x_BTD, mask_B1TS, positions_BT, kv: dict, index, cross_kv=None, cross_mask_B1TS=None):
+        """The block on T new tokens against a KV cache (see `Attention.extend`); a decoder block
+        reads the encoder's keys and values from `cross_kv`, computed once per source."""
         new_kv = {}
 
         def attend(h_BTD):
             out_BTD, new_kv["kv"] = self.attn.extend(h_BTD, mask_B1TS, positions_BT, kv, index)
             return out_BTD
 
-        return self._residual(x_BTD, attend), new_kv["kv"]
+        x_BTD = self._sublayer(x_BTD, self.attn_norm, attend)
+        if self.cross is not None:
+            x_BTD = self._sublayer(
+                x_BTD,
+                self.cross_norm,
+                lambda h: self.cross.attend(self.cross.queries(h, None), cross_kv, cross_mask_B1TS),
+            )
+        return self._sublayer(x_BTD, self.mlp_norm, self.mlp), new_kv["kv"]
 
-    def _residual(self, x_BLD, attend):
-        if self.pre:
-            x_BLD = x_BLD + attend(self.attn_norm(x_BLD))
-            return x_BLD + self.mlp(self.mlp_norm(x_BLD))
-        x_BLD = self.attn_norm(x_BLD + attend(x_BLD))
-        return self.mlp_norm(x_BLD + self.mlp(x_BLD))
+    def _sublayer(self, x_BLD, norm, f):
+        return x_BLD + f(norm(x_BLD)) if self.pre else norm(x_BLD + f(x_BLD))
 
-    def attention_input(self, x_BLD):
-        return self.attn_norm(x_BLD) if self.pre else x_BLD
+    def attention_maps(self, x_BLD, mask_B1LL, positions_BL, context_BSD=None, cross_mask_B1LS=None):
+        """(self-attention weights, cross-attention weights or None) of this block on its input."""
+        read = (lambda norm, h: norm(h)) if self.pre else (lambda norm, h: h)
+        self_map = self.attn.probabilities(read(self.attn_norm, x_BLD), mask_B1LL, positions_BL)
+        if self.cross is None:
+            return self_map, None
+        x_BLD = self._sublayer(x_BLD, self.attn_norm, lambda h: self.attn(h, mask_B1LL, positions_BL))
+        cross_map = self.cross.probabilities(read(self.cross_norm, x_BLD), cross_mask_B1LS, None, context_BSD)
+        return self_map, cross_map
 
 
 class Transformer(nnx.Module):
-    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    """A stack of shared blocks: GPT, BERT, or one side of an encoder-decoder.
+
+    With `cross_attention=True` it is an encoder-decoder's decoder: every block also attends
+    to `context_BSD` (the encoder's output) under `cross_mask_B1LS` (see models/encoder_decoder.py).
+    """
+
+    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, cross_attention: bool = False):
         self.cfg = cfg
         self.embed = nnx.Embed(
             cfg.vocab_size,
@@ -243,11 +293,15 @@ class Transformer(nnx.Module):
         self.positions = AdditivePositions(
             cfg.position, cfg.max_len, cfg.d_model, param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs
         )
-        self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.blocks = nnx.List(
+            [Block(cfg, rngs=rngs, cross_attention=cross_attention) for _ in range(cfg.num_layers)]
+        )
         # Post-LN blocks already end in a norm.
         self.final_norm = _norm(cfg, rngs) if cfg.norm_position == "pre" else None
 
-    def hidden_states(self, tokens_BL, mask_B1LL, positions_BL) -> list[jnp.ndarray]:
+    def hidden_states(
+        self, tokens_BL, mask_B1LL, positions_BL, *, context_BSD=None, cross_mask_B1LS=None
+    ) -> list[jnp.ndarray]:
         """The residual stream `[B, L, D]` after the embedding (index 0) and after each block.
 
         What a probe reads at "layer i"; `encode` is the final norm of the last entry.
@@ -255,41 +309,62 @@ class Transformer(nnx.Module):
         x_BLD = self.positions(self.embed(tokens_BL), positions_BL)
         states = [x_BLD]
         for block in self.blocks:
-            x_BLD = self._block(block, x_BLD, mask_B1LL, positions_BL)
+            x_BLD = self._block(block, x_BLD, mask_B1LL, positions_BL, context_BSD, cross_mask_B1LS)
             states.append(x_BLD)
         return states
 
-    def _block(self, block: Block, x_BLD, mask_B1LL, positions_BL):
+    def _block(self, block: Block, x_BLD, mask_B1LL, positions_BL, context_BSD, cross_mask_B1LS):
         if self.cfg.remat == "none":
-            return block(x_BLD, mask_B1LL, positions_BL)
+            return block(x_BLD, mask_B1LL, positions_BL, context_BSD, cross_mask_B1LS)
         # Activations inside the block are recomputed in the backward pass (per the policy):
         # memory for compute, the function and its gradients unchanged.
-        run = nnx.remat(lambda b, x, m, p: b(x, m, p), policy=REMAT_POLICIES[self.cfg.remat])
-        return run(block, x_BLD, mask_B1LL, positions_BL)
+        run = nnx.remat(lambda b, *args: b(*args), policy=REMAT_POLICIES[self.cfg.remat])
+        return run(block, x_BLD, mask_B1LL, positions_BL, context_BSD, cross_mask_B1LS)
 
-    def encode(self, tokens_BL, mask_B1LL, positions_BL) -> jnp.ndarray:
+    def encode(self, tokens_BL, mask_B1LL, positions_BL, *, context_BSD=None, cross_mask_B1LS=None):
         """Final hidden states `[B, L, D]`."""
-        x_BLD = self.hidden_states(tokens_BL, mask_B1LL, positions_BL)[-1]
+        x_BLD = self.hidden_states(
+            tokens_BL, mask_B1LL, positions_BL, context_BSD=context_BSD, cross_mask_B1LS=cross_mask_B1LS
+        )[-1]
         return self.final_norm(x_BLD) if self.final_norm is not None else x_BLD
 
-    def attention_maps(self, tokens_BL, mask_B1LL, positions_BL) -> list[jnp.ndarray]:
-        """Each layer's attention weights `[B, N, L, L]`."""
+    def attention_maps(
+        self, tokens_BL, mask_B1LL, positions_BL, *, context_BSD=None, cross_mask_B1LS=None, cross=False
+    ) -> list[jnp.ndarray]:
+        """Each layer's attention weights `[B, N, L, L]`; with `cross=True` the decoder's
+        cross-attention weights `[B, N, L, S]` over the encoder positions instead."""
         x_BLD = self.positions(self.embed(tokens_BL), positions_BL)
         maps = []
         for block in self.blocks:
-            maps.append(block.attn.probabilities(block.attention_input(x_BLD), mask_B1LL, positions_BL))
-            x_BLD = block(x_BLD, mask_B1LL, positions_BL)
+            self_map, cross_map = block.attention_maps(
+                x_BLD, mask_B1LL, positions_BL, context_BSD, cross_mask_B1LS
+            )
+            maps.append(cross_map if cross else self_map)
+            x_BLD = block(x_BLD, mask_B1LL, positions_BL, context_BSD, cross_mask_B1LS)
         return maps
 
-    def init_cache(self, batch_size: int, num_slots: int) -> KVCache:
-        """An empty KV cache of `num_slots` token slots per row."""
+    def init_cache(
+        self, batch_size: int, num_slots: int, *, context_BSD=None, context_valid_BS=None
+    ) -> KVCache:
+        """An empty KV cache of `num_slots` token slots per row.
+
+        A decoder (cross-attention) also caches every block's keys and values of the encoder
+        output `context_BSD` (real source tokens: `context_valid_BS`), computed here once.
+        """
         cfg = self.cfg
         shape = (batch_size, num_slots, cfg.num_heads, cfg.head_dim)
         zeros = lambda: jnp.zeros(shape, jnp.dtype(cfg.dtype))  # noqa: E731
+        cross = None
+        if self.blocks[0].cross is not None:
+            if context_BSD is None or context_valid_BS is None:
+                raise ValueError("a decoder's cache needs the encoder output and its valid positions")
+            cross = [block.cross.keys_values(context_BSD) for block in self.blocks]
         return KVCache(
             kv=[{"k": zeros(), "v": zeros()} for _ in range(cfg.num_layers)],
             valid_BS=jnp.zeros((batch_size, num_slots), bool),
             index=jnp.zeros((), jnp.int32),
+            cross=cross,
+            cross_valid_BS=context_valid_BS if cross is not None else None,
         )
 
     def extend(
@@ -303,23 +378,36 @@ class Transformer(nnx.Module):
         the new tokens a bidirectional prefix (a prefix LM's prompt). Returns (float32
         logits `[B, T, V]`, the cache with the new tokens written at `cache.index`).
         """
-        T = tokens_BT.shape[1]
+        B, T = tokens_BT.shape
         valid_BS = jax.lax.dynamic_update_slice_in_dim(cache.valid_BS, valid_BT, cache.index, axis=1)
         mask_B1TS = make_cache_mask(valid_BS, cache.index, T, prefix_BT=prefix_BT)
+        cross_mask_B1TS = None
+        if cache.cross is not None:
+            S = cache.cross_valid_BS.shape[1]
+            cross_mask_B1TS = jnp.broadcast_to(cache.cross_valid_BS[:, None, None, :], (B, 1, T, S))
         x_BTD = self.positions(self.embed(tokens_BT), positions_BT)
         new_kv = []
-        for block, kv in zip(self.blocks, cache.kv, strict=True):
-            x_BTD, kv = block.extend(x_BTD, mask_B1TS, positions_BT, kv, cache.index)
+        for i, (block, kv) in enumerate(zip(self.blocks, cache.kv, strict=True)):
+            cross_kv = cache.cross[i] if cache.cross is not None else None
+            x_BTD, kv = block.extend(
+                x_BTD, mask_B1TS, positions_BT, kv, cache.index, cross_kv, cross_mask_B1TS
+            )
             new_kv.append(kv)
         h_BTD = self.final_norm(x_BTD) if self.final_norm is not None else x_BTD
-        return self.logits(h_BTD), KVCache(kv=new_kv, valid_BS=valid_BS, index=cache.index + T)
+        return self.logits(h_BTD), dataclasses.replace(
+            cache, kv=new_kv, valid_BS=valid_BS, index=cache.index + T
+        )
 
     def logits(self, h_xD) -> jnp.ndarray:
         """Vocabulary logits (float32) for hidden states of any leading shape, via the tied embedding."""
         return self.embed.attend(h_xD).astype(jnp.float32)
 
-    def __call__(self, tokens_BL, mask_B1LL, positions_BL) -> jnp.ndarray:
-        return self.logits(self.encode(tokens_BL, mask_B1LL, positions_BL))
+    def __call__(self, tokens_BL, mask_B1LL, positions_BL, *, context_BSD=None, cross_mask_B1LS=None):
+        return self.logits(
+            self.encode(
+                tokens_BL, mask_B1LL, positions_BL, context_BSD=context_BSD, cross_mask_B1LS=cross_mask_B1LS
+            )
+        )
 
 
 def count_params(params) -> int:

@@ -7,7 +7,9 @@ from typing import Any
 from models.masks import MASK_KINDS
 from models.positions import POSITION_KINDS
 from models.transformer import ATTN_SCALES, NORM_KINDS, NORM_POSITIONS
+from train.data.seq2seq_tasks import TASKS
 from train.objectives import OBJECTIVES
+from train.step import SEQ2SEQ_ARCHS
 
 
 class ConfigError(ValueError):
@@ -22,7 +24,20 @@ def validate(config: Any) -> None:
             errors.append(message)
 
     m = config.model
-    need(m.arch in ("transformer", "lstm"), f"model.arch={m.arch!r}: use 'transformer' or 'lstm'")
+    archs = ("transformer", "lstm", *SEQ2SEQ_ARCHS)
+    need(m.arch in archs, f"model.arch={m.arch!r}: use one of {archs}")
+    seq2seq_data = config.dataset.startswith(("seq2seq:", "span:"))
+    need(
+        (config.objective == "seq2seq") == (m.arch in SEQ2SEQ_ARCHS) == seq2seq_data,
+        f"objective={config.objective!r}, model.arch={m.arch!r}, dataset={config.dataset!r}: an "
+        f"encoder-decoder run needs all three of objective='seq2seq', model.arch in {SEQ2SEQ_ARCHS} and "
+        "dataset 'seq2seq:TASK' or 'span:BASE' (see configs/seq2seq.py); a language model none of them",
+    )
+    need(
+        config.objective != "seq2seq" or config.mask == "causal",
+        f"objective='seq2seq' with mask={config.mask!r}: the decoder must be causal (mask='causal'); "
+        "the encoder is always bidirectional",
+    )
     need(
         not (m.arch == "lstm" and config.mask == "prefix"),
         "model.arch='lstm' has no prefix-LM form; use mask='causal' or 'bidirectional'",
@@ -46,14 +61,30 @@ def validate(config: Any) -> None:
         "predict; use mask='causal' for next-token prediction",
     )
     kind, _, arg = config.dataset.partition(":")
+    if kind == "span":
+        kind, _, arg = arg.partition(":")
     need(
-        (kind == "hmm" and not arg) or (kind in ("text", "tfds") and bool(arg)),
-        f"dataset={config.dataset!r}: use 'hmm', 'text:GLOB' or 'tfds:NAME[/CONFIG]'",
+        (kind == "hmm" and not arg)
+        or (kind in ("text", "tfds") and bool(arg))
+        or (kind == "seq2seq" and arg in TASKS),
+        f"dataset={config.dataset!r}: use 'hmm', 'text:GLOB', 'tfds:NAME[/CONFIG]', 'seq2seq:TASK' "
+        f"(TASK one of {TASKS}) or 'span:' followed by one of the language-modelling datasets",
     )
+    if config.dataset.startswith("seq2seq:"):
+        s = config.seq2seq
+        need(
+            1 <= s.min_len <= s.max_len and s.max_len + 2 <= config.seq_len,
+            f"seq2seq.min_len={s.min_len}, seq2seq.max_len={s.max_len}: need 1 <= min_len <= max_len and "
+            f"max_len + 2 <= seq_len={config.seq_len} (a target adds BOS and EOS); raise seq_len",
+        )
+        need(
+            len(s.eval_lengths) > 0 and max(s.eval_lengths) + 2 <= config.seq_len,
+            f"seq2seq.eval_lengths={tuple(s.eval_lengths)} must be non-empty and at most seq_len - 2",
+        )
 
     for field in ("num_layers", "d_model", "num_heads", "mlp_dim", "max_len"):
         need(m[field] > 0, f"model.{field}={m[field]} must be positive")
-    if m.num_heads > 0:
+    if m.num_heads > 0 and m.arch in ("transformer", "encdec"):
         need(
             m.d_model % m.num_heads == 0,
             f"model.num_heads={m.num_heads} does not divide model.d_model={m.d_model}; "

@@ -81,6 +81,8 @@ class Evaluator:
             "perplexity": float(np.exp(totals["nll_sum"] / n)),
             "predicted_tokens": totals["weight_sum"],
         }
+        if "exact_sum" in totals:  # seq2seq: rows greedy decoding gets exactly right
+            out["exact_match"] = totals["exact_sum"] / max(totals["rows_sum"], 1.0)
         if self.reference and "target_bytes" in self.reference:
             out["bits_per_byte"] = totals["nll_sum"] / math.log(2) / self.reference["target_bytes"]
         elif self.reference:

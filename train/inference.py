@@ -165,6 +165,15 @@ def load_trained(
 
 
 def _model_config(fields: dict[str, Any]) -> step_lib.ModelConfig:
+    if fields.get("arch") == "encdec":
+        from models.encoder_decoder import EncoderDecoderConfig
+
+        stack = step_lib.TransformerConfig(**fields["stack"])
+        return EncoderDecoderConfig(stack, **{k: v for k, v in fields.items() if k != "stack"})
+    if fields.get("arch") == "lstm_seq2seq":
+        from models.lstm_seq2seq import LSTMSeq2SeqConfig
+
+        return LSTMSeq2SeqConfig(**fields)
     if fields.get("arch") == "lstm" or "bidirectional" in fields:
         from models.lstm import LSTMConfig
 
@@ -173,8 +182,9 @@ def _model_config(fields: dict[str, Any]) -> step_lib.ModelConfig:
 
 
 def _tokenizer(identity: dict[str, Any], folder: str) -> Tokenizer | SymbolTokenizer:
-    if identity["dataset"] == "hmm":
-        return SymbolTokenizer(identity["model"]["vocab_size"])
+    if identity["dataset"] in ("hmm", "span:hmm") or identity["dataset"].startswith("seq2seq:"):
+        model = identity["model"]
+        return SymbolTokenizer(model["vocab_size"] if "vocab_size" in model else model["stack"]["vocab_size"])
     path = _workdir_file(folder, "tokenizer.model")
     if path is None:
         raise FileNotFoundError(

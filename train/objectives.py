@@ -19,6 +19,11 @@ the objective's business: it comes from `config.mask` and is built by `models.ma
   position before it ("masked next-token prediction"), so both row kinds share one shifted
   output head. Per-row causality is data: the prefix flag is all-False or all-True per row.
 
+- Seq2seq (an encoder-decoder's): the source goes to the encoder under a bidirectional mask;
+  the decoder reads the target row [BOS, y_1 .. y_n, EOS] under `config.mask` (causal) and
+  predicts each next token, cross-attending to the source. Exact match counts the rows whose
+  every target is the argmax: exactly the rows greedy decoding reproduces.
+
 `oracle` names the exact HMM optimum an objective's eval loss is comparable with.
 """
 
@@ -32,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from models.masks import make_attention_mask
+from models.masks import make_attention_mask, make_cross_mask
 from train.data.vocab import MASK_ID, NUM_SPECIAL
 
 Batch = dict[str, jnp.ndarray]
@@ -246,14 +251,56 @@ class HybridLM:
         return _shifted(batch["weights"])
 
 
-Objective = CausalLM | MaskedLM | PrefixLM | HybridLM
-OBJECTIVES: tuple[str, ...] = ("clm", "mlm", "prefix_lm", "hybrid")
+@dataclasses.dataclass(frozen=True)
+class Seq2Seq:
+    name: str = "seq2seq"
+    oracle: str | None = None
+
+    def transform(self, batch: Batch, rng: jax.Array | None = None) -> Batch:
+        del rng  # deterministic: the data source made the (source, target) pairs
+        tokens, seg = jnp.asarray(batch["tokens"]), jnp.asarray(batch["segment_ids"])
+        targets, weights = _next_token_targets(tokens, seg)
+        return {
+            "src_tokens": batch["src_tokens"],
+            "src_segment_ids": batch["src_segment_ids"],
+            "src_positions": batch["src_positions"],
+            "inputs": tokens,
+            "segment_ids": seg,
+            "positions": batch["positions"],
+            "targets": targets,
+            "weights": weights,
+        }
+
+    def logits(self, model: Any, batch: Batch, mask_kind: str) -> jnp.ndarray:
+        src_mask_B1SS = make_attention_mask("bidirectional", batch["src_segment_ids"])
+        mask_B1TT = make_attention_mask(mask_kind, batch["segment_ids"])
+        cross_mask_B1TS = make_cross_mask(batch["segment_ids"], batch["src_segment_ids"])
+        memory = model.encode_source(batch["src_tokens"], src_mask_B1SS, batch["src_positions"])
+        h_BTD = model.decode(memory, batch["inputs"], mask_B1TT, batch["positions"], cross_mask_B1TS)
+        return model.logits(h_BTD)
+
+    def scores(self, model: Any, batch: Batch, mask_kind: str) -> dict[str, jnp.ndarray]:
+        logits_BTV = self.logits(model, batch, mask_kind)
+        scores = _scores(logits_BTV, batch["targets"], batch["weights"])
+        wrong_BT = (jnp.argmax(logits_BTV, -1) != batch["targets"]) & batch["weights"]
+        has_target_B = batch["weights"].any(1)
+        scores["exact_sum"] = (has_target_B & ~wrong_BT.any(1)).sum().astype(jnp.float32)
+        scores["rows_sum"] = has_target_B.sum().astype(jnp.float32)
+        return scores
+
+    def scored_tokens(self, batch: Batch) -> jnp.ndarray:
+        return _shifted(batch["weights"])
+
+
+Objective = CausalLM | MaskedLM | PrefixLM | HybridLM | Seq2Seq
+OBJECTIVES: tuple[str, ...] = ("clm", "mlm", "prefix_lm", "hybrid", "seq2seq")
 # The attention mask each objective is built for; "prefix" carries per-row prefix flags.
 OBJECTIVE_MASKS: dict[str, str] = {
     "clm": "causal",
     "mlm": "bidirectional",
     "prefix_lm": "prefix",
     "hybrid": "prefix",
+    "seq2seq": "causal",  # the decoder's; the encoder's is always bidirectional
 }
 
 
@@ -265,6 +312,8 @@ def make_objective(config: Any, vocab_size: int) -> Objective:
         return MaskedLM(vocab_size, rate=m.rate, mask_frac=m.mask_frac, random_frac=m.random_frac)
     if config.objective == "prefix_lm":
         return PrefixLM()
+    if config.objective == "seq2seq":
+        return Seq2Seq()
     if config.objective == "hybrid":
         return HybridLM(
             vocab_size,

@@ -37,7 +37,13 @@ EXECUTION_FIELDS = ("remat", "attention_impl")
 
 def run_identity(config: Any, model_cfg) -> dict:
     """What a checkpoint must match to be resumed (or loaded) as this run."""
-    model = {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in EXECUTION_FIELDS}
+
+    def what(fields: dict) -> dict:  # an encoder-decoder nests its stack's fields
+        return {
+            k: what(v) if isinstance(v, dict) else v for k, v in fields.items() if k not in EXECUTION_FIELDS
+        }
+
+    model = what(dataclasses.asdict(model_cfg))
     return {
         "model": model,
         "objective": config.objective,

@@ -1,6 +1,8 @@
 """Datasets by name (`config.dataset`): a resumable train stream, fixed eval batches, references.
 
 - `hmm`: the embedded synthetic corpus (below), with exact optima as references;
+- `seq2seq:copy|reverse|sort`: synthetic seq2seq tasks (train/data/seq2seq_tasks.py);
+- `span:BASE`: T5 span corruption of any of the others (train/data/span_corruption.py);
 - `text:GLOB`: local UTF-8 files; `tfds:NAME[/CONFIG]`: a prepared TFDS dataset. Both go
   through the shared tokenizer and packed pipeline of `train/data/pipeline.py`; TFDS is
   imported only inside its branch, so `import train` never pulls TensorFlow in.
@@ -106,6 +108,31 @@ class HMMSource:
 def make_source(config: Any, workdir: str) -> Any:
     """The dataset of `config.dataset`. Real-text sources keep their tokenizer in `workdir`."""
     name = config.dataset
+    if name.startswith("seq2seq:"):
+        from train.data.seq2seq_tasks import Seq2SeqTaskSource
+
+        s = config.seq2seq
+        return Seq2SeqTaskSource(
+            task=name.partition(":")[2],
+            num_symbols=s.num_symbols,
+            min_len=s.min_len,
+            max_len=s.max_len,
+            seq_len=config.seq_len,
+            batch_size=config.batch_size,
+            eval_lengths=tuple(s.eval_lengths),
+            eval_examples=s.eval_examples,
+            stream_seed=config.seed,
+        )
+    if name.startswith("span:"):
+        import ml_collections
+
+        from train.data.span_corruption import SpanCorruptionSource
+
+        base_config = ml_collections.ConfigDict(config.to_dict())
+        base_config.dataset = name.partition(":")[2]
+        base = make_source(base_config, workdir)
+        s = config.seq2seq
+        return SpanCorruptionSource(base, config.seq_len, s.noise_density, s.mean_span, config.seed)
     if name.startswith(("text:", "tfds:")):
         from train.data import pipeline
 
@@ -121,4 +148,6 @@ def make_source(config: Any, workdir: str) -> Any:
             seed=h.seed,
         )
         return HMMSource(spec, config.seq_len, config.batch_size, h.eval_sequences, config.seed)
-    raise ValueError(f"dataset={name!r}: use 'hmm', 'text:GLOB' or 'tfds:NAME[/CONFIG]'")
+    raise ValueError(
+        f"dataset={name!r}: use 'hmm', 'text:GLOB', 'tfds:NAME[/CONFIG]', 'seq2seq:TASK' or 'span:BASE'"
+    )
