@@ -87,6 +87,7 @@ def plot_attention(path: str, attention: dict[str, Any], caption: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     kinds = [
         ("encoder", "encoder self-attention\n(bidirectional)", "source", "source"),
@@ -103,6 +104,8 @@ def plot_attention(path: str, attention: dict[str, Any], caption: str) -> None:
             ax.set_xlabel(f"key: {xlabel}", fontsize=7)
             ax.set_ylabel(f"query: {ylabel}", fontsize=7)
             ax.tick_params(labelsize=6)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(caption, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -174,41 +174,49 @@ def make_tables() -> dict[str, Table]:
         ),
         Table(
             "seq2seq",
-            "Encoder-decoder Transformer vs LSTM seq2seq with and without attention, copy task by length",
+            "Encoder-decoder Transformer vs LSTM seq2seq with and without attention, by source length",
             "C10, C11",
-            # LSTM widths match the Transformer's parameters (235,840 at cpu, 3,695,872 at gpu, within 0.3%):
-            # one layer per side, so the bottleneck is exactly one (c, h) pair of the width.
+            # LSTM widths match the Transformer's parameters (235,840 at cpu, 3,695,872 at gpu,
+            # within 0.3%): one layer per side, so the bottleneck is exactly one (c, h) pair.
+            # Copy makes the first target depend on the first (most distant) source token;
+            # reverse makes it depend on the last one, the dependency an RNN finds first.
             [
-                Row("seq2seq", {"model": "transformer"}, {"model.arch": "encdec"}),
                 Row(
                     "seq2seq",
-                    {"model": "lstm_bottleneck"},
-                    {"model.arch": "lstm_seq2seq", "model.num_layers": 1, "model.d_model": 120},
-                    {"gpu": {"model.d_model": 479}},
-                ),
-                Row(
-                    "seq2seq",
-                    {"model": "lstm_attention"},
-                    {"model.arch": "lstm_attention", "model.num_layers": 1, "model.d_model": 110},
-                    {"gpu": {"model.d_model": 440}},
-                ),
+                    {"task": task, "model": model},
+                    {"dataset": f"seq2seq:{task}", **overrides},
+                    preset,
+                )
+                for task in ("copy", "reverse")
+                for model, overrides, preset in (
+                    ("transformer", {"model.arch": "encdec"}, {}),
+                    (
+                        "lstm_bottleneck",
+                        {"model.arch": "lstm_seq2seq", "model.num_layers": 1, "model.d_model": 120},
+                        {"gpu": {"model.d_model": 479}},
+                    ),
+                    (
+                        "lstm_attention",
+                        {"model.arch": "lstm_attention", "model.num_layers": 1, "model.d_model": 110},
+                        {"gpu": {"model.d_model": 440}},
+                    ),
+                )
             ],
             extra=("by_length", "attention_kinds"),
             preset_overrides={
                 "cpu": {
-                    "dataset": "seq2seq:copy",
                     "model.position": "sinusoidal",  # the original Transformer's
-                    "seq2seq.max_len": 64,
-                    "seq2seq.eval_lengths": (8, 16, 32, 48, 64),
-                    "seq_len": 66,
-                    "model.max_len": 66,
-                    "num_train_steps": 1000,
+                    "seq2seq.min_len": 4,
+                    "seq2seq.max_len": 40,
+                    "seq2seq.eval_lengths": (5, 10, 20, 30, 40),
+                    "seq_len": 42,
+                    "model.max_len": 42,
+                    "num_train_steps": 2500,
                     "optim.warmup_steps": 100,
-                    "eval_every_steps": 250,
-                    "checkpoint_every_steps": 250,
+                    "eval_every_steps": 500,
+                    "checkpoint_every_steps": 500,
                 },
                 "gpu": {
-                    "dataset": "seq2seq:copy",
                     "model.position": "sinusoidal",
                     "model.num_layers": 2,
                     "model.d_model": 256,

@@ -77,3 +77,20 @@ def test_every_row_of_every_table_is_a_valid_config(preset):
             validate(config)
             if "d_k" in row.setting:  # the attention-scale table varies the head dim
                 assert config.model.d_model // config.model.num_heads == row.setting["d_k"]
+
+
+def test_seq2seq_table_reports_accuracy_by_length_and_plots_the_attention_kinds(tmp_path):
+    out = str(tmp_path / "results")
+    steps = [kv for kv in FEW_STEPS[1::2] if not kv.startswith(("seq_len", "model.max_len", "hmm."))]
+    sizes = ["seq2seq.max_len=12", "seq2seq.eval_lengths=(4,12)", "seq2seq.eval_examples=8"]
+    argv = ["seq2seq", "--preset", "cpu", "--seeds", "1", "--rows", "3", "--out", out]
+    for kv in [*steps, *sizes, "seq_len=14", "model.max_len=14"]:
+        argv += ["--set", kv]
+    ablate.main(argv)
+    md = open(os.path.join(out, "seq2seq.md")).read()
+    for model in ("transformer", "lstm_bottleneck", "lstm_attention"):
+        rows = [line for line in md.splitlines() if line.startswith(f"| seq2seq | copy | {model} |")]
+        assert len(rows) == 3  # the main table, exact match by length, token accuracy by length
+    assert "| n=4 | n=12 |" in md
+    assert os.path.getsize(os.path.join(out, "seq2seq_attention.png")) > 0
+    assert os.path.getsize(os.path.join(out, "seq2seq.png")) > 0
