@@ -106,6 +106,7 @@ def get_config() -> ml_collections.ConfigDict:
             param_dtype="float32",
             remat="none",  # "none", "full" or "dots": recompute block activations in backward
             attention_impl="xla",  # or "cudnn" (GPU, bf16/fp16 only)
+            scan_layers=False,  # run the blocks as one lax.scan: compile time flat in depth
         )
     )
 

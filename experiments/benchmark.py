@@ -4,6 +4,8 @@
         --config.seq_len=256 --config.batch_size=16 --vocab_size 8192
     python -m experiments.benchmark --config configs/gpt.py:base --config.model.dtype=bfloat16 --steps 20
     python -m experiments.benchmark --config configs/gpt.py:tiny --decode 512
+    python -m experiments.benchmark --config configs/bert.py:tiny --baseline hf \
+        --config.model.position=learned
 
 The step is built exactly as the trainer builds it (mesh, FSDP shardings, objective transform,
 donation, remat, dtype, gradient accumulation) and fed random tokens of `--vocab_size` (default:
@@ -13,6 +15,9 @@ steps after two warm-up steps, compile seconds, model FLOPs per step counted two
 attention key, and causal attention halved), MFU against a peak (on CPU a measured float32
 matmul peak; on GPU/TPU the device's dense bf16 peak, from a table by device kind, or a
 measured bf16 matmul where the kind is unknown), and the step's memory per device.
+`--baseline hf` also times Hugging Face's FlaxGPT2LMHeadModel / FlaxBertForMaskedLM at the same
+shapes, batch and optimizer (experiments/hf_baseline.py), interleaved step by step with ours in
+the same process, and reports its figures under "baseline" and the ratio "speedup_vs_baseline".
 `--decode N` instead measures generation: new tokens/s with the KV cache vs recomputing the
 whole prefix at every step, N new tokens from a batch of 8-token prompts.
 """
@@ -34,6 +39,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py:<va
 _STEPS = flags.DEFINE_integer("steps", 10, "timed steps (after 2 warm-up steps); at least 10")
 _VOCAB = flags.DEFINE_integer("vocab_size", 0, "vocabulary of the random tokens (0: the dataset's)")
 _DECODE = flags.DEFINE_integer("decode", 0, "measure generation of this many new tokens instead")
+_BASELINE = flags.DEFINE_enum(
+    "baseline", "", ["", "hf"], "also time Hugging Face's Flax GPT-2 / BERT at the same shapes, interleaved"
+)
 
 # Dense bf16 peak FLOP/s per chip, from the vendors' data sheets.
 DEVICE_PEAKS = {
@@ -87,7 +95,7 @@ def _random_batch(config, vocab_size: int, seed: int = 0) -> dict[str, np.ndarra
     }
 
 
-def train_benchmark(config, vocab_size: int, steps: int) -> dict:
+def train_benchmark(config, vocab_size: int, steps: int, baseline: str = "") -> dict:
     from experiments.flops import non_embedding_params, train_flops_per_step
     from train import step as step_lib
     from train.memory import step_memory
@@ -111,19 +119,30 @@ def train_benchmark(config, vocab_size: int, steps: int) -> dict:
         out_shardings=(shardings, replicated(mesh)),
         donate_argnums=(0,),
     )
-    batch = to_global(_random_batch(config, vocab_size), data_sharding)
+    host_batch = _random_batch(config, vocab_size)
+    batch = to_global(host_batch, data_sharding)
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_seconds = time.perf_counter() - t0
+    hf = None
+    if baseline == "hf":
+        from experiments.hf_baseline import make_hf_runner
+
+        hf = make_hf_runner(config, vocab_size, host_batch)
     for _ in range(2):
         state, metrics = compiled(state, batch)
+        if hf:
+            hf.run()
     jax.block_until_ready(metrics)
-    times = []
+    # Interleaved, so both see the same machine conditions (thermal state, other load).
+    times, hf_times = [], []
     for _ in range(steps):
         t0 = time.perf_counter()
         state, metrics = compiled(state, batch)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
+        if hf:
+            hf_times.append(_timed(hf.run))
     median = statistics.median(times)
     L = config.seq_len
     head = objective.max_predictions(L) if isinstance(objective, MaskedLM) else L
@@ -132,6 +151,19 @@ def train_benchmark(config, vocab_size: int, steps: int) -> dict:
     flops_causal = train_flops_per_step(config, n, vocab_size, head, causal_attention_halved=True)
     peak, peak_source = device_peak()
     tokens = config.batch_size * L
+    extra = {}
+    if hf:
+        hf_median = statistics.median(hf_times)
+        extra["baseline"] = {
+            "model": hf.name,
+            "params": hf.num_params,
+            "tokens_per_sec": tokens / hf_median,
+            "step_seconds_median": hf_median,
+            "step_seconds_iqr": float(np.subtract(*np.percentile(hf_times, [75, 25]))),
+            "compile_seconds": hf.compile_seconds,
+            "mfu": flops / hf_median / peak,
+        }
+        extra["speedup_vs_baseline"] = hf_median / median
     return {
         "objective": config.objective,
         "platform": jax.devices()[0].platform,
@@ -145,6 +177,8 @@ def train_benchmark(config, vocab_size: int, steps: int) -> dict:
         "dtype": config.model.dtype,
         "remat": config.model.remat,
         "attention_impl": config.model.attention_impl,
+        "scan_layers": config.model.scan_layers,
+        "num_layers": config.model.num_layers,
         "tokens_per_sec": tokens / median,
         "predicted_tokens_per_sec": float(metrics["predicted_tokens"]) / median,
         "step_seconds_median": median,
@@ -161,6 +195,7 @@ def train_benchmark(config, vocab_size: int, steps: int) -> dict:
         "mfu": flops / median / peak,
         "mfu_causal_halved": flops_causal / median / peak,
         "step_memory": step_memory(compiled),
+        **extra,
     }
 
 
@@ -233,7 +268,7 @@ def main(argv: list[str]) -> None:
             raise app.UsageError("--decode measures generation: use a causal config (configs/gpt.py)")
         print(json.dumps(decode_benchmark(config, vocab_size, _DECODE.value)))
     else:
-        print(json.dumps(train_benchmark(config, vocab_size, _STEPS.value)))
+        print(json.dumps(train_benchmark(config, vocab_size, _STEPS.value, _BASELINE.value)))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from models.layer_scan import scan_blocks
 from models.masks import make_cache_mask
 from models.positions import EMBED_INIT_STD, POSITION_KINDS, AdditivePositions, apply_rotary
 
@@ -58,6 +59,7 @@ class TransformerConfig:
     # How, not what: neither changes the parameters or the function computed.
     remat: str = "none"
     attention_impl: str = "xla"
+    scan_layers: bool = False  # one lax.scan over the blocks (models/layer_scan.py)
 
     def __post_init__(self):
         if self.d_model % self.num_heads:
@@ -308,6 +310,10 @@ class Transformer(nnx.Module):
         """
         x_BLD = self.positions(self.embed(tokens_BL), positions_BL)
         states = [x_BLD]
+        if self.cfg.scan_layers:
+            args = (mask_B1LL, positions_BL, context_BSD, cross_mask_B1LS)
+            policy, remat = REMAT_POLICIES[self.cfg.remat], self.cfg.remat != "none"
+            return states + scan_blocks(self.blocks, x_BLD, args, policy, remat)[1]
         for block in self.blocks:
             x_BLD = self._block(block, x_BLD, mask_B1LL, positions_BL, context_BSD, cross_mask_B1LS)
             states.append(x_BLD)

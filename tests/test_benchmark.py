@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import MICRO_OVERRIDES, REPO, subprocess_env
 
@@ -37,3 +38,34 @@ def test_decode_benchmark_generates_the_same_tokens_both_ways():
     out = _bench("configs/gpt.py:tiny", "--decode=16")
     assert out["same_tokens"] and out["decode_new_tokens"] == 16
     assert out["kv_cache_tokens_per_sec"] > 0 and out["recompute_tokens_per_sec"] > 0
+
+
+@pytest.mark.parametrize("config", ["configs/gpt.py:tiny", "configs/bert.py:tiny"])
+def test_hf_baseline_runs_interleaved_at_the_same_shapes(config):
+    pytest.importorskip("transformers")
+    out = _bench(config, "--steps=10", "--vocab_size=64", "--baseline=hf", "--config.model.position=learned")
+    base = out["baseline"]
+    assert base["model"] == ("FlaxGPT2LMHeadModel" if "gpt" in config else "FlaxBertForMaskedLM")
+    assert out["speedup_vs_baseline"] == pytest.approx(
+        base["step_seconds_median"] / out["step_seconds_median"]
+    )
+    # Same shapes; the counts differ only by architectural extras (biases, BERT's token-type
+    # embeddings and MLM head transform).
+    assert 0.8 < base["params"] / out["params"] < 1.5
+
+
+def test_hf_baseline_learns_one_batch_with_our_optimizer_and_targets():
+    pytest.importorskip("transformers")
+    from configs import base, gpt
+    from experiments.benchmark import _random_batch
+    from experiments.hf_baseline import make_hf_runner
+
+    overrides = {**MICRO_OVERRIDES, "optim.warmup_steps": 0, "num_train_steps": 1000}
+    config = base.override(gpt.get_config("tiny"), overrides)
+    runner = make_hf_runner(config, 64, _random_batch(config, 64))
+    losses = []
+    for _ in range(100):
+        runner.params, runner.opt_state, loss = runner.step(runner.params, runner.opt_state, runner.batch)
+        losses.append(float(loss))
+    assert losses[0] == pytest.approx(float(np.log(64)), rel=0.1)  # uniform at init
+    assert losses[-1] < 0.5 * losses[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -96,6 +97,18 @@ def test_shared_embeddings_are_one_parameter():
     n_separate = sum(x.size for x in jax.tree.leaves(nnx.state(separate, nnx.Param)))
     assert n_separate - n_shared == V * 32
     assert shared.encoder.embed is shared.decoder.embed
+
+
+def test_scan_over_layers_gives_the_same_encoder_decoder():
+    batch = {k: jnp.asarray(v) for k, v in _batch().items()}
+    objective = Seq2Seq()
+    mb = objective.transform(batch)
+    stack = TransformerConfig(vocab_size=V, d_model=32, num_heads=4, num_layers=3, mlp_dim=64, max_len=16)
+    logits = []
+    for scan in (False, True):
+        cfg = EncoderDecoderConfig(dataclasses.replace(stack, scan_layers=scan))
+        logits.append(np.asarray(objective.logits(EncoderDecoder(cfg, rngs=nnx.Rngs(0)), mb, "causal")))
+    np.testing.assert_allclose(logits[1], logits[0], atol=1e-5, rtol=1e-5)
 
 
 def test_cached_decoding_equals_the_parallel_decoder():

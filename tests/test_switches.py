@@ -60,6 +60,22 @@ def test_remat_changes_nothing_but_memory(remat, micro, tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "overrides", [{}, {"model.remat": "full"}, {"model.norm": "batchnorm"}, {"model.norm_position": "post"}]
+)
+def test_scan_over_layers_changes_nothing(overrides, micro, tmp_path):
+    ref_state, ref = _setup(micro, tmp_path, **overrides)(1)
+    state, metrics = _setup(micro, tmp_path, **{"model.scan_layers": True, **overrides})(1)
+    assert float(metrics["loss"]) == pytest.approx(float(ref["loss"]), rel=1e-6)
+    assert float(metrics["grad_norm"]) == pytest.approx(float(ref["grad_norm"]), rel=1e-5)
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    # BatchNorm's running statistics come out of the scan into each layer.
+    assert jax.tree.structure(state.model_state) == jax.tree.structure(ref_state.model_state)
+    for a, b in zip(jax.tree.leaves(state.model_state), jax.tree.leaves(ref_state.model_state), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 def test_bf16_compute_keeps_fp32_params_and_optimizer_state(micro, tmp_path):
     _, ref = _setup(micro, tmp_path, adam=True)(1)
     state, metrics = _setup(micro, tmp_path, adam=True, **{"model.dtype": "bfloat16"})(1)
