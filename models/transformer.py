@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from models.layer_scan import scan_blocks
+from models.layer_scan import StackedBlocks
 from models.masks import make_cache_mask
 from models.positions import EMBED_INIT_STD, POSITION_KINDS, AdditivePositions, apply_rotary
 
@@ -59,7 +59,7 @@ class TransformerConfig:
     # How, not what: neither changes the parameters or the function computed.
     remat: str = "none"
     attention_impl: str = "xla"
-    scan_layers: bool = False  # one lax.scan over the blocks (models/layer_scan.py)
+    scan_layers: bool = False  # blocks stored stacked, run as one lax.scan (models/layer_scan.py)
 
     def __post_init__(self):
         if self.d_model % self.num_heads:
@@ -295,9 +295,14 @@ class Transformer(nnx.Module):
         self.positions = AdditivePositions(
             cfg.position, cfg.max_len, cfg.d_model, param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs
         )
-        self.blocks = nnx.List(
-            [Block(cfg, rngs=rngs, cross_attention=cross_attention) for _ in range(cfg.num_layers)]
-        )
+        if cfg.scan_layers:
+            self.blocks = StackedBlocks(
+                lambda r: Block(cfg, rngs=r, cross_attention=cross_attention), cfg.num_layers, rngs=rngs
+            )
+        else:
+            self.blocks = nnx.List(
+                [Block(cfg, rngs=rngs, cross_attention=cross_attention) for _ in range(cfg.num_layers)]
+            )
         # Post-LN blocks already end in a norm.
         self.final_norm = _norm(cfg, rngs) if cfg.norm_position == "pre" else None
 
@@ -313,7 +318,7 @@ class Transformer(nnx.Module):
         if self.cfg.scan_layers:
             args = (mask_B1LL, positions_BL, context_BSD, cross_mask_B1LS)
             policy, remat = REMAT_POLICIES[self.cfg.remat], self.cfg.remat != "none"
-            return states + scan_blocks(self.blocks, x_BLD, args, policy, remat)[1]
+            return states + self.blocks(x_BLD, args, policy, remat)[1]
         for block in self.blocks:
             x_BLD = self._block(block, x_BLD, mask_B1LL, positions_BL, context_BSD, cross_mask_B1LS)
             states.append(x_BLD)

@@ -15,6 +15,7 @@ from flax import nnx
 
 from configs import base, seq2seq
 from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
+from models.layer_scan import stack_layer_params
 from models.lstm_seq2seq import LSTMSeq2Seq, LSTMSeq2SeqConfig
 from models.masks import make_attention_mask, make_cross_mask
 from models.seq2seq_decode import greedy_decode
@@ -104,11 +105,26 @@ def test_scan_over_layers_gives_the_same_encoder_decoder():
     objective = Seq2Seq()
     mb = objective.transform(batch)
     stack = TransformerConfig(vocab_size=V, d_model=32, num_heads=4, num_layers=3, mlp_dim=64, max_len=16)
-    logits = []
-    for scan in (False, True):
-        cfg = EncoderDecoderConfig(dataclasses.replace(stack, scan_layers=scan))
-        logits.append(np.asarray(objective.logits(EncoderDecoder(cfg, rngs=nnx.Rngs(0)), mb, "causal")))
-    np.testing.assert_allclose(logits[1], logits[0], atol=1e-5, rtol=1e-5)
+    loop = EncoderDecoder(EncoderDecoderConfig(stack), rngs=nnx.Rngs(0))
+    scan = EncoderDecoder(
+        EncoderDecoderConfig(dataclasses.replace(stack, scan_layers=True)), rngs=nnx.Rngs(0)
+    )
+    _, params, rest = step_lib.split_model(loop)
+    scan_graphdef, _, _ = step_lib.split_model(scan)
+    scan = nnx.merge(scan_graphdef, stack_layer_params(params), stack_layer_params(rest))
+    expected = np.asarray(objective.logits(loop, mb, "causal"))
+    np.testing.assert_allclose(
+        np.asarray(objective.logits(scan, mb, "causal")), expected, atol=1e-5, rtol=1e-5
+    )
+    # The decoding cache reads layer i of the stack as a block: prefill logits match too.
+    memory = scan.encode_source(
+        mb["src_tokens"], make_attention_mask("bidirectional", mb["src_segment_ids"]), mb["src_positions"]
+    )
+    cache = scan.init_cache(memory, mb["src_segment_ids"] != 0, T)
+    B = mb["inputs"].shape[0]
+    logits, _ = scan.extend(mb["inputs"][:, :T], mb["positions"][:, :T], jnp.ones((B, T), bool), cache)
+    real = np.asarray(mb["segment_ids"][:, :T] != 0)
+    np.testing.assert_allclose(np.asarray(logits)[real], expected[:, :T][real], atol=2e-5, rtol=1e-5)
 
 
 def test_cached_decoding_equals_the_parallel_decoder():

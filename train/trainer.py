@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 # Model fields that change how, not what, is computed: a run may resume with other values.
-EXECUTION_FIELDS = ("remat", "attention_impl", "scan_layers")
+EXECUTION_FIELDS = ("remat", "attention_impl")
 
 
 def run_identity(config: Any, model_cfg) -> dict:
