@@ -3,11 +3,14 @@
     python -m experiments.sample --workdir runs/gpt --prompt "s3 s17" --prompt "s40"
     python -m experiments.sample --workdir runs/gpt_text --prompt "The river" --temperature 0.8 --top_p 0.9
     python -m experiments.sample --workdir runs/bert --prompt "s3 <mask> s17 s5 <mask> s9"
+    python -m experiments.sample --workdir runs/copy --prompt "s3 s17 s5 s9"
 
 Prompts are text for runs on real text and space-separated symbols (`s0` .. `s127`, specials
 such as `<mask>`) for the embedded HMM corpus; `<bos>` is prepended. Causal, prefix-LM and
 hybrid runs generate (the prefix LM reads its prompt as its bidirectional prefix); BERT runs
-fill masks. Loads on CPU whatever trained the model (train.inference.load_trained).
+fill masks; seq2seq runs read each prompt as a source (no `<bos>`) and decode greedily (the
+Transformer with its decoder and encoder caches). Loads on CPU whatever trained the model
+(train.inference.load_trained).
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = trained.tokenizer
     prompts = [_encode(tokenizer, p) for p in args.prompt]
     print(f"# {trained.checkpoint} (step {trained.step}, objective {trained.objective})")
+    if trained.objective == "seq2seq":
+        _translate(trained, [p[1:] for p in prompts], args)
+        return
     if trained.mask_kind == "bidirectional":
         if not any(MASK_ID in p for p in prompts):
             sys.exit("error: a bidirectional (BERT) model fills masks: put <mask> in the prompt")
@@ -86,6 +92,26 @@ def main(argv: list[str] | None = None) -> None:
     )
     for prompt, new, stopped in zip(args.prompt, out.tokens, out.stopped, strict=True):
         print(f"\n{prompt} -> {tokenizer.decode(new)}" + (" <eos>" if stopped else ""))
+
+
+def _translate(trained, sources: list[list[int]], args: argparse.Namespace) -> None:
+    from models.seq2seq_decode import greedy_decode
+
+    S = max(map(len, sources))
+    batch = {"src_tokens": np.zeros((len(sources), S), np.int32)}
+    batch["src_segment_ids"] = np.zeros_like(batch["src_tokens"])
+    for i, src in enumerate(sources):
+        batch["src_tokens"][i, : len(src)], batch["src_segment_ids"][i, : len(src)] = src, 1
+    batch["src_positions"] = np.where(batch["src_segment_ids"] > 0, np.arange(S)[None], 0).astype(np.int32)
+    use_cache = hasattr(trained.model, "init_cache")  # the LSTM baselines recompute
+    out = greedy_decode(
+        trained.model, batch, args.max_new_tokens, bos_id=BOS_ID, eos_id=EOS_ID, use_cache=use_cache
+    )
+    for prompt, row in zip(args.prompt, out, strict=True):
+        ids = row.tolist()
+        stopped = EOS_ID in ids
+        ids = ids[: ids.index(EOS_ID)] if stopped else ids
+        print(f"\n{prompt} -> {trained.tokenizer.decode(ids)}" + (" <eos>" if stopped else ""))
 
 
 if __name__ == "__main__":

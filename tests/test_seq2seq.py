@@ -284,7 +284,7 @@ def test_a_tiny_model_overfits_one_batch(arch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["seq2seq:sort", "span:hmm"])
-def test_seq2seq_run_resumes_to_the_same_result(dataset, tmp_path):
+def test_seq2seq_run_resumes_to_the_same_result(dataset, tmp_path, capsys):
     from train.trainer import train_and_evaluate
 
     overrides = {
@@ -317,3 +317,9 @@ def test_seq2seq_run_resumes_to_the_same_result(dataset, tmp_path):
     assert resumed["eval"] == straight["eval"]
     assert "exact_match" in straight["eval"]
     assert json.load(open(os.path.join(workdir, "config.json")))["resolved"]["num_params"] > 0
+    if dataset == "seq2seq:sort":  # the trained run decodes from the command line
+        from experiments import sample
+
+        sample.main(["--workdir", workdir, "--prompt", "s3 s1 s2", "--prompt", "s5", "--max_new_tokens", "6"])
+        lines = [line for line in capsys.readouterr().out.splitlines() if " -> " in line]
+        assert [line.split(" -> ")[0] for line in lines] == ["s3 s1 s2", "s5"]
