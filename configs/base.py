@@ -105,7 +105,7 @@ def get_config() -> ml_collections.ConfigDict:
             dtype="float32",  # compute dtype; "bfloat16" for mixed precision (params stay param_dtype)
             param_dtype="float32",
             remat="none",  # "none", "full" or "dots": recompute block activations in backward
-            attention_impl="xla",  # or "cudnn" (GPU, bf16/fp16 only)
+            attention_impl="xla",  # or "cudnn" (GPU, bf16/fp16 only), or "einsum" (written out)
             scan_layers=False,  # run the blocks as one lax.scan: compile time flat in depth
         )
     )

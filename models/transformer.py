@@ -130,14 +130,22 @@ class Attention(nnx.Module):
 
     def attend(self, q_BTNH, kv: dict, mask_B1TS):
         B, T, N, H = q_BTNH.shape
-        o_BTNH = jax.nn.dot_product_attention(
-            q_BTNH,
-            kv["k"],
-            kv["v"],
-            mask=mask_B1TS,
-            scale=self.cfg.logit_scale,
-            implementation=self.cfg.attention_impl,
-        )
+        if self.cfg.attention_impl == "einsum":
+            # Written out (scaled queries, two einsums, float32 softmax), as Flax Linen's
+            # attention: on CPU its backward pass runs ~30% faster than the library call's.
+            logits_BNTS = jnp.einsum("btnh,bsnh->bnts", q_BTNH * self.cfg.logit_scale, kv["k"])
+            logits_BNTS = jnp.where(mask_B1TS, logits_BNTS.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+            probs_BNTS = jax.nn.softmax(logits_BNTS, axis=-1).astype(kv["v"].dtype)
+            o_BTNH = jnp.einsum("bnts,bsnh->btnh", probs_BNTS, kv["v"])
+        else:
+            o_BTNH = jax.nn.dot_product_attention(
+                q_BTNH,
+                kv["k"],
+                kv["v"],
+                mask=mask_B1TS,
+                scale=self.cfg.logit_scale,
+                implementation=self.cfg.attention_impl,
+            )
         return self.out(o_BTNH.reshape(B, T, N * H))
 
     def probabilities(self, x_BLD, mask_B1LS, positions_BL, context_BSD=None) -> jnp.ndarray:

@@ -22,7 +22,8 @@ REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
 }
-ATTENTION_IMPLS: tuple[str, ...] = ("xla", "cudnn")  # jax.nn.dot_product_attention(implementation=)
+# "xla" and "cudnn" through jax.nn.dot_product_attention(implementation=); "einsum" written out.
+ATTENTION_IMPLS: tuple[str, ...] = ("xla", "cudnn", "einsum")
 
 
 @dataclasses.dataclass(frozen=True)
