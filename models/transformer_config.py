@@ -43,10 +43,12 @@ class TransformerConfig:
     dtype: str = "float32"  # compute dtype of activations and matmuls
     param_dtype: str = "float32"
     arch: str = "transformer"
+    # Blocks stored stacked and run as one lax.scan (models/layer_scan.py): the same function,
+    # another parameter layout, so part of a run's identity.
+    scan_layers: bool = False
     # How, not what: neither changes the parameters or the function computed.
     remat: str = "none"
     attention_impl: str = "xla"
-    scan_layers: bool = False  # blocks stored stacked, run as one lax.scan (models/layer_scan.py)
 
     def __post_init__(self):
         if self.d_model % self.num_heads:

@@ -69,3 +69,12 @@ def test_hf_baseline_learns_one_batch_with_our_optimizer_and_targets():
         losses.append(float(loss))
     assert losses[0] == pytest.approx(float(np.log(64)), rel=0.1)  # uniform at init
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_attention_benchmark_times_each_implementation_here(capsys):
+    from experiments import attention_benchmark
+
+    attention_benchmark.main(["--batch", "2", "--seq_len", "16", "--heads", "2", "--head_dim", "8"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["shape_BLNH"] == [2, 16, 2, 8]
+    assert out["xla_ms"] > 0 and out["einsum_ms"] > 0 and "cudnn_ms" not in out

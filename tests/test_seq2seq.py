@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 
 import jax
@@ -323,3 +324,21 @@ def test_seq2seq_run_resumes_to_the_same_result(dataset, tmp_path, capsys):
         sample.main(["--workdir", workdir, "--prompt", "s3 s1 s2", "--prompt", "s5", "--max_new_tokens", "6"])
         lines = [line for line in capsys.readouterr().out.splitlines() if " -> " in line]
         assert [line.split(" -> ")[0] for line in lines] == ["s3 s1 s2", "s5"]
+
+
+@pytest.mark.parametrize(
+    "overrides,field",
+    [
+        ({"dataset": "hmm"}, "dataset='hmm'"),
+        ({"model.arch": "transformer"}, "model.arch='transformer'"),
+        ({"dataset": "span:seq2seq:copy"}, "dataset='span:seq2seq:copy'"),
+        ({"dataset": "seq2seq:shuffle"}, "dataset='seq2seq:shuffle'"),
+        ({"seq2seq.max_len": 100}, "seq2seq.max_len=100"),
+        ({"mask": "bidirectional"}, "mask='bidirectional'"),
+    ],
+)
+def test_a_seq2seq_config_that_cannot_work_is_refused_by_field(overrides, field):
+    from train.config_checks import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=re.escape(field)):
+        validate(base.override(seq2seq.get_config("tiny"), overrides))

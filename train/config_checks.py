@@ -61,12 +61,13 @@ def validate(config: Any) -> None:
         "predict; use mask='causal' for next-token prediction",
     )
     kind, _, arg = config.dataset.partition(":")
-    if kind == "span":
+    span = kind == "span"
+    if span:  # span corruption of a language-modelling dataset
         kind, _, arg = arg.partition(":")
     need(
         (kind == "hmm" and not arg)
         or (kind in ("text", "tfds") and bool(arg))
-        or (kind == "seq2seq" and arg in TASKS),
+        or (kind == "seq2seq" and arg in TASKS and not span),
         f"dataset={config.dataset!r}: use 'hmm', 'text:GLOB', 'tfds:NAME[/CONFIG]', 'seq2seq:TASK' "
         f"(TASK one of {TASKS}) or 'span:' followed by one of the language-modelling datasets",
     )

@@ -1,0 +1,62 @@
+"""Forward + backward time of one attention layer's core, per implementation, on this device.
+
+    python -m experiments.attention_benchmark --batch 16 --seq_len 256 --heads 4 --head_dim 64
+
+Times `Attention.attend` (queries, keys, values -> output projection input) under a causal mask
+for each `model.attention_impl` that runs here ("cudnn" only on GPU), with the gradient taken
+with respect to queries, keys and values; prints one JSON line of median milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from models.masks import make_attention_mask
+from models.transformer import ATTENTION_IMPLS, Attention, TransformerConfig
+
+
+def time_attention(impl: str, B: int, L: int, N: int, H: int, repeats: int = 9) -> float:
+    cfg = TransformerConfig(
+        vocab_size=8, d_model=N * H, num_heads=N, num_layers=1, mlp_dim=8, max_len=L, attention_impl=impl
+    )
+    attention = Attention(cfg, rngs=nnx.Rngs(0))
+    q, k, v = (jax.random.normal(key, (B, L, N, H)) for key in jax.random.split(jax.random.PRNGKey(0), 3))
+    mask = make_attention_mask("causal", jnp.ones((B, L), jnp.int32))
+    graphdef, state = nnx.split(attention)
+
+    def loss(q, k, v):
+        return nnx.merge(graphdef, state).attend(q, {"k": k, "v": v}, mask).sum()
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+    jax.block_until_ready(grad(q, k, v))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(grad(q, k, v))
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq_len", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--head_dim", type=int, default=64)
+    args = parser.parse_args(argv)
+    impls = [i for i in ATTENTION_IMPLS if i != "cudnn" or jax.devices()[0].platform == "gpu"]
+    shape = (args.batch, args.seq_len, args.heads, args.head_dim)
+    result = {"platform": jax.devices()[0].platform, "shape_BLNH": shape}
+    result.update({f"{impl}_ms": time_attention(impl, *shape) for impl in impls})
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
