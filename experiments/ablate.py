@@ -21,6 +21,7 @@ from typing import Any
 
 from experiments import report, runs
 from experiments.tables import Row, Table, make_tables, run_overrides
+from train.host_memory import retain_freed_memory
 
 TIMING_LENGTHS = {"cpu": (64, 128, 256, 512, 1024), "gpu": (128, 256, 512, 1024, 2048, 4096)}
 
@@ -118,6 +119,7 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    retain_freed_memory()  # before JAX starts its CPU client (train/host_memory.py)
     tables = make_tables()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("table", choices=sorted(tables))

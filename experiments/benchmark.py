@@ -15,6 +15,9 @@ steps after two warm-up steps, compile seconds, model FLOPs per step counted two
 attention key, and causal attention halved), MFU against a peak (on CPU a measured float32
 matmul peak; on GPU/TPU the device's dense bf16 peak, from a table by device kind, or a
 measured bf16 matmul where the kind is unknown), and the step's memory per device.
+On CPU the process first sets glibc's malloc to reuse freed memory (train/host_memory.py:
+without it XLA:CPU page-faults its whole working set in again every step); "host_malloc" says
+whether it did, and `GPTBERT_HOST_MALLOC=default` measures without it.
 `--baseline hf` also times Hugging Face's FlaxGPT2LMHeadModel / FlaxBertForMaskedLM at the same
 shapes, batch and optimizer (experiments/hf_baseline.py), interleaved step by step with ours in
 the same process, and reports its figures under "baseline" and the ratio "speedup_vs_baseline".
@@ -257,7 +260,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from train.config_checks import validate
     from train.data.sources import make_source
+    from train.host_memory import retain_freed_memory
 
+    # Both models of a --baseline run share this process, so both get it.
+    host_malloc_tuned = retain_freed_memory()
     config = _CONFIG.value
     validate(config)
     if _STEPS.value < 10:
@@ -266,9 +272,11 @@ def main(argv: list[str]) -> None:
     if _DECODE.value:
         if config.mask != "causal":
             raise app.UsageError("--decode measures generation: use a causal config (configs/gpt.py)")
-        print(json.dumps(decode_benchmark(config, vocab_size, _DECODE.value)))
+        result = decode_benchmark(config, vocab_size, _DECODE.value)
     else:
-        print(json.dumps(train_benchmark(config, vocab_size, _STEPS.value, _BASELINE.value)))
+        result = train_benchmark(config, vocab_size, _STEPS.value, _BASELINE.value)
+    result["host_malloc"] = "retained" if host_malloc_tuned else "default"
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -23,10 +23,12 @@ import numpy as np
 from experiments.evaluate.classification_data import TASKS, load_task
 from experiments.evaluate.finetune import finetune
 from train.config_checks import ConfigError
+from train.host_memory import retain_freed_memory
 from train.inference import SymbolTokenizer, load_trained
 
 
 def main(argv: list[str] | None = None) -> None:
+    retain_freed_memory()  # before JAX starts its CPU client (train/host_memory.py)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="a real-text run (folder, checkpoints/ or step)")
     parser.add_argument("--task", choices=sorted(TASKS), required=True)

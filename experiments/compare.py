@@ -34,6 +34,7 @@ import jax
 from experiments import compare_report, runs
 from experiments.ablate import _parse_set
 from experiments.flops import non_embedding_params, train_flops_per_step
+from train.host_memory import retain_freed_memory
 
 OBJECTIVES: tuple[str, ...] = ("clm", "mlm", "prefix_lm", "hybrid")
 NAMES = {"clm": "GPT", "mlm": "BERT", "prefix_lm": "prefix LM", "hybrid": "GPT-BERT hybrid"}
@@ -209,6 +210,7 @@ def run_comparison(
 
 
 def main(argv: list[str] | None = None) -> None:
+    retain_freed_memory()  # before JAX starts its CPU client (train/host_memory.py)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--seeds", type=int, default=3)

@@ -23,6 +23,7 @@ import numpy as np
 
 from models.decode import SamplingConfig, fill_mask, generate
 from train.data.vocab import BOS_ID, EOS_ID, MASK_ID
+from train.host_memory import retain_freed_memory
 from train.inference import SymbolTokenizer, load_trained
 
 
@@ -40,6 +41,7 @@ def _encode(tokenizer, prompt: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    retain_freed_memory()  # before JAX starts its CPU client (train/host_memory.py)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="run folder, checkpoints/ or one step folder")
     parser.add_argument("--prompt", action="append", required=True, help="repeat for a batch")

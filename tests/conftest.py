@@ -9,6 +9,10 @@ import pytest
 
 from configs import base, bert, gpt, hybrid, prefix_lm
 from experiments.make_text_corpus import write_corpus  # noqa: F401  (re-exported for tests)
+from train.host_memory import retain_freed_memory
+
+# As every entry point does, before any test starts JAX's CPU client (train/host_memory.py).
+retain_freed_memory()
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

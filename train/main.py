@@ -20,6 +20,7 @@ from ml_collections import config_flags
 
 from train.checkpoint import CheckpointMismatch
 from train.config_checks import ConfigError
+from train.host_memory import retain_freed_memory
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py:<variant>", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, TensorBoard.")
@@ -37,6 +38,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    retain_freed_memory()  # before JAX starts its CPU client (train/host_memory.py)
     # Orbax and JAX log every checkpoint at INFO through absl; keep the run's own lines readable.
     absl_logging.set_verbosity(absl_logging.WARNING)
     handler = logging.StreamHandler()

@@ -1,0 +1,108 @@
+"""train/host_memory.py: with glibc's malloc told to keep freed memory, a jitted step stops
+page-faulting its temporary buffer in anew on every call; without it (the default) it does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, subprocess_env
+
+# A jitted MLP forward + backward whose temporary buffer is ~100 MB; prints the median minor
+# page faults of a call and that buffer's size in 4 KiB pages.
+_PROBE = """
+import json, resource, sys
+from train.host_memory import retain_freed_memory
+tuned = retain_freed_memory() if sys.argv[1] == "tune" else False
+import jax, jax.numpy as jnp
+keys = jax.random.split(jax.random.PRNGKey(0), 9)
+x = jax.random.normal(keys[0], (2048, 256))
+ws = [jax.random.normal(k, (256, 1024) if i % 2 == 0 else (1024, 256)) * 0.05 for i, k in enumerate(keys[1:])]
+def loss(x, ws):
+    for up, down in zip(ws[::2], ws[1::2]):
+        x = x + jax.nn.gelu(x @ up) @ down
+    return (x ** 2).sum()
+step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+temp_pages = step.lower(x, ws).compile().memory_analysis().temp_size_in_bytes / 4096
+faults = []
+for _ in range(12):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    jax.block_until_ready(step(x, ws))
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+# The heap settles over the first steps; the median is the steady state.
+print(json.dumps({"tuned": tuned, "faults_per_step": sorted(faults[2:])[5], "temp_pages": temp_pages}))
+"""
+
+
+def _probe(mode: str, **env) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, mode],
+        cwd=REPO,
+        env={**subprocess_env(), "JAX_PLATFORMS": "cpu", **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _glibc() -> bool:
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").gnu_get_libc_version  # noqa: B018
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
+needs_glibc = pytest.mark.skipif(not (sys.platform.startswith("linux") and _glibc()), reason="glibc only")
+
+
+@needs_glibc
+def test_retained_memory_stops_per_step_page_faults():
+    tuned = _probe("tune")
+    assert tuned["tuned"]
+    assert tuned["temp_pages"] > 10_000  # the probe does need a large temporary buffer
+    assert tuned["faults_per_step"] < 0.02 * tuned["temp_pages"], tuned
+
+
+@needs_glibc
+def test_default_malloc_faults_the_temporary_buffer_in_every_step():
+    """The problem the setting exists for, on this machine (not with always-on huge pages,
+    where the kernel faults 2 MiB at a time)."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            if "[always]" in f.read():
+                pytest.skip("transparent huge pages always on: few faults either way")
+    except OSError:
+        pass
+    default = _probe("default")
+    assert not default["tuned"]
+    assert default["faults_per_step"] > 0.5 * default["temp_pages"], default
+
+
+@needs_glibc
+def test_opt_out_and_accelerators_leave_malloc_alone():
+    assert not _probe("tune", GPTBERT_HOST_MALLOC="default")["tuned"]
+    script = "from train.host_memory import retain_freed_memory; print(retain_freed_memory())"
+    for env in ({"JAX_PLATFORMS": "cuda"}, {"JAX_PLATFORMS": "tpu,cpu"}):
+        cmd = [sys.executable, "-c", script]
+        out = subprocess.run(cmd, cwd=REPO, env={**subprocess_env(), **env}, capture_output=True, text=True)
+        assert out.stdout.strip() == "False", (env, out.stderr[-2000:])
+
+
+def test_too_late_is_refused_with_a_warning():
+    script = (
+        "import jax; jax.devices()\n"
+        "from train.host_memory import retain_freed_memory\n"
+        "print(retain_freed_memory())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=subprocess_env(), capture_output=True, text=True
+    )
+    assert out.stdout.strip() == "False"
+    assert "Call it first thing" in out.stderr
