@@ -43,6 +43,26 @@ def test_rotary_scores_depend_only_on_relative_position():
     assert score(3, 1) != pytest.approx(score(1, 3), rel=1e-3)
 
 
+def test_rotary_is_the_pairwise_rotation_exactly():
+    """The permutation-matmul form equals (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 9, 3, 8)).astype(np.float32)
+    positions = rng.integers(0, 5000, size=(2, 9))
+    angles = positions[..., None, None] * 10_000.0 ** (-np.arange(4, dtype=np.float32) / 4)
+    sin, cos = np.sin(angles.astype(np.float32)), np.cos(angles.astype(np.float32))
+    x1, x2 = x[..., :4], x[..., 4:]
+    expected = np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+    np.testing.assert_allclose(
+        np.asarray(apply_rotary(jnp.asarray(x), jnp.asarray(positions))), expected, atol=2e-6
+    )
+    # A rotation preserves norms, so its gradient of |R x|^2 is 2x.
+    grad = jax.grad(lambda v: (apply_rotary(v, jnp.asarray(positions)) ** 2).sum())(jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(grad), 2 * x, atol=1e-5)
+    bf16 = apply_rotary(jnp.asarray(x, jnp.bfloat16), jnp.asarray(positions))
+    assert bf16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(bf16, np.float32), expected, atol=0.05)
+
+
 def test_bidirectional_model_without_positions_is_permutation_equivariant():
     model = _model(position="none")
     tokens = np.arange(10, 10 + L)
