@@ -59,6 +59,13 @@ def _norm(cfg: TransformerConfig, rngs: nnx.Rngs) -> nnx.Module:
     return nnx.LayerNorm(cfg.d_model, **kw)
 
 
+def _per_token(layer: nnx.Module, x_xD: jnp.ndarray) -> jnp.ndarray:
+    """`layer` on the last axis as one 2-D `[tokens, features]` matmul: the same function as
+    `layer(x_xD)`, and on XLA:CPU a faster step than the `[B, L, D]` dot_general (measured on
+    the GPT benchmark step, d_model 256, seq 256, batch 16: 570 -> 510 ms)."""
+    return layer(x_xD.reshape(-1, x_xD.shape[-1])).reshape(*x_xD.shape[:-1], -1)
+
+
 def _linear(cfg: TransformerConfig, din: int, dout: int, std: float, rngs: nnx.Rngs, use_bias=True):
     return nnx.Linear(
         din,
@@ -99,15 +106,15 @@ class Attention(nnx.Module):
         return y_BLD.reshape(B, L, self.cfg.num_heads, self.cfg.head_dim)
 
     def queries(self, x_BLD, positions_BL):
-        q_BLNH = self._heads(self.query(x_BLD))
+        q_BLNH = self._heads(_per_token(self.query, x_BLD))
         return apply_rotary(q_BLNH, positions_BL) if self.rotary else q_BLNH
 
     def keys_values(self, x_BSD, positions_BS=None) -> dict[str, jnp.ndarray]:
         """`{"k", "v"}` `[B, S, N, H]`: what a KV cache holds (for cross-attention, once per source)."""
-        k_BSNH = self._heads(self.key(x_BSD))
+        k_BSNH = self._heads(_per_token(self.key, x_BSD))
         if self.rotary:
             k_BSNH = apply_rotary(k_BSNH, positions_BS)
-        return {"k": k_BSNH, "v": self._heads(self.value(x_BSD))}
+        return {"k": k_BSNH, "v": self._heads(_per_token(self.value, x_BSD))}
 
     def __call__(self, x_BLD, mask_B1LS, positions_BL, context_BSD=None):
         kv = self.keys_values(x_BLD if context_BSD is None else context_BSD, positions_BL)
@@ -146,7 +153,7 @@ class Attention(nnx.Module):
                 scale=self.cfg.logit_scale,
                 implementation=self.cfg.attention_impl,
             )
-        return self.out(o_BTNH.reshape(B, T, N * H))
+        return _per_token(self.out, o_BTNH.reshape(B, T, N * H))
 
     def probabilities(self, x_BLD, mask_B1LS, positions_BL, context_BSD=None) -> jnp.ndarray:
         """Attention weights `[B, N, L, S]`, for inspection (the forward pass never builds them)."""
@@ -163,7 +170,7 @@ class MLP(nnx.Module):
         self.down = _linear(cfg, cfg.mlp_dim, cfg.d_model, 0.02 / math.sqrt(2 * cfg.num_layers), rngs)
 
     def __call__(self, x_BLD):
-        return self.down(jax.nn.gelu(self.up(x_BLD)))
+        return _per_token(self.down, jax.nn.gelu(_per_token(self.up, x_BLD)))
 
 
 class Block(nnx.Module):
