@@ -11,10 +11,11 @@ The GPT benchmark step (README "Performance", learned positions) goes from 759 t
 `retain_freed_memory()` sets glibc's allocator to one arena (the main heap, which grows
 without bound), no `mmap`, no trimming: after the first step the same pages are reused. The
 cost is that the process keeps its peak heap. It has to run before JAX starts its CPU client
-(the executor threads pick their arena when they first allocate), so every entry point calls
-it first thing. It does nothing where the host does not run the model (an accelerator plugin
-is installed, or `JAX_PLATFORMS` names another platform), off glibc, or when
-`GPTBERT_HOST_MALLOC=default` is set.
+(the executor threads pick their arena when they first allocate), so every entry point that
+runs a model (train.main, benchmark, attention_benchmark, ablate, compare, classify, sample)
+calls it first thing; input_benchmark, which runs none, does not. It does nothing where the
+host does not run the model (an accelerator plugin is installed, or `JAX_PLATFORMS` names
+another platform), off glibc, or when `GPTBERT_HOST_MALLOC=default` is set.
 """
 
 from __future__ import annotations
