@@ -2,38 +2,44 @@
 
 `configs/gpt.py` and `configs/bert.py` start from `get_config()` here and set only the
 objective and the attention mask, so GPT and BERT runs of one variant differ in nothing else.
+The sections only one objective reads are added by its file (`hybrid` by configs/hybrid.py,
+`seq2seq` by configs/seq2seq.py).
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-# Shapes per variant. `tiny` trains to near the HMM optimum on a 2-core CPU in minutes; `small`
-# is a single-accelerator size; `base` has the GPT-2 124M / BERT-base 110M block shapes.
+# Each variant is shaped like the config tree and applied by `override`, as a command line's
+# `--config.key=value` would be. `tiny` trains to near the HMM optimum on a 2-core CPU in minutes;
+# `small` is a single-accelerator size; `base` has the GPT-2 124M / BERT-base 110M block shapes.
 VARIANTS: dict[str, dict] = {
     "tiny": dict(
         model=dict(num_layers=4, d_model=128, num_heads=4, mlp_dim=512, max_len=128),
+        optim=dict(learning_rate=3e-3, warmup_steps=100),
         seq_len=128,
         batch_size=32,
         num_train_steps=1500,
-        learning_rate=3e-3,
-        warmup_steps=100,
+        eval_every_steps=250,
+        checkpoint_every_steps=250,
     ),
     "small": dict(
         model=dict(num_layers=6, d_model=512, num_heads=8, mlp_dim=2048, max_len=512),
+        optim=dict(learning_rate=1e-3, warmup_steps=1000),
         seq_len=512,
         batch_size=64,
         num_train_steps=20_000,
-        learning_rate=1e-3,
-        warmup_steps=1000,
+        eval_every_steps=1000,
+        checkpoint_every_steps=1000,
     ),
     "base": dict(
         model=dict(num_layers=12, d_model=768, num_heads=12, mlp_dim=3072, max_len=1024),
+        optim=dict(learning_rate=6e-4, warmup_steps=2000),
         seq_len=1024,
         batch_size=256,
         num_train_steps=100_000,
-        learning_rate=6e-4,
-        warmup_steps=2000,
+        eval_every_steps=5000,
+        checkpoint_every_steps=5000,
     ),
 }
 
@@ -71,23 +77,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.data_cache_dir = ""  # tokenizers and packed rows; "" means ~/.cache/gptbert
     c.eval_max_rows = 1024  # real text: eval on the first rows of the eval split
     c.mlm = ml_collections.ConfigDict(dict(rate=0.15, mask_frac=0.8, random_frac=0.1))
-    # objective "hybrid": the share of rows trained causally; the rest use mlm.* masking.
-    c.hybrid = ml_collections.ConfigDict(dict(causal_fraction=0.5))
-
-    # Encoder-decoder runs (configs/seq2seq.py): dataset "seq2seq:copy|reverse|sort" or "span:BASE".
-    c.seq2seq = ml_collections.ConfigDict(
-        dict(
-            num_symbols=32,  # synthetic tasks: source alphabet
-            min_len=8,  # synthetic tasks: source lengths drawn uniformly in [min_len, max_len]
-            max_len=64,
-            eval_lengths=(8, 16, 32, 64),  # the eval set: eval_examples sources of each length
-            eval_examples=128,
-            noise_density=0.15,  # span corruption: share of tokens dropped into the target
-            mean_span=3.0,
-            share_embeddings=True,  # encoder-decoder: one embedding for source, target and head
-        )
-    )
-
     c.model = ml_collections.ConfigDict(
         dict(
             # "transformer" or "lstm" (models/lstm.py: d_model and num_layers only) for language
@@ -140,16 +129,12 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_colle
     variant = variant or "tiny"
     if variant not in VARIANTS:
         raise ValueError(f"unknown config variant {variant!r}; choose one of {sorted(VARIANTS)}")
-    v = VARIANTS[variant]
-    c.model.update(v["model"])
-    c.seq_len, c.batch_size, c.num_train_steps = v["seq_len"], v["batch_size"], v["num_train_steps"]
-    c.optim.learning_rate, c.optim.warmup_steps = v["learning_rate"], v["warmup_steps"]
-    c.eval_every_steps = c.checkpoint_every_steps = max(250, c.num_train_steps // 20)
-    return c
+    return override(c, VARIANTS[variant])
 
 
 def override(c: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
-    """Sets dotted keys (`{"model.d_model": 64}`) as `--config.model.d_model=64` would."""
+    """Sets dotted keys (`{"model.d_model": 64}`) as `--config.model.d_model=64` would; a dict
+    value for a section (`{"model": {"d_model": 64}}`) sets its fields the same way."""
     for key, value in overrides.items():
         node = c
         *parents, leaf = key.split(".")
@@ -157,5 +142,8 @@ def override(c: ml_collections.ConfigDict, overrides: dict) -> ml_collections.Co
             node = node[p]
         if leaf not in node:
             raise KeyError(f"config has no field {key!r}")
-        node[leaf] = value
+        if isinstance(value, dict) and isinstance(node[leaf], ml_collections.ConfigDict):
+            override(node[leaf], value)
+        else:
+            node[leaf] = value
     return c

@@ -10,6 +10,8 @@ python -m train.main --config configs/hybrid.py:tiny --workdir runs/hybrid_1to7 
     --config.hybrid.causal_fraction=0.125
 """
 
+import ml_collections
+
 from configs import base
 
 
@@ -17,4 +19,6 @@ def get_config(variant: str | None = None):
     c = base.apply_variant(base.get_config(), variant)
     c.objective = "hybrid"
     c.mask = "prefix"
+    # The share of rows trained causally; the rest use mlm.* masking.
+    c.hybrid = ml_collections.ConfigDict(dict(causal_fraction=0.5))
     return c

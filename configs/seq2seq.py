@@ -13,6 +13,8 @@ python -m train.main --config configs/seq2seq.py:tiny --workdir runs/lstm \\
     --config.model.arch=lstm_seq2seq --config.model.d_model=160 --config.model.num_layers=1
 """
 
+import ml_collections
+
 from configs import base
 
 
@@ -22,6 +24,18 @@ def get_config(variant: str | None = None):
     c.mask = "causal"  # the decoder's self-attention; the encoder is always bidirectional
     c.model.arch = "encdec"
     c.dataset = "seq2seq:copy"
+    c.seq2seq = ml_collections.ConfigDict(
+        dict(
+            num_symbols=32,  # synthetic tasks: source alphabet
+            min_len=8,  # synthetic tasks: source lengths drawn uniformly in [min_len, max_len]
+            max_len=64,
+            eval_lengths=(8, 16, 32, 64),  # the eval set: eval_examples sources of each length
+            eval_examples=128,
+            noise_density=0.15,  # span corruption: share of tokens dropped into the target
+            mean_span=3.0,
+            share_embeddings=True,  # encoder-decoder: one embedding for source, target and head
+        )
+    )
     # Half the layers per stack, so encoder + decoder have the depth of the variant's GPT.
     c.model.num_layers = max(1, c.model.num_layers // 2)
     # Rows fit the longest source plus BOS and EOS, not the LM variant's length.

@@ -99,29 +99,16 @@ def _random_batch(config, vocab_size: int, seed: int = 0) -> dict[str, np.ndarra
 
 
 def train_benchmark(config, vocab_size: int, steps: int, baseline: str = "") -> dict:
-    from experiments.flops import non_embedding_params, train_flops_per_step
-    from train import step as step_lib
-    from train.memory import step_memory
-    from train.mesh import batch_sharding, make_mesh, replicated, state_shardings, to_global
-    from train.objectives import MaskedLM, make_objective
+    from train.flops import non_embedding_params, train_flops_per_step
+    from train.device_memory import step_memory
+    from train.mesh import to_global
+    from train.objectives import MaskedLM
+    from train.setup import build_run
 
-    mesh = make_mesh(config)
-    cfg = step_lib.model_config(config, vocab_size)
-    objective = make_objective(config, vocab_size)
-    tx = step_lib.make_optimizer(config)
-    graphdef, _ = step_lib.abstract_model(cfg)
-    init_fn = lambda: step_lib.init_state(cfg, tx, config.seed)  # noqa: E731
-    shardings = state_shardings(mesh, jax.eval_shape(init_fn))
-    state = jax.jit(init_fn, out_shardings=shardings)()
-    data_sharding = batch_sharding(mesh)
-    step = jax.jit(
-        step_lib.make_train_step(
-            graphdef, tx, objective, config.mask, step_lib.make_schedule(config), config.grad_accum_steps
-        ),
-        in_shardings=(shardings, data_sharding),
-        out_shardings=(shardings, replicated(mesh)),
-        donate_argnums=(0,),
-    )
+    run = build_run(config, "/tmp/benchmark_unused", vocab_size=vocab_size)
+    mesh, objective, state = run.mesh, run.objective, run.init_state()
+    data_sharding = run.data_sharding
+    step = run.train_step
     host_batch = _random_batch(config, vocab_size)
     batch = to_global(host_batch, data_sharding)
     t0 = time.perf_counter()
@@ -203,12 +190,11 @@ def train_benchmark(config, vocab_size: int, steps: int, baseline: str = "") -> 
 
 
 def decode_benchmark(config, vocab_size: int, new_tokens: int, batch: int = 8, prompt_len: int = 8) -> dict:
+    from models import registry
     from models.decode import SamplingConfig, generate
     from models.masks import make_attention_mask
-    from train import step as step_lib
 
-    cfg = step_lib.model_config(config, vocab_size)
-    model = step_lib.make_model(cfg, nnx.Rngs(0))
+    model = registry.make_model(registry.model_config(config, vocab_size), nnx.Rngs(0))
     model.eval()
     prompts = _random_batch(config, vocab_size)["tokens"][:batch, :prompt_len].tolist()
     sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0)

@@ -20,9 +20,9 @@ import sys
 
 import numpy as np
 
-from experiments.evaluate.classification_data import TASKS, load_task
-from experiments.evaluate.finetune import finetune
-from train.config_checks import ConfigError
+from experiments.downstream.classification_data import TASKS, load_task
+from experiments.downstream.finetune import finetune
+from models.errors import ConfigError
 from train.host_memory import retain_freed_memory
 from train.inference import SymbolTokenizer, load_trained
 

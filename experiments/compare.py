@@ -29,11 +29,9 @@ import sys
 import time
 from typing import Any
 
-import jax
-
 from experiments import compare_report, runs
 from experiments.ablate import _parse_set
-from experiments.flops import non_embedding_params, train_flops_per_step
+from train.flops import non_embedding_params, train_flops_per_step
 from train.host_memory import retain_freed_memory
 
 OBJECTIVES: tuple[str, ...] = ("clm", "mlm", "prefix_lm", "hybrid")
@@ -90,26 +88,20 @@ def evaluate_run(workdir: str, objective: str, preset: str, seed: int, cache: di
     path = os.path.join(workdir, "compare_eval.json")
     if os.path.exists(path):
         return json.load(open(path))
-    from experiments.evaluate.finetune import finetune, hmm_pair_task
-    from experiments.evaluate.minimal_pairs import hmm_minimal_pairs, hmm_unigram_accuracy
-    from experiments.evaluate.probes import hmm_state_probe
-    from experiments.evaluate.scoring import minimal_pair_accuracy
-    from train import step as step_lib
-    from train.data.sources import make_source
-    from train.evaluation import Evaluator
-    from train.inference import load_trained
-    from train.objectives import CausalLM, MaskedLM, make_objective
+    from experiments.downstream.finetune import finetune, hmm_pair_task
+    from experiments.downstream.minimal_pairs import hmm_minimal_pairs, hmm_unigram_accuracy
+    from experiments.downstream.probes import hmm_state_probe
+    from experiments.downstream.scoring import minimal_pair_accuracy
+    from train.inference import load_run
+    from train.objectives import CausalLM, MaskedLM
 
     t0 = time.perf_counter()
     sizes = EVALS[preset]
-    trained = load_trained(workdir)
-    config, model, mask_kind = trained.config, trained.model, trained.mask_kind
-    source = make_source(config, workdir)
-    graphdef, params, rest = step_lib.split_model(model)
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    run = load_run(workdir)
+    config, model, mask_kind, source = run.config, run.trained.model, run.trained.mask_kind, run.source
     lines = runs.metrics_lines(workdir)
-    non_embedding = non_embedding_params(params)
-    train_objective = make_objective(config, source.vocab_size)
+    non_embedding = non_embedding_params(run.params)
+    train_objective = run.objective
     head_positions = (
         train_objective.max_predictions(config.seq_len)
         if isinstance(train_objective, MaskedLM)
@@ -132,7 +124,7 @@ def evaluate_run(workdir: str, objective: str, preset: str, seed: int, cache: di
     }
 
     def view(objective_obj, kind: str, name: str) -> None:
-        ev = Evaluator(source, objective_obj, graphdef, kind, sharding, eval_form=False)(params, rest)
+        ev = run.evaluate(objective_obj, kind, eval_form=False)
         out.update({f"{name}_loss": ev["loss"], f"{name}_captured": ev.get("captured")})
 
     if objective != "mlm":  # next-token prediction at every position, causal attention

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from typing import Any
@@ -26,20 +27,15 @@ from flax import nnx
 
 from models.masks import make_attention_mask, make_cross_mask
 from train import step as step_lib
-from train.data.sources import make_source
-from train.objectives import make_objective
-
-
-def _setup(config: Any, workdir: str):
-    source = make_source(config, workdir)
-    cfg = step_lib.model_config(config, source.vocab_size)
-    return source, cfg, make_objective(config, source.vocab_size)
+from train.inference import load_run
+from train.mesh import to_global
+from train.setup import build_run
 
 
 def init_attention_stats(config: Any, workdir: str) -> dict[str, float]:
-    source, cfg, objective = _setup(config, workdir)
-    model = step_lib.make_model(cfg, nnx.Rngs(params=jax.random.split(jax.random.PRNGKey(config.seed))[0]))
-    batch = objective.transform(next(source.train_iterator()), jax.random.PRNGKey(0))
+    run = build_run(config, workdir)
+    model, objective = run.model(), run.objective
+    batch = objective.transform(next(run.source.train_iterator()), jax.random.PRNGKey(0))
     mask = make_attention_mask(config.mask, batch["segment_ids"])
     maps = model.attention_maps(batch["inputs"], mask, batch["positions"])
     probs = jnp.stack(maps)  # [layers, B, N, L, L]
@@ -51,7 +47,8 @@ def init_attention_stats(config: Any, workdir: str) -> dict[str, float]:
         return s["nll_sum"] / s["weight_sum"]
 
     grads = jax.grad(loss)(params)
-    qk = [grads["blocks"][i]["attn"][p]["kernel"] for i in range(cfg.num_layers) for p in ("query", "key")]
+    layers = range(run.model_config.num_layers)
+    qk = [grads["blocks"][i]["attn"][p]["kernel"] for i in layers for p in ("query", "key")]
     return {
         "init_entropy": float(entropy.mean()),
         "init_max_prob": float(probs.max(-1).mean()),
@@ -61,15 +58,9 @@ def init_attention_stats(config: Any, workdir: str) -> dict[str, float]:
 
 def step_timing(config: Any, workdir: str, repeats: int = 5) -> dict[str, float]:
     """Median wall time of a compiled train step, after two warm-up steps."""
-    source, cfg, objective = _setup(config, workdir)
-    tx = step_lib.make_optimizer(config)
-    graphdef, _ = step_lib.abstract_model(cfg)
-    state = jax.jit(lambda: step_lib.init_state(cfg, tx, config.seed))()
-    step = jax.jit(
-        step_lib.make_train_step(graphdef, tx, objective, config.mask, step_lib.make_schedule(config)),
-        donate_argnums=0,
-    )
-    batch = jax.device_put(next(source.train_iterator()))
+    run = build_run(config, workdir)
+    state, step = run.init_state(), run.train_step
+    batch = to_global(next(run.source.train_iterator()), run.data_sharding)
     t0 = time.perf_counter()
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
@@ -93,36 +84,19 @@ def step_timing(config: Any, workdir: str, repeats: int = 5) -> dict[str, float]
 
 def eval_at_15(config: Any, workdir: str) -> dict[str, float]:
     """The trained run's eval loss and `captured` with 15% of tokens masked (all [MASK])."""
-    import dataclasses
-
-    from train.evaluation import Evaluator
-    from train.inference import load_trained
-
-    trained = load_trained(workdir)
-    source, _, objective = _setup(config, workdir)
-    graphdef, params, rest = step_lib.split_model(trained.model)
-    at_15 = dataclasses.replace(objective, rate=0.15)
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-    result = Evaluator(source, at_15, graphdef, config.mask, sharding)(params, rest)
+    loaded = load_run(workdir, config)
+    result = loaded.evaluate(dataclasses.replace(loaded.objective, rate=0.15))
     return {"eval15_loss": result["loss"], "eval15_captured": result["captured"]}
-
-
-def _trained_seq2seq(config: Any, workdir: str):
-    from train.inference import load_trained
-
-    trained = load_trained(workdir)
-    source, _, objective = _setup(config, workdir)
-    graphdef, params, rest = step_lib.split_model(trained.model)
-    return trained.model, source, objective, graphdef, params, rest
 
 
 def seq2seq_by_length(config: Any, workdir: str) -> dict[str, float]:
     """Per eval length n: `len{n}_token_acc` (teacher-forced argmax accuracy over the target and
     EOS) and `len{n}_exact` (rows whose every target is right: what greedy decoding gets right)."""
-    _, source, objective, graphdef, params, rest = _trained_seq2seq(config, workdir)
-    eval_step = jax.jit(step_lib.make_eval_step(graphdef, objective, config.mask))
+    run = load_run(workdir, config)
+    objective, params, rest = run.objective, run.params, run.model_state
+    eval_step = jax.jit(step_lib.make_eval_step(run.graphdef, objective, config.mask))
     out = {}
-    for n, batches in source.eval_batches_by_length().items():
+    for n, batches in run.source.eval_batches_by_length().items():
         totals: dict[str, float] = {}
         for batch in batches:
             sums = jax.device_get(eval_step(params, rest, objective.transform(batch)))
@@ -136,7 +110,8 @@ def seq2seq_by_length(config: Any, workdir: str) -> dict[str, float]:
 def attention_kinds(config: Any, workdir: str, length: int = 16) -> dict[str, Any]:
     """Encoder self-, decoder self- and cross-attention of every layer on the first eval source of
     `length` (or the shortest eval length above it), averaged over heads; plus that example's tokens."""
-    model, source, objective, *_ = _trained_seq2seq(config, workdir)
+    run = load_run(workdir, config)
+    model, source, objective = run.trained.model, run.source, run.objective
     lengths = sorted(source.eval_lengths)
     n = next((m for m in lengths if m >= length), lengths[-1])
     ex = {k: v[:1] for k, v in source.eval_examples_by_length()[n].items()}

@@ -16,22 +16,14 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from configs import base, bert, gpt, hybrid, prefix_lm, seq2seq
+import configs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_FILES = {
-    "clm": "configs/gpt.py",
-    "mlm": "configs/bert.py",
-    "prefix_lm": "configs/prefix_lm.py",
-    "hybrid": "configs/hybrid.py",
-    "seq2seq": "configs/seq2seq.py",
-}
-_MODULES = {"clm": gpt, "mlm": bert, "prefix_lm": prefix_lm, "hybrid": hybrid, "seq2seq": seq2seq}
 
 
 def make_config(objective: str, overrides: dict[str, Any], variant: str = "tiny") -> ConfigDict:
     """The config a run of `objective` with `overrides` trains with (as `train.main` builds it)."""
-    return base.override(_MODULES[objective].get_config(variant), overrides)
+    return configs.get_config(objective, variant, overrides)
 
 
 def finished(workdir: str, steps: int) -> bool:
@@ -41,7 +33,7 @@ def finished(workdir: str, steps: int) -> bool:
 
 def train(workdir: str, objective: str, overrides: dict[str, Any], variant: str = "tiny") -> None:
     """Runs (or resumes) one training process; its output goes to `workdir/log.txt`."""
-    cmd = [sys.executable, "-m", "train.main", f"--config={CONFIG_FILES[objective]}:{variant}"]
+    cmd = [sys.executable, "-m", "train.main", f"--config={configs.FILES[objective]}:{variant}"]
     cmd += [f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "log.txt"), "a") as log:

@@ -43,11 +43,11 @@ class EncoderDecoder(nnx.Module):
 
     def encode_source(self, src_BS, mask_B1SS, positions_BS) -> jnp.ndarray:
         """The encoder's final hidden states `[B, S, D]`: what cross-attention reads."""
-        return self.encoder.encode(src_BS, mask_B1SS, positions_BS)
+        return self.encoder.hidden_states(src_BS, mask_B1SS, positions_BS)
 
     def decode(self, memory_BSD, tokens_BT, mask_B1TT, positions_BT, cross_mask_B1TS) -> jnp.ndarray:
         """The decoder's final hidden states `[B, T, D]` (teacher forcing: all targets at once)."""
-        return self.decoder.encode(
+        return self.decoder.hidden_states(
             tokens_BT, mask_B1TT, positions_BT, context_BSD=memory_BSD, cross_mask_B1LS=cross_mask_B1TS
         )
 

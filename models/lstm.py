@@ -1,6 +1,6 @@
 """LSTM language models: the recurrent baseline of claims C1 and C11, behind the same interface.
 
-`encode(tokens, mask, positions)` and `logits(h)` match the Transformer's, so the same trainer,
+`hidden_states(tokens, mask, positions)` and `logits(h)` match the Transformer's, so the same trainer,
 objectives and eval run either. Direction is structural: a left-to-right LSTM for the causal
 mask, a bidirectional one (forward and backward states concatenated, then projected back to
 the width) for the bidirectional mask; the mask and positions arguments are otherwise unused.
@@ -15,6 +15,8 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
+from models.errors import ConfigError, nonpositive
+
 
 @dataclasses.dataclass(frozen=True)
 class LSTMConfig:
@@ -25,8 +27,9 @@ class LSTMConfig:
     arch: str = "lstm"
 
     def __post_init__(self):
-        if self.d_model <= 0 or self.num_layers <= 0:
-            raise ValueError("model.d_model and model.num_layers must be positive")
+        errors = nonpositive(self, ("num_layers", "d_model"))
+        if errors:
+            raise ConfigError(errors)
 
 
 def _rnn(d: int, reverse: bool, rngs: nnx.Rngs) -> nnx.RNN:
@@ -60,7 +63,7 @@ class LSTMLM(nnx.Module):
         self.layers = nnx.List([LSTMLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
         self.final_norm = nnx.LayerNorm(cfg.d_model, rngs=rngs)
 
-    def encode(self, tokens_BL, mask_B1LL=None, positions_BL=None) -> jnp.ndarray:
+    def hidden_states(self, tokens_BL, mask_B1LL=None, positions_BL=None) -> jnp.ndarray:
         del mask_B1LL, positions_BL  # direction is structural; order is in the recurrence
         x_BLD = self.embed(tokens_BL)
         for layer in self.layers:
@@ -71,4 +74,4 @@ class LSTMLM(nnx.Module):
         return self.embed.attend(h_xD).astype(jnp.float32)
 
     def __call__(self, tokens_BL, mask_B1LL=None, positions_BL=None) -> jnp.ndarray:
-        return self.logits(self.encode(tokens_BL, mask_B1LL, positions_BL))
+        return self.logits(self.hidden_states(tokens_BL, mask_B1LL, positions_BL))

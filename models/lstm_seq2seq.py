@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from models.errors import ConfigError, nonpositive
+
 
 @dataclasses.dataclass(frozen=True)
 class LSTMSeq2SeqConfig:
@@ -29,8 +31,9 @@ class LSTMSeq2SeqConfig:
     arch: str = "lstm_seq2seq"
 
     def __post_init__(self):
-        if self.d_model <= 0 or self.num_layers <= 0:
-            raise ValueError("model.d_model and model.num_layers must be positive")
+        errors = nonpositive(self, ("num_layers", "d_model"))
+        if errors:
+            raise ConfigError(errors)
 
 
 def _rnn(d: int, rngs: nnx.Rngs) -> nnx.RNN:

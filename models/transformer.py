@@ -9,8 +9,8 @@ Post-LN (the original Transformer and BERT) is `norm_position="post"`: N x [LN(x
 LN(x + MLP(x))] with no final LN. The norm is LayerNorm, RMSNorm or BatchNorm; BatchNorm pools
 statistics over batch and time while training, so in a causal model it lets information flow
 from later tokens to earlier ones (measured, not hidden: see tests/test_block_options.py).
-`encode` and `logits` are separate so an objective can gather the positions it scores before
-paying for the vocabulary projection (the masked LM scores ~15% of positions).
+`hidden_states` (the final ones) and `logits` are separate so an objective can gather the
+positions it scores before paying for the vocabulary projection (the masked LM scores ~15% of positions).
 """
 
 from __future__ import annotations
@@ -262,12 +262,12 @@ class Transformer(nnx.Module):
         # Post-LN blocks already end in a norm.
         self.final_norm = _norm(cfg, rngs) if cfg.norm_position == "pre" else None
 
-    def hidden_states(
+    def residual_stream(
         self, tokens_BL, mask_B1LL, positions_BL, *, context_BSD=None, cross_mask_B1LS=None
     ) -> list[jnp.ndarray]:
         """The residual stream `[B, L, D]` after the embedding (index 0) and after each block.
 
-        What a probe reads at "layer i"; `encode` is the final norm of the last entry.
+        What a probe reads at "layer i"; `hidden_states` is the final norm of the last entry.
         """
         x_BLD = self.positions(self.embed(tokens_BL), positions_BL)
         states = [x_BLD]
@@ -288,9 +288,9 @@ class Transformer(nnx.Module):
         run = nnx.remat(lambda b, *args: b(*args), policy=REMAT_POLICIES[self.cfg.remat])
         return run(block, x_BLD, mask_B1LL, positions_BL, context_BSD, cross_mask_B1LS)
 
-    def encode(self, tokens_BL, mask_B1LL, positions_BL, *, context_BSD=None, cross_mask_B1LS=None):
+    def hidden_states(self, tokens_BL, mask_B1LL, positions_BL, *, context_BSD=None, cross_mask_B1LS=None):
         """Final hidden states `[B, L, D]`."""
-        x_BLD = self.hidden_states(
+        x_BLD = self.residual_stream(
             tokens_BL, mask_B1LL, positions_BL, context_BSD=context_BSD, cross_mask_B1LS=cross_mask_B1LS
         )[-1]
         return self.final_norm(x_BLD) if self.final_norm is not None else x_BLD
@@ -371,7 +371,7 @@ class Transformer(nnx.Module):
 
     def __call__(self, tokens_BL, mask_B1LL, positions_BL, *, context_BSD=None, cross_mask_B1LS=None):
         return self.logits(
-            self.encode(
+            self.hidden_states(
                 tokens_BL, mask_B1LL, positions_BL, context_BSD=context_BSD, cross_mask_B1LS=cross_mask_B1LS
             )
         )

@@ -10,6 +10,7 @@ import math
 
 import jax
 
+from models.errors import ConfigError, nonpositive
 from models.positions import POSITION_KINDS
 
 NORM_KINDS: tuple[str, ...] = ("layernorm", "rmsnorm", "batchnorm")
@@ -51,25 +52,36 @@ class TransformerConfig:
     attention_impl: str = "xla"
 
     def __post_init__(self):
-        if self.d_model % self.num_heads:
-            raise ValueError(
-                f"model.d_model={self.d_model} is not divisible by model.num_heads="
-                f"{self.num_heads}; pick heads that divide the width"
+        errors = self.errors()
+        if errors:
+            raise ConfigError(errors)
+
+    def errors(self) -> list[str]:
+        """Every problem of these fields, each naming its `model.*` field and the fix."""
+        errors = nonpositive(self, ("num_layers", "d_model", "num_heads", "mlp_dim", "max_len"))
+        if self.num_heads > 0 and self.d_model % self.num_heads:
+            errors.append(
+                f"model.num_heads={self.num_heads} does not divide model.d_model={self.d_model}; "
+                "pick a head count that divides the width"
             )
-        if self.position not in POSITION_KINDS:
-            raise ValueError(f"model.position={self.position!r} is not one of {POSITION_KINDS}")
-        if self.norm not in NORM_KINDS:
-            raise ValueError(f"model.norm={self.norm!r} is not one of {NORM_KINDS}")
-        if self.norm_position not in NORM_POSITIONS:
-            raise ValueError(f"model.norm_position={self.norm_position!r} is not one of {NORM_POSITIONS}")
-        if self.attn_scale not in ATTN_SCALES:
-            raise ValueError(f"model.attn_scale={self.attn_scale!r} is not one of {ATTN_SCALES}")
-        if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"model.remat={self.remat!r} is not one of {tuple(REMAT_POLICIES)}")
-        if self.attention_impl not in ATTENTION_IMPLS:
-            raise ValueError(f"model.attention_impl={self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
-        if self.position == "rotary" and (self.d_model // self.num_heads) % 2:
-            raise ValueError("rotary positions need an even head dim (model.d_model / num_heads)")
+        if self.position == "rotary" and self.num_heads > 0 and (self.d_model // self.num_heads) % 2:
+            errors.append("model.position='rotary' needs an even head dim (model.d_model / model.num_heads)")
+        for field, kinds in (
+            ("position", POSITION_KINDS),
+            ("norm", NORM_KINDS),
+            ("norm_position", NORM_POSITIONS),
+            ("attn_scale", ATTN_SCALES),
+            ("remat", tuple(REMAT_POLICIES)),
+            ("attention_impl", ATTENTION_IMPLS),
+        ):
+            if getattr(self, field) not in kinds:
+                errors.append(f"model.{field}={getattr(self, field)!r}: use one of {kinds}")
+        if self.attention_impl == "cudnn" and self.dtype not in ("bfloat16", "float16"):
+            errors.append(
+                f"model.attention_impl='cudnn' runs in bfloat16 or float16 only, not model.dtype="
+                f"{self.dtype!r}; set model.dtype=bfloat16 or use attention_impl='xla'"
+            )
+        return errors
 
     @property
     def head_dim(self) -> int:

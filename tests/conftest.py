@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from configs import base, bert, gpt, hybrid, prefix_lm
+import configs
 from experiments.make_text_corpus import write_corpus  # noqa: F401  (re-exported for tests)
 from train.host_memory import retain_freed_memory
 
@@ -36,16 +36,12 @@ MICRO_OVERRIDES = {
 }
 
 
-CONFIG_MODULES = {"clm": gpt, "mlm": bert, "prefix_lm": prefix_lm, "hybrid": hybrid}
-
-
 def micro_config(objective: str = "clm", **overrides):
-    c = CONFIG_MODULES[objective].get_config("tiny")
-    return base.override(c, {**MICRO_OVERRIDES, **overrides})
+    return configs.get_config(objective, "tiny", {**MICRO_OVERRIDES, **overrides})
 
 
 def train_command(workdir: str, objective: str = "clm", **overrides) -> list[str]:
-    config = "configs/gpt.py:tiny" if objective == "clm" else "configs/bert.py:tiny"
+    config = f"{configs.FILES[objective]}:tiny"
     flags = [f"--config.{k}={v}" for k, v in {**MICRO_OVERRIDES, **overrides}.items()]
     return [sys.executable, "-m", "train.main", f"--config={config}", f"--workdir={workdir}", *flags]
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from models import registry
 from models.masks import make_attention_mask
 from models.positions import apply_rotary
 from models.transformer import Transformer, TransformerConfig
@@ -25,7 +26,7 @@ def _encode(model, tokens, kind="bidirectional", positions=None):
     tokens = jnp.asarray(tokens)[None]
     positions = jnp.arange(tokens.shape[1])[None] if positions is None else jnp.asarray(positions)[None]
     mask = make_attention_mask(kind, jnp.ones(tokens.shape, jnp.int32))
-    return np.asarray(model.encode(tokens, mask, positions)[0])
+    return np.asarray(model.hidden_states(tokens, mask, positions)[0])
 
 
 def test_rotary_scores_depend_only_on_relative_position():
@@ -90,7 +91,7 @@ def _train_once(model, tokens):
 def _encode_batch(model, tokens_BL, kind="causal"):
     B, Lx = tokens_BL.shape
     mask = make_attention_mask(kind, jnp.ones((B, Lx), jnp.int32))
-    return model.encode(jnp.asarray(tokens_BL), mask, jnp.broadcast_to(jnp.arange(Lx), (B, Lx)))
+    return model.hidden_states(jnp.asarray(tokens_BL), mask, jnp.broadcast_to(jnp.arange(Lx), (B, Lx)))
 
 
 def test_batchnorm_updates_running_statistics_in_training_and_uses_them_at_eval():
@@ -153,7 +154,7 @@ OPTIONS = (
 def test_each_option_builds_and_trains_a_step(option, objective_name, micro, tmp_path):
     config = micro(objective_name, **option)
     source = make_source(config, str(tmp_path))
-    cfg = step_lib.model_config(config, source.vocab_size)
+    cfg = registry.model_config(config, source.vocab_size)
     tx = step_lib.make_optimizer(config)
     graphdef, _ = step_lib.abstract_model(cfg)
     state = jax.jit(lambda: step_lib.init_state(cfg, tx, 0))()
@@ -186,7 +187,7 @@ def test_lstm_direction_follows_the_mask_kind(kind):
     probe = jax.random.normal(jax.random.PRNGKey(1), (16,))  # a plain sum after LayerNorm is constant
 
     def out_at(params, i):
-        return nnx.merge(graphdef, params, rest).encode(tokens)[0, i] @ probe
+        return nnx.merge(graphdef, params, rest).hidden_states(tokens)[0, i] @ probe
 
     reach = np.stack(
         [

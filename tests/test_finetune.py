@@ -9,9 +9,9 @@ import pytest
 from conftest import micro_config, write_corpus
 from flax import nnx
 
-from experiments.evaluate.classification_data import classification_rows, load_task
-from experiments.evaluate.finetune import Classifier, finetune, hmm_pair_task
-from train.config_checks import ConfigError
+from experiments.downstream.classification_data import classification_rows, load_task
+from experiments.downstream.finetune import Classifier, finetune, hmm_pair_task
+from models.errors import ConfigError
 from train.data.hmm import HMM, PAIR_STRENGTH, HMMSpec, perturbed
 from train.data.vocab import BOS_ID, NUM_SPECIAL, PAD_ID
 from train.step import make_model, model_config

@@ -12,13 +12,14 @@ import jax
 import pytest
 from conftest import REPO, micro_config, subprocess_env, train_command
 
+from models import registry
 from train import step as step_lib
 from train.checkpoint import CheckpointMismatch
 from train.data.sources import make_source
-from train.evaluation import Evaluator
+from train.evaluator import Evaluator
 from train.inference import SymbolTokenizer, load_trained
 from train.objectives import make_objective
-from train.trainer import run_identity
+from train.setup import run_identity
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +71,12 @@ def test_a_step_folder_copied_on_its_own_still_loads(four_device_run, tmp_path):
 
 def test_a_checkpoint_of_another_model_names_the_fields_that_differ(four_device_run):
     config = micro_config("clm", **{"model.d_model": 64, "model.num_heads": 4})
-    model_cfg = step_lib.model_config(config, 23)
+    model_cfg = registry.model_config(config, 23)
     with pytest.raises(CheckpointMismatch, match=r"model\.d_model: 32 in the checkpoint, 64 now") as e:
         load_trained(four_device_run, expect=run_identity(config, model_cfg))
     assert "model.num_heads: 2 in the checkpoint, 4 now" in str(e.value)
     same = micro_config("clm")
-    load_trained(four_device_run, expect=run_identity(same, step_lib.model_config(same, 23)))
+    load_trained(four_device_run, expect=run_identity(same, registry.model_config(same, 23)))
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         load_trained(os.path.join(four_device_run, "tensorboard"))
     with pytest.raises(FileNotFoundError, match="has no step 7"):
@@ -93,10 +94,9 @@ def test_symbol_tokenizer_round_trips_and_names_bad_words():
 
 def test_identity_fields_rebuild_the_same_model_config():
     config = micro_config("mlm")
-    model_cfg = step_lib.model_config(config, 23)
-    from train.inference import _model_config
+    model_cfg = registry.model_config(config, 23)
 
-    assert _model_config(dataclasses.asdict(model_cfg)) == model_cfg
+    assert registry.config_from_identity(dataclasses.asdict(model_cfg)) == model_cfg
     lstm = micro_config("clm", **{"model.arch": "lstm"})
-    lstm_cfg = step_lib.model_config(lstm, 23)
-    assert _model_config(dataclasses.asdict(lstm_cfg)) == lstm_cfg
+    lstm_cfg = registry.model_config(lstm, 23)
+    assert registry.config_from_identity(dataclasses.asdict(lstm_cfg)) == lstm_cfg

@@ -6,7 +6,7 @@ import pytest
 from conftest import micro_config
 from jax.sharding import PartitionSpec as P
 
-from train.config_checks import ConfigError
+from models.errors import ConfigError
 from train.mesh import MIN_SHARDED_SIZE, mesh_shape, param_spec
 
 

@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from configs import bert, gpt
+from models import registry
 from models.masks import make_attention_mask
 from models.transformer import Transformer, TransformerConfig
 from train import step as step_lib
@@ -37,7 +38,7 @@ def _influence(model: Transformer, kind: str) -> np.ndarray:
     probe = jax.random.normal(jax.random.PRNGKey(1), (model.cfg.d_model,))
 
     def out_at(params, i):
-        h = nnx.merge(graphdef, params).encode(tokens, mask, positions)
+        h = nnx.merge(graphdef, params).hidden_states(tokens, mask, positions)
         return h[0, i] @ probe
 
     rows = []
@@ -64,7 +65,7 @@ def test_bidirectional_output_depends_on_every_position_in_one_layer(layers):
 @pytest.mark.parametrize("variant_module", [gpt, bert])
 def test_every_attention_projection_gets_a_gradient(variant_module, micro):
     config = micro("clm" if variant_module is gpt else "mlm")
-    cfg = step_lib.model_config(config, vocab_size=40)
+    cfg = registry.model_config(config, vocab_size=40)
     objective = make_objective(config, 40)
     model = Transformer(cfg, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model)
@@ -110,7 +111,7 @@ def test_gpt_and_bert_differ_only_in_objective_and_mask(variant):
 def test_gpt_and_bert_build_identical_parameter_trees():
     trees = []
     for module in (gpt, bert):
-        cfg = step_lib.model_config(module.get_config("tiny"), vocab_size=135)
+        cfg = registry.model_config(module.get_config("tiny"), vocab_size=135)
         _, params = step_lib.abstract_model(cfg)
         trees.append(jax.tree.map(lambda p: (p.shape, p.dtype), params))
     assert jax.tree.structure(trees[0]) == jax.tree.structure(trees[1])
@@ -125,6 +126,6 @@ def test_packed_document_output_ignores_its_neighbour():
     pos = jnp.asarray([list(range(6)) * 2])
     for kind in ("causal", "bidirectional"):
         mask = make_attention_mask(kind, seg)
-        a = model.encode(tokens, mask, pos)[0, :6]
-        b = model.encode(other, mask, pos)[0, :6]
+        a = model.hidden_states(tokens, mask, pos)[0, :6]
+        b = model.hidden_states(other, mask, pos)[0, :6]
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -9,7 +9,7 @@ import pytest
 from conftest import micro_config
 from flax import nnx
 
-from experiments.evaluate.probes import (
+from experiments.downstream.probes import (
     fit_linear_probe,
     hmm_rows,
     hmm_state_probe,

@@ -9,19 +9,19 @@ import pytest
 from conftest import micro_config
 from flax import nnx
 
-from experiments.evaluate.minimal_pairs import (
+from experiments.downstream.minimal_pairs import (
     blimp_minimal_pairs,
     hmm_minimal_pairs,
     hmm_unigram_accuracy,
 )
-from experiments.evaluate.scoring import (
+from experiments.downstream.scoring import (
     causal_log_likelihood,
     minimal_pair_accuracy,
     pseudo_log_likelihood,
     score_sequences,
 )
+from models.errors import ConfigError
 from models.masks import make_attention_mask
-from train.config_checks import ConfigError
 from train.data.hmm import HMM, HMMSpec
 from train.data.vocab import BOS_ID, EOS_ID, MASK_ID, NUM_SPECIAL
 from train.step import make_model, model_config

@@ -15,6 +15,7 @@ import pytest
 from flax import nnx
 
 from configs import base, seq2seq
+from models import registry
 from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from models.layer_scan import stack_layer_params
 from models.lstm_seq2seq import LSTMSeq2Seq, LSTMSeq2SeqConfig
@@ -273,7 +274,7 @@ def test_a_tiny_model_overfits_one_batch(arch):
     batch = {
         k: jnp.asarray(v) for k, v in make_examples("reverse", [np.arange(8) % 5, np.arange(6)], 66).items()
     }
-    cfg = step_lib.model_config(c, NUM_SPECIAL + 32)
+    cfg = registry.model_config(c, NUM_SPECIAL + 32)
     tx = step_lib.make_optimizer(c)
     graphdef, _ = step_lib.abstract_model(cfg)
     state = step_lib.init_state(cfg, tx, 0)
@@ -338,7 +339,8 @@ def test_seq2seq_run_resumes_to_the_same_result(dataset, tmp_path, capsys):
     ],
 )
 def test_a_seq2seq_config_that_cannot_work_is_refused_by_field(overrides, field):
-    from train.config_checks import ConfigError, validate
+    from models.errors import ConfigError
+    from train.config_checks import validate
 
     with pytest.raises(ConfigError, match=re.escape(field)):
         validate(base.override(seq2seq.get_config("tiny"), overrides))

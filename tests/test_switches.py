@@ -12,12 +12,14 @@ import optax
 import pytest
 from flax import nnx
 
+from models import registry
+from models.errors import ConfigError
 from models.layer_scan import stack_layer_params
 from models.masks import make_attention_mask
 from train import step as step_lib
-from train.config_checks import ConfigError, validate
+from train.config_checks import validate
 from train.data.sources import make_source
-from train.memory import check_fits, step_memory
+from train.device_memory import check_fits, step_memory
 from train.objectives import make_objective
 from train.trainer import train_and_evaluate
 
@@ -25,7 +27,7 @@ from train.trainer import train_and_evaluate
 def _setup(micro, tmp_path, objective="clm", adam=False, **overrides):
     config = micro(objective, **{"optim.warmup_steps": 0, **overrides})
     source = make_source(config, str(tmp_path))
-    cfg = step_lib.model_config(config, source.vocab_size)
+    cfg = registry.model_config(config, source.vocab_size)
     # Plain SGD with rate 1: the update is minus the gradient, so comparing parameters after
     # one step compares gradients (Adam's first step, ~lr * sign(g), would amplify float noise).
     tx = step_lib.make_optimizer(config) if adam else optax.sgd(1.0)
@@ -71,11 +73,11 @@ def test_scan_over_layers_computes_the_same_loss_gradients_and_statistics(overri
     source = make_source(config, str(tmp_path))
     objective = make_objective(config, source.vocab_size)
     batch = objective.transform(next(source.train_iterator()), jax.random.PRNGKey(0))
-    loop_cfg = step_lib.model_config(config, source.vocab_size)
+    loop_cfg = registry.model_config(config, source.vocab_size)
     scan_cfg = dataclasses.replace(loop_cfg, scan_layers=True)
     # The looped model's parameters, stacked into the scanned layout: the same function.
-    graphdef, params, rest = step_lib.split_model(step_lib.make_model(loop_cfg, nnx.Rngs(0)))
-    scan_graphdef, _, _ = step_lib.split_model(step_lib.make_model(scan_cfg, nnx.Rngs(0)))
+    graphdef, params, rest = step_lib.split_model(registry.make_model(loop_cfg, nnx.Rngs(0)))
+    scan_graphdef, _, _ = step_lib.split_model(registry.make_model(scan_cfg, nnx.Rngs(0)))
 
     def loss(graphdef, params, rest):
         model = nnx.merge(graphdef, params, rest)
@@ -128,8 +130,8 @@ def test_written_out_attention_decodes_like_the_library_call(micro, tmp_path):
     config = micro("clm")
     logits = []
     for impl in ("xla", "einsum"):
-        cfg = dataclasses.replace(step_lib.model_config(config, 40), attention_impl=impl)
-        model = step_lib.make_model(cfg, nnx.Rngs(0))
+        cfg = dataclasses.replace(registry.model_config(config, 40), attention_impl=impl)
+        model = registry.make_model(cfg, nnx.Rngs(0))
         cache = model.init_cache(2, 12)
         tokens = jnp.array([[1, 9, 10, 11, 12], [0, 0, 1, 13, 14]])  # the second row left-padded
         valid = tokens != 0
@@ -149,17 +151,17 @@ def test_bf16_compute_keeps_fp32_params_and_optimizer_state(micro, tmp_path):
     assert float(metrics["loss"]) != float(ref["loss"])  # it did run in lower precision
 
     config = micro("clm", **{"model.dtype": "bfloat16"})
-    model = step_lib.make_model(step_lib.model_config(config, 23), nnx.Rngs(0))
+    model = registry.make_model(registry.model_config(config, 23), nnx.Rngs(0))
     tokens = jnp.zeros((1, 8), jnp.int32)
     mask = make_attention_mask("causal", jnp.ones((1, 8), jnp.int32))
-    assert model.encode(tokens, mask, jnp.arange(8)[None]).dtype == jnp.bfloat16
+    assert model.hidden_states(tokens, mask, jnp.arange(8)[None]).dtype == jnp.bfloat16
     assert model(tokens, mask, jnp.arange(8)[None]).dtype == jnp.float32  # logits in fp32
 
 
 def test_memory_check_reports_the_step_and_stops_when_it_cannot_fit(micro, tmp_path):
     config = micro("clm")
     source = make_source(config, str(tmp_path))
-    cfg = step_lib.model_config(config, source.vocab_size)
+    cfg = registry.model_config(config, source.vocab_size)
     tx = step_lib.make_optimizer(config)
     graphdef, _ = step_lib.abstract_model(cfg)
     state = jax.jit(lambda: step_lib.init_state(cfg, tx, 0))()

@@ -9,8 +9,8 @@ import pytest
 from conftest import write_corpus
 
 from configs import bert, gpt
+from models.errors import ConfigError
 from models.masks import make_attention_mask
-from train.config_checks import ConfigError
 from train.data import packing, text
 from train.data.pipeline import text_source, tfds_source
 from train.data.vocab import BOS_ID, EOS_ID

@@ -7,7 +7,7 @@ import pytest
 from conftest import write_corpus
 
 from configs import bert, gpt
-from train.config_checks import ConfigError
+from models.errors import ConfigError
 from train.data import text
 from train.data.pipeline import text_source
 from train.data.vocab import SPECIAL_TOKENS

@@ -6,10 +6,12 @@ import jax
 import numpy as np
 import pytest
 
+from models import registry
+from models.errors import ConfigError
 from train import step as step_lib
-from train.config_checks import ConfigError, validate
+from train.config_checks import validate
 from train.data.sources import make_source
-from train.evaluation import fixed_eval_set
+from train.evaluator import fixed_eval_set
 from train.objectives import make_objective
 from train.trainer import train_and_evaluate
 
@@ -29,7 +31,7 @@ def test_tiny_model_overfits_one_batch(objective_name, steps, micro, tmp_path):
         },
     )
     source = make_source(config, str(tmp_path))
-    cfg = step_lib.model_config(config, source.vocab_size)
+    cfg = registry.model_config(config, source.vocab_size)
     tx = step_lib.make_optimizer(config)
     objective = make_objective(config, source.vocab_size)
     graphdef, _ = step_lib.abstract_model(cfg)

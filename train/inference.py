@@ -25,9 +25,13 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from models import registry
 from train import step as step_lib
 from train.checkpoint import CheckpointMismatch, identity_diff
+from train.data.sources import make_source
 from train.data.vocab import NUM_SPECIAL, SPECIAL_TOKENS
+from train.evaluator import Evaluator
+from train.objectives import Objective, make_objective
 from train.tokenizer import Tokenizer
 
 
@@ -108,7 +112,7 @@ def load_trained(
 ) -> Trained:
     """The trained model at `path` (workdir, checkpoints folder or step folder), on `device`.
 
-    `expect`: a run identity (`train.trainer.run_identity(config, model_cfg)`) the checkpoint
+    `expect`: a run identity (`train.setup.run_identity(config, model_cfg)`) the checkpoint
     must match; a mismatch raises `CheckpointMismatch` listing every field that differs.
     """
     folder = _step_folder(path, step)
@@ -119,9 +123,9 @@ def load_trained(
             raise CheckpointMismatch(
                 f"the checkpoint {folder} is from a different model:\n  - " + "\n  - ".join(diff)
             )
-    model_cfg = _model_config(identity["model"])
+    model_cfg = registry.config_from_identity(identity["model"])
     graphdef, abstract_params, abstract_rest = step_lib.split_model(
-        nnx.eval_shape(lambda: step_lib.make_model(model_cfg, nnx.Rngs(0)))
+        nnx.eval_shape(lambda: registry.make_model(model_cfg, nnx.Rngs(0)))
     )
 
     device = device or jax.devices("cpu")[0]
@@ -164,23 +168,6 @@ def load_trained(
     )
 
 
-def _model_config(fields: dict[str, Any]) -> step_lib.ModelConfig:
-    if fields.get("arch") == "encdec":
-        from models.encoder_decoder import EncoderDecoderConfig
-
-        stack = step_lib.TransformerConfig(**fields["stack"])
-        return EncoderDecoderConfig(stack, **{k: v for k, v in fields.items() if k != "stack"})
-    if fields.get("arch") == "lstm_seq2seq":
-        from models.lstm_seq2seq import LSTMSeq2SeqConfig
-
-        return LSTMSeq2SeqConfig(**fields)
-    if fields.get("arch") == "lstm" or "bidirectional" in fields:
-        from models.lstm import LSTMConfig
-
-        return LSTMConfig(**fields)
-    return step_lib.TransformerConfig(**fields)
-
-
 def _tokenizer(identity: dict[str, Any], folder: str) -> Tokenizer | SymbolTokenizer:
     if identity["dataset"] in ("hmm", "span:hmm") or identity["dataset"].startswith("seq2seq:"):
         model = identity["model"]
@@ -192,3 +179,43 @@ def _tokenizer(identity: dict[str, Any], folder: str) -> Tokenizer | SymbolToken
             "copy the run's tokenizer.model two levels above the step folder (next to checkpoints/)"
         )
     return Tokenizer.load(path)
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    """A trained run ready for evaluation on one CPU device: its model split into pure pieces,
+    its data source and its objective, as the run's own config builds them."""
+
+    trained: Trained
+    config: ml_collections.ConfigDict
+    source: Any
+    objective: Objective
+    graphdef: nnx.GraphDef
+    params: Any
+    model_state: Any
+
+    def evaluate(self, objective: Objective | None = None, mask_kind: str | None = None, **kw) -> dict:
+        """The fixed eval set's metrics under `objective` and `mask_kind` (default: the run's);
+        keywords go to `train.evaluator.Evaluator` (e.g. `eval_form=False`)."""
+        sharding = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+        evaluator = Evaluator(
+            self.source,
+            objective or self.objective,
+            self.graphdef,
+            mask_kind or self.config.mask,
+            sharding,
+            **kw,
+        )
+        return evaluator(self.params, self.model_state)
+
+
+def load_run(workdir: str, config: ml_collections.ConfigDict | None = None) -> LoadedRun:
+    """The run in `workdir` (its latest checkpoint), with `config` or the run's own `config.json`."""
+    trained = load_trained(workdir)
+    config = config or trained.config
+    if config is None:
+        raise FileNotFoundError(f"{workdir} has no config.json: load_run needs the run's workdir")
+    source = make_source(config, workdir)
+    graphdef, params, model_state = step_lib.split_model(trained.model)
+    objective = make_objective(config, source.vocab_size)
+    return LoadedRun(trained, config, source, objective, graphdef, params, model_state)

@@ -18,8 +18,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from models.errors import ConfigError
 from train.checkpoint import CheckpointMismatch
-from train.config_checks import ConfigError
 from train.host_memory import retain_freed_memory
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py:<variant>", lock_config=True)

@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from train.config_checks import ConfigError, check_batch_divides
+from models.errors import ConfigError
 
 # Arrays smaller than this stay replicated: sharding them saves nothing and costs a collective.
 MIN_SHARDED_SIZE = 1024
@@ -60,7 +60,11 @@ def initialize_distributed(
 
 def make_mesh(config: Any) -> Mesh:
     data, fsdp = mesh_shape(config, jax.device_count())
-    check_batch_divides(config.batch_size, data * fsdp, jax.process_count())
+    if config.batch_size % (data * fsdp) or config.batch_size % jax.process_count():
+        raise ConfigError(
+            f"batch_size={config.batch_size} must be divisible by the {data * fsdp} data-parallel "
+            f"devices and the {jax.process_count()} processes; change batch_size or mesh.data / mesh.fsdp"
+        )
     return jax.make_mesh((data, fsdp), ("data", "fsdp"), axis_types=(AxisType.Auto, AxisType.Auto))
 
 

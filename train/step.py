@@ -17,10 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
-from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
-from models.lstm import LSTMLM, LSTMConfig
-from models.lstm_seq2seq import LSTMSeq2Seq, LSTMSeq2SeqConfig
-from models.transformer import Transformer, TransformerConfig
+from models.registry import ModelConfig, make_model
 from train.objectives import Batch, Objective
 
 
@@ -31,37 +28,6 @@ class TrainState:
     model_state: Any  # the model's other variables (BatchNorm statistics), usually {}
     opt_state: Any
     rng: jax.Array  # raw uint32[2] key; the step's key is fold_in(rng, step)
-
-
-ModelConfig = TransformerConfig | LSTMConfig | EncoderDecoderConfig | LSTMSeq2SeqConfig
-SEQ2SEQ_ARCHS: tuple[str, ...] = ("encdec", "lstm_seq2seq", "lstm_attention")
-
-
-def model_config(config: Any, vocab_size: int) -> ModelConfig:
-    m = config.model
-    if m.arch == "encdec":
-        fields = {k: v for k, v in m.to_dict().items() if k != "arch"}
-        return EncoderDecoderConfig(
-            TransformerConfig(vocab_size=vocab_size, **fields),
-            share_embeddings=config.seq2seq.share_embeddings,
-        )
-    if m.arch in ("lstm_seq2seq", "lstm_attention"):
-        return LSTMSeq2SeqConfig(vocab_size, m.d_model, m.num_layers, attention=m.arch == "lstm_attention")
-    if m.arch == "lstm":
-        # The LSTM realises the mask by its direction (see models/lstm.py).
-        return LSTMConfig(vocab_size, m.d_model, m.num_layers, bidirectional=config.mask != "causal")
-    return TransformerConfig(vocab_size=vocab_size, **m.to_dict())
-
-
-def make_model(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
-    for config_type, model_type in (
-        (LSTMConfig, LSTMLM),
-        (EncoderDecoderConfig, EncoderDecoder),
-        (LSTMSeq2SeqConfig, LSTMSeq2Seq),
-    ):
-        if isinstance(cfg, config_type):
-            return model_type(cfg, rngs=rngs)
-    return Transformer(cfg, rngs=rngs)
 
 
 def make_schedule(config: Any) -> optax.Schedule:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import sentencepiece as spm
 
-from train.config_checks import ConfigError
+from models.errors import ConfigError
 from train.data.vocab import NUM_SPECIAL, SPECIAL_TOKENS
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,6 @@ workdir continues where the last complete checkpoint left off and ends in the sa
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -18,38 +17,16 @@ from typing import Any
 import jax
 import numpy as np
 
-from train import step as step_lib
+from models.errors import ConfigError
 from train.checkpoint import Checkpointer
-from train.config_checks import ConfigError, validate
-from train.data.sources import make_source
-from train.evaluation import Evaluator
-from train.memory import check_fits, device_limit_bytes, step_memory
-from train.mesh import batch_sharding, make_mesh, replicated, state_bytes, state_shardings, to_global
+from train.config_checks import validate
+from train.device_memory import check_fits, device_limit_bytes, step_memory
+from train.evaluator import Evaluator
+from train.mesh import state_bytes, to_global
 from train.metrics import MetricsWriter, Progress, write_json_atomic
-from train.objectives import make_objective
+from train.setup import build_run
 
 log = logging.getLogger(__name__)
-
-
-# Model fields that change how, not what, is computed: a run may resume with other values.
-EXECUTION_FIELDS = ("remat", "attention_impl")
-
-
-def run_identity(config: Any, model_cfg) -> dict:
-    """What a checkpoint must match to be resumed (or loaded) as this run."""
-
-    def what(fields: dict) -> dict:  # an encoder-decoder nests its stack's fields
-        return {
-            k: what(v) if isinstance(v, dict) else v for k, v in fields.items() if k not in EXECUTION_FIELDS
-        }
-
-    model = what(dataclasses.asdict(model_cfg))
-    return {
-        "model": model,
-        "objective": config.objective,
-        "mask": config.mask,
-        "dataset": config.dataset,
-    }
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
@@ -65,29 +42,17 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     os.makedirs(workdir, exist_ok=True)
     chief = jax.process_index() == 0
 
-    source = make_source(config, workdir)
-    mesh = make_mesh(config)
-    model_cfg = step_lib.model_config(config, source.vocab_size)
-    objective = make_objective(config, source.vocab_size)
-    tx = step_lib.make_optimizer(config)
-    graphdef, _ = step_lib.abstract_model(model_cfg)
-    identity = run_identity(config, model_cfg)
-    data_sharding = batch_sharding(mesh)
-    init_fn = lambda: step_lib.init_state(model_cfg, tx, config.seed)  # noqa: E731
-    state_sharding = state_shardings(mesh, jax.eval_shape(init_fn))
-    init = jax.jit(init_fn, out_shardings=state_sharding)  # parameters are born sharded
-    abstract_state = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), jax.eval_shape(init), state_sharding
-    )
-    num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(abstract_state.params))
+    run = build_run(config, workdir)
+    source, mesh, data_sharding, identity = run.source, run.mesh, run.data_sharding, run.identity
+    num_params = run.num_params
 
     checkpointer = Checkpointer(workdir, config.keep_checkpoints)
     train_iter = source.train_iterator(jax.process_index(), jax.process_count())
     latest = checkpointer.latest_step()
     if latest is None:
-        state = init()
+        state = run.init_state()
     else:
-        state, data_state = checkpointer.restore(latest, abstract_state, identity)
+        state, data_state = checkpointer.restore(latest, run.abstract_state, identity)
         train_iter.set_state(data_state)
         log.info("resumed from step %d in %s", latest, checkpointer.directory)
     start_step = int(state.step)
@@ -99,19 +64,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
             {**config.to_dict(), "resolved": {"vocab_size": source.vocab_size, "num_params": num_params}},
         )
     writer = MetricsWriter(workdir, resume_step=start_step, enabled=chief)
-    evaluator = Evaluator(source, objective, graphdef, config.mask, data_sharding)
+    evaluator = Evaluator(source, run.objective, run.graphdef, config.mask, data_sharding)
 
     t_compile = time.perf_counter()
-    train_step = jax.jit(
-        step_lib.make_train_step(
-            graphdef, tx, objective, config.mask, step_lib.make_schedule(config), config.grad_accum_steps
-        ),
-        in_shardings=(state_sharding, data_sharding),
-        out_shardings=(state_sharding, replicated(mesh)),
-        donate_argnums=(0,),
-    )
     first = next(train_iter)
-    compiled_step = train_step.lower(state, to_global(first, data_sharding)).compile()
+    compiled_step = run.train_step.lower(state, to_global(first, data_sharding)).compile()
     compile_seconds = time.perf_counter() - t_compile
     memory = step_memory(compiled_step)
     log.info(

@@ -167,7 +167,7 @@ class HMM:
         return log_p_N
 
 
-# Mixing weight of `perturbed` for the fine-tuning task (experiments/evaluate/finetune.py): with
+# Mixing weight of `perturbed` for the fine-tuning task (experiments/downstream/finetune.py): with
 # the default spec, telling a 63-symbol sequence of the base HMM from one of the perturbed HMM has
 # a Bayes-optimal accuracy of about 0.86 (0.81 at 0.06, 0.91 at 0.1), well clear of both chance
 # and certainty, so a model's accuracy has room on either side.

@@ -20,7 +20,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from train.config_checks import ConfigError
+from models.errors import ConfigError
 from train.data import packing
 from train.tokenizer import Tokenizer, corpus_tokenizer
 

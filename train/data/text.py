@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from train.config_checks import ConfigError
+from models.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from train.config_checks import ConfigError
+from models.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

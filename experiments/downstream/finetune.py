@@ -1,6 +1,6 @@
 """Fine-tuning every weight of a pretrained model, with a linear head on a pooled representation.
 
-The head reads one vector per row, pooled from `Transformer.encode` under the mask the model was
+The head reads one vector per row, pooled from `Transformer.hidden_states` under the mask the model was
 pretrained with:
 - "last" real token for a causal model: the only position whose causal view covers the input;
 - "mean" over real tokens for bidirectional and prefix models (a prefix LM reads the whole input
@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from experiments.evaluate.probes import hmm_rows, reading_mask
+from experiments.downstream.probes import hmm_rows, reading_mask
 from train.data.hmm import HMM, PAIR_STRENGTH, HMMSpec, perturbed
 
 POOLINGS: tuple[str, ...] = ("last", "mean")
@@ -72,7 +72,7 @@ class Classifier(nnx.Module):
 
     def __call__(self, tokens_BL, segment_ids_BL, positions_BL) -> jnp.ndarray:
         mask_B1LL = reading_mask(self.mask_kind, segment_ids_BL)
-        h_BLD = self.encoder.encode(tokens_BL, mask_B1LL, positions_BL)
+        h_BLD = self.encoder.hidden_states(tokens_BL, mask_B1LL, positions_BL)
         return self.head(pool(h_BLD, segment_ids_BL, self.pooling)).astype(jnp.float32)
 
 

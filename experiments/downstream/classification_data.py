@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from train.config_checks import ConfigError
+from models.errors import ConfigError
 from train.data.vocab import BOS_ID, PAD_ID
 
 

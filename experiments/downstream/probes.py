@@ -55,7 +55,7 @@ def _hidden_states(
 ) -> jnp.ndarray:
     model = nnx.merge(graphdef, state)
     model.eval()  # BatchNorm reads its running statistics: features must not depend on the batch
-    states = model.hidden_states(tokens_BL, reading_mask(mask_kind, segment_ids_BL), positions_BL)
+    states = model.residual_stream(tokens_BL, reading_mask(mask_kind, segment_ids_BL), positions_BL)
     return jnp.stack([states[i] for i in layers])  # [K, B, L, D]
 
 
@@ -74,7 +74,7 @@ def probe_features(
     mask_kind: str,
     layer: int = -1,
 ) -> jnp.ndarray:
-    """The residual stream `[B, L, D]` at `layer` of `Transformer.hidden_states`.
+    """The residual stream `[B, L, D]` at `layer` of `Transformer.residual_stream`.
 
     Layer 0 is the embedding output (token embedding plus additive positions, before any
     attention), layer i the output of block i, and -1 the last block (before the final norm).

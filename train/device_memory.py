@@ -13,7 +13,7 @@ from typing import Any
 
 import jax
 
-from train.config_checks import ConfigError
+from models.errors import ConfigError
 
 GIB = 2**30
 

@@ -55,7 +55,7 @@ def _causal_fn(graphdef: nnx.GraphDef) -> Callable:
 
     def fn(state, tokens_BL, seg_BL, pos_BL):
         model = _eval_model(graphdef, state)
-        h_BLD = model.encode(tokens_BL, make_attention_mask("causal", seg_BL), pos_BL)
+        h_BLD = model.hidden_states(tokens_BL, make_attention_mask("causal", seg_BL), pos_BL)
         logp_BLV = jax.nn.log_softmax(model.logits(h_BLD[:, :-1]), axis=-1)
         # Position t predicts token t+1 when both are real tokens of the same document.
         next_BL = tokens_BL[:, 1:]
@@ -74,7 +74,7 @@ def _masked_fn(graphdef: nnx.GraphDef) -> Callable:
         model = _eval_model(graphdef, state)
         C = tokens_CL.shape[0]
         inputs_CL = tokens_CL.at[jnp.arange(C), at_C].set(MASK_ID)
-        h_CLD = model.encode(inputs_CL, make_attention_mask("bidirectional", seg_CL), pos_CL)
+        h_CLD = model.hidden_states(inputs_CL, make_attention_mask("bidirectional", seg_CL), pos_CL)
         h_CD = h_CLD[jnp.arange(C), at_C]  # only the masked position reaches the vocab projection
         logp_CV = jax.nn.log_softmax(model.logits(h_CD), axis=-1)
         return jnp.take_along_axis(logp_CV, target_C[:, None], axis=-1)[:, 0]

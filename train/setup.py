@@ -1,0 +1,121 @@
+"""The run built once: `build_run(config, workdir)` turns a config into everything a step needs.
+
+Data source, mesh, model config, objective, optimizer and schedule, the run's identity, the
+state and batch shardings, and the jitted `train_step` (FSDP shardings in and out, the state
+donated, gradient accumulation as configured). The trainer, `experiments.bench` and the ablation
+measurements all build their step here, so what they time or measure is what a run trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from models import registry
+from train import step as step_lib
+from train.data.sources import make_source
+from train.mesh import batch_sharding, make_mesh, replicated, state_shardings
+from train.objectives import Objective, make_objective
+
+# Model fields that change how, not what, is computed: a run may resume with other values.
+EXECUTION_FIELDS = ("remat", "attention_impl")
+
+
+def run_identity(config: Any, model_cfg: registry.ModelConfig) -> dict:
+    """What a checkpoint must match to be resumed (or loaded) as this run."""
+
+    def what(fields: dict) -> dict:  # an encoder-decoder nests its stack's fields
+        return {
+            k: what(v) if isinstance(v, dict) else v for k, v in fields.items() if k not in EXECUTION_FIELDS
+        }
+
+    return {
+        "model": what(dataclasses.asdict(model_cfg)),
+        "objective": config.objective,
+        "mask": config.mask,
+        "dataset": config.dataset,
+    }
+
+
+@dataclasses.dataclass
+class Run:
+    config: Any
+    source: Any  # None when built for a given vocabulary (benchmarks feed random tokens)
+    vocab_size: int
+    mesh: Mesh
+    model_config: registry.ModelConfig
+    objective: Objective
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    graphdef: nnx.GraphDef
+    identity: dict
+    state_sharding: Any
+    data_sharding: NamedSharding
+    abstract_state: Any  # ShapeDtypeStructs carrying their shardings: what a restore fills
+    init_state: Callable[[], step_lib.TrainState]  # jitted: parameters are born sharded
+    train_step: Callable  # jitted `train_step(state, batch) -> (state, metrics)`, state donated
+
+    @property
+    def num_params(self) -> int:
+        return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(self.abstract_state.params))
+
+    def model(self, seed: int | None = None) -> nnx.Module:
+        """A freshly initialised model, as `init_state` initialises it (on the default device)."""
+        seed = self.config.seed if seed is None else seed
+        params_rng = jax.random.split(jax.random.PRNGKey(seed))[0]
+        return registry.make_model(self.model_config, nnx.Rngs(params=params_rng))
+
+
+def build_run(config: Any, workdir: str, *, vocab_size: int | None = None) -> Run:
+    """Everything a step of `config` needs; the data source is built (in `workdir`) unless a
+    `vocab_size` is given. The config should already have passed `config_checks.validate`."""
+    source = make_source(config, workdir) if vocab_size is None else None
+    vocab_size = source.vocab_size if source is not None else vocab_size
+    mesh = make_mesh(config)
+    model_cfg = registry.model_config(config, vocab_size)
+    objective = make_objective(config, vocab_size)
+    tx = step_lib.make_optimizer(config)
+    schedule = step_lib.make_schedule(config)
+    graphdef, _ = step_lib.abstract_model(model_cfg)
+    data_sharding = batch_sharding(mesh)
+
+    def init() -> step_lib.TrainState:
+        return step_lib.init_state(model_cfg, tx, config.seed)
+
+    state_sharding = state_shardings(mesh, jax.eval_shape(init))
+    init_state = jax.jit(init, out_shardings=state_sharding)
+    abstract_state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        jax.eval_shape(init_state),
+        state_sharding,
+    )
+    train_step = jax.jit(
+        step_lib.make_train_step(graphdef, tx, objective, config.mask, schedule, config.grad_accum_steps),
+        in_shardings=(state_sharding, data_sharding),
+        out_shardings=(state_sharding, replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    return Run(
+        config=config,
+        source=source,
+        vocab_size=vocab_size,
+        mesh=mesh,
+        model_config=model_cfg,
+        objective=objective,
+        tx=tx,
+        schedule=schedule,
+        graphdef=graphdef,
+        identity=run_identity(config, model_cfg),
+        state_sharding=state_sharding,
+        data_sharding=data_sharding,
+        abstract_state=abstract_state,
+        init_state=init_state,
+        train_step=train_step,
+    )
