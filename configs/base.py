@@ -10,44 +10,35 @@ from __future__ import annotations
 
 import ml_collections
 
+
 # Each variant is shaped like the config tree and applied by `override`, as a command line's
 # `--config.key=value` would be. `tiny` trains to near the HMM optimum on a 2-core CPU in minutes;
 # `small` is a single-accelerator size; `base` has the GPT-2 124M / BERT-base 110M block shapes.
+def _variant(
+    layers: int, width: int, heads: int, length: int, batch: int, steps: int, lr: float, warmup: int
+):
+    return dict(
+        model=dict(num_layers=layers, d_model=width, num_heads=heads, mlp_dim=4 * width, max_len=length),
+        optim=dict(learning_rate=lr, warmup_steps=warmup),
+        seq_len=length,
+        batch_size=batch,
+        num_train_steps=steps,
+        eval_every_steps=max(250, steps // 20),
+        checkpoint_every_steps=max(250, steps // 20),
+    )
+
+
 VARIANTS: dict[str, dict] = {
-    "tiny": dict(
-        model=dict(num_layers=4, d_model=128, num_heads=4, mlp_dim=512, max_len=128),
-        optim=dict(learning_rate=3e-3, warmup_steps=100),
-        seq_len=128,
-        batch_size=32,
-        num_train_steps=1500,
-        eval_every_steps=250,
-        checkpoint_every_steps=250,
-    ),
-    "small": dict(
-        model=dict(num_layers=6, d_model=512, num_heads=8, mlp_dim=2048, max_len=512),
-        optim=dict(learning_rate=1e-3, warmup_steps=1000),
-        seq_len=512,
-        batch_size=64,
-        num_train_steps=20_000,
-        eval_every_steps=1000,
-        checkpoint_every_steps=1000,
-    ),
-    "base": dict(
-        model=dict(num_layers=12, d_model=768, num_heads=12, mlp_dim=3072, max_len=1024),
-        optim=dict(learning_rate=6e-4, warmup_steps=2000),
-        seq_len=1024,
-        batch_size=256,
-        num_train_steps=100_000,
-        eval_every_steps=5000,
-        checkpoint_every_steps=5000,
-    ),
+    "tiny": _variant(4, 128, 4, length=128, batch=32, steps=1500, lr=3e-3, warmup=100),
+    "small": _variant(6, 512, 8, length=512, batch=64, steps=20_000, lr=1e-3, warmup=1000),
+    "base": _variant(12, 768, 12, length=1024, batch=256, steps=100_000, lr=6e-4, warmup=2000),
 }
 
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    # "clm" (GPT), "mlm" (BERT), "prefix_lm", "hybrid" or "seq2seq" (train/objectives.py)
+    # "clm" (GPT), "mlm" (BERT), "prefix_lm", "hybrid" or "seq2seq" (train/objectives/)
     c.objective = "clm"
     c.mask = "causal"  # "causal", "bidirectional" or "prefix" (models/masks.py)
 

@@ -1,0 +1,3 @@
+"""Experiments on trained models, one package per command: `ablate` (the ablation tables),
+`compare` (the objectives compared), `bench` (speed), `downstream` (evaluations beyond the own
+loss), `tools` (sampling, a text corpus, classification); `common` and `runs` serve them all."""

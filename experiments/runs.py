@@ -1,9 +1,9 @@
 """Training runs as independent processes: launch, detect finished ones, collect their results.
 
 Shared by `experiments.ablate` and `experiments.compare`. A run is `python -m train.main` with a
-config file per objective plus overrides, in its own workdir; rerunning an unfinished one
-resumes it from its last checkpoint, and a finished one (summary.json at the final step) is
-never rerun.
+config file per objective (`configs.FILES`; in process, `configs.get_config` builds the same
+config) plus overrides, in its own workdir; rerunning an unfinished one resumes it from its
+last checkpoint, and a finished one (summary.json at the final step) is never rerun.
 """
 
 from __future__ import annotations
@@ -14,19 +14,13 @@ import subprocess
 import sys
 from typing import Any
 
-from ml_collections import ConfigDict
-
 import configs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def make_config(objective: str, overrides: dict[str, Any], variant: str = "tiny") -> ConfigDict:
-    """The config a run of `objective` with `overrides` trains with (as `train.main` builds it)."""
-    return configs.get_config(objective, variant, overrides)
-
-
 def finished(workdir: str, steps: int) -> bool:
+    """Whether the run in `workdir` has trained all `steps` (its summary is of the final step)."""
     path = os.path.join(workdir, "summary.json")
     return os.path.exists(path) and json.load(open(path))["final_step"] == steps
 
@@ -46,6 +40,7 @@ def train(workdir: str, objective: str, overrides: dict[str, Any], variant: str 
 
 
 def metrics_lines(workdir: str) -> list[dict[str, Any]]:
+    """Every line of the run's metrics.jsonl (train and eval), in order."""
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
 

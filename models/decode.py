@@ -194,17 +194,8 @@ def fill_mask(
     """Top-k predictions at every `mask_id` token of each row of `batch` (tokens, segment_ids,
     positions, each `[B, L]`), from one bidirectional forward pass."""
     graphdef, state = nnx.split(model)
-    ids_BLK, probs_BLK = jax.device_get(
-        _fill_mask(
-            graphdef,
-            state,
-            jnp.asarray(batch["tokens"]),
-            jnp.asarray(batch["segment_ids"]),
-            jnp.asarray(batch["positions"]),
-            mask_kind,
-            top_k,
-        )
-    )
+    rows = (jnp.asarray(batch[k]) for k in ("tokens", "segment_ids", "positions"))
+    ids_BLK, probs_BLK = jax.device_get(_fill_mask(graphdef, state, *rows, mask_kind, top_k))
     out = []
     for b, row in enumerate(np.asarray(batch["tokens"])):
         out.append(

@@ -24,3 +24,9 @@ class ConfigError(ValueError):
 def nonpositive(config: object, fields: Sequence[str]) -> list[str]:
     """One message per `model.<field>` of a model config that is not positive."""
     return [f"model.{f}={getattr(config, f)} must be positive" for f in fields if getattr(config, f) <= 0]
+
+
+def check(errors: Sequence[str]) -> None:
+    """Raises one `ConfigError` listing every message in `errors`, if there is any."""
+    if errors:
+        raise ConfigError(errors)

@@ -15,7 +15,7 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
-from models.errors import ConfigError, nonpositive
+from models.errors import check, nonpositive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,9 +27,7 @@ class LSTMConfig:
     arch: str = "lstm"
 
     def __post_init__(self):
-        errors = nonpositive(self, ("num_layers", "d_model"))
-        if errors:
-            raise ConfigError(errors)
+        check(nonpositive(self, ("num_layers", "d_model")))
 
 
 def _rnn(d: int, reverse: bool, rngs: nnx.Rngs) -> nnx.RNN:

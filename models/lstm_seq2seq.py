@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.errors import ConfigError, nonpositive
+from models.errors import check, nonpositive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,9 +31,7 @@ class LSTMSeq2SeqConfig:
     arch: str = "lstm_seq2seq"
 
     def __post_init__(self):
-        errors = nonpositive(self, ("num_layers", "d_model"))
-        if errors:
-            raise ConfigError(errors)
+        check(nonpositive(self, ("num_layers", "d_model")))
 
 
 def _rnn(d: int, rngs: nnx.Rngs) -> nnx.RNN:

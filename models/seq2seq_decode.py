@@ -79,16 +79,6 @@ def greedy_decode(
     if use_cache and not hasattr(model, "init_cache"):
         raise ValueError(f"{type(model).__name__} has no KV cache; decode it with use_cache=False")
     graphdef, state = nnx.split(model)
-    return np.asarray(
-        _greedy(
-            graphdef,
-            state,
-            jnp.asarray(batch["src_tokens"]),
-            jnp.asarray(batch["src_segment_ids"]),
-            jnp.asarray(batch["src_positions"]),
-            max_new_tokens=max_new_tokens,
-            use_cache=use_cache,
-            bos_id=bos_id,
-            eos_id=eos_id,
-        )
-    )
+    sources = (jnp.asarray(batch[k]) for k in ("src_tokens", "src_segment_ids", "src_positions"))
+    options = dict(max_new_tokens=max_new_tokens, use_cache=use_cache, bos_id=bos_id, eos_id=eos_id)
+    return np.asarray(_greedy(graphdef, state, *sources, **options))

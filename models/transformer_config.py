@@ -10,7 +10,7 @@ import math
 
 import jax
 
-from models.errors import ConfigError, nonpositive
+from models.errors import check, nonpositive
 from models.positions import POSITION_KINDS
 
 NORM_KINDS: tuple[str, ...] = ("layernorm", "rmsnorm", "batchnorm")
@@ -52,9 +52,7 @@ class TransformerConfig:
     attention_impl: str = "xla"
 
     def __post_init__(self):
-        errors = self.errors()
-        if errors:
-            raise ConfigError(errors)
+        check(self.errors())
 
     def errors(self) -> list[str]:
         """Every problem of these fields, each naming its `model.*` field and the fix."""

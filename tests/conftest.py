@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import configs
-from experiments.make_text_corpus import write_corpus  # noqa: F401  (re-exported for tests)
+from experiments.tools.make_text_corpus import write_corpus  # noqa: F401  (re-exported for tests)
 from train.host_memory import retain_freed_memory
 
 # As every entry point does, before any test starts JAX's CPU client (train/host_memory.py).

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from experiments import ablate
-from experiments.tables import PRESETS, make_tables
+from experiments.ablate import __main__ as ablate
+from experiments.ablate.tables import PRESETS, make_tables
 
 pytestmark = pytest.mark.slow
 
@@ -66,14 +66,14 @@ def test_attention_scale_table_records_init_statistics(tmp_path):
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_row_of_every_table_is_a_valid_config(preset):
     """A typo in a table would otherwise surface only after hours of other rows."""
-    from experiments.runs import make_config
-    from experiments.tables import run_overrides
+    import configs
+    from experiments.ablate.tables import run_overrides
     from train.config_checks import validate
 
     for table in make_tables().values():
         for row in table.rows:
             overrides = run_overrides(table, row, preset, seed=0)
-            config = make_config(row.objective, overrides)
+            config = configs.get_config(row.objective, "tiny", overrides)
             validate(config)
             if "d_k" in row.setting:  # the attention-scale table varies the head dim
                 assert config.model.d_model // config.model.num_heads == row.setting["d_k"]

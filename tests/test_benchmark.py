@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 def _bench(config: str, *extra: str) -> dict:
     flags = [f"--config.{k}={v}" for k, v in MICRO_OVERRIDES.items()]
-    cmd = [sys.executable, "-m", "experiments.benchmark", f"--config={config}", *flags, *extra]
+    cmd = [sys.executable, "-m", "experiments.bench", f"--config={config}", *flags, *extra]
     result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -57,12 +57,12 @@ def test_hf_baseline_runs_interleaved_at_the_same_shapes(config):
 def test_hf_baseline_learns_one_batch_with_our_optimizer_and_targets():
     pytest.importorskip("transformers")
     from configs import base, gpt
-    from experiments.benchmark import _random_batch
-    from experiments.hf_baseline import make_hf_runner
+    from experiments.bench.hf_baseline import make_hf_runner
+    from experiments.bench.speed import random_batch
 
     overrides = {**MICRO_OVERRIDES, "optim.warmup_steps": 0, "num_train_steps": 1000}
     config = base.override(gpt.get_config("tiny"), overrides)
-    runner = make_hf_runner(config, 64, _random_batch(config, 64))
+    runner = make_hf_runner(config, 64, random_batch(config, 64))
     losses = []
     for _ in range(100):
         runner.params, runner.opt_state, loss = runner.step(runner.params, runner.opt_state, runner.batch)
@@ -72,9 +72,9 @@ def test_hf_baseline_learns_one_batch_with_our_optimizer_and_targets():
 
 
 def test_attention_benchmark_times_each_implementation_here(capsys):
-    from experiments import attention_benchmark
+    from experiments.bench import attention
 
-    attention_benchmark.main(["--batch", "2", "--seq_len", "16", "--heads", "2", "--head_dim", "8"])
+    attention.main(["--batch", "2", "--seq_len", "16", "--heads", "2", "--head_dim", "8"])
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["shape_BLNH"] == [2, 16, 2, 8]
     assert out["xla_ms"] > 0 and out["einsum_ms"] > 0 and "cudnn_ms" not in out

@@ -10,7 +10,9 @@ import subprocess
 import pytest
 from conftest import MICRO_OVERRIDES
 
-from experiments import compare, sample
+from experiments.compare import __main__ as compare
+from experiments.compare import evaluate
+from experiments.tools import sample
 
 pytestmark = pytest.mark.slow
 
@@ -19,14 +21,14 @@ pytestmark = pytest.mark.slow
 def comparison(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("compare"))
     sizes = dict(probe_train=32, probe_eval=16, pairs=16, finetune_train=64, finetune_steps=10)
-    old = dict(compare.EVALS["cpu"])
-    compare.EVALS["cpu"].update(sizes)
+    old = dict(evaluate.EVALS["cpu"])
+    evaluate.EVALS["cpu"].update(sizes)
     sets = {k: v for k, v in MICRO_OVERRIDES.items() if not k.startswith("hmm.")}
     sets.update({"num_train_steps": 20, "model.max_len": 64, "checkpoint_every_steps": 20})
     try:
         path = compare.run_comparison("cpu", 1, out, sets, "python -m experiments.compare (test)")
     finally:
-        compare.EVALS["cpu"].update(old)
+        evaluate.EVALS["cpu"].update(old)
     return out, path
 
 
@@ -60,7 +62,7 @@ def test_an_interrupted_comparison_resumes_without_retraining(comparison):
     workdir = os.path.join(out, "runs", "compare", "clm", "seed0")
     cached = json.load(open(os.path.join(workdir, "compare_eval.json")))
     mtime = os.path.getmtime(os.path.join(workdir, "summary.json"))
-    result = compare.evaluate_run(workdir, "clm", "cpu", 0, {})
+    result = evaluate.evaluate_run(workdir, "clm", "cpu", 0, {})
     assert result == cached and os.path.getmtime(os.path.join(workdir, "summary.json")) == mtime
 
 
@@ -85,7 +87,7 @@ def test_classify_fine_tunes_a_text_run_on_sst2(objective, tmp_path, capsys):
     tfds = pytest.importorskip("tensorflow_datasets")
     from conftest import REPO, subprocess_env, train_command, write_corpus
 
-    from experiments import classify
+    from experiments.tools import classify
 
     overrides = {
         "dataset": f"text:{write_corpus(tmp_path / 'corpus', n_files=40)}",

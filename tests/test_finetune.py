@@ -12,9 +12,9 @@ from flax import nnx
 from experiments.downstream.classification_data import classification_rows, load_task
 from experiments.downstream.finetune import Classifier, finetune, hmm_pair_task
 from models.errors import ConfigError
+from models.registry import make_model, model_config
 from train.data.hmm import HMM, PAIR_STRENGTH, HMMSpec, perturbed
 from train.data.vocab import BOS_ID, NUM_SPECIAL, PAD_ID
-from train.step import make_model, model_config
 from train.tokenizer import train_tokenizer
 
 MARKER = NUM_SPECIAL  # the token whose presence is the label of the synthetic task

@@ -11,15 +11,15 @@ from flax import nnx
 
 from experiments.downstream.probes import (
     fit_linear_probe,
-    hmm_rows,
     hmm_state_probe,
     probe_accuracy,
     probe_features,
     token_only_accuracy,
 )
+from models.registry import make_model, model_config
 from train.data.hmm import HMM, HMMSpec
+from train.data.sources import hmm_rows
 from train.data.vocab import NUM_SPECIAL
-from train.step import make_model, model_config
 
 T = 4
 TINY = HMMSpec(num_states=3, num_symbols=4, transition_support=2, emission_support=3, concentration=1.0)

@@ -22,9 +22,9 @@ from experiments.downstream.scoring import (
 )
 from models.errors import ConfigError
 from models.masks import make_attention_mask
+from models.registry import make_model, model_config
 from train.data.hmm import HMM, HMMSpec
 from train.data.vocab import BOS_ID, EOS_ID, MASK_ID, NUM_SPECIAL
-from train.step import make_model, model_config
 
 V = 23  # the micro config's vocab: 7 special ids + 16 HMM symbols
 L = 12

@@ -12,8 +12,8 @@ The GPT benchmark step (README "Performance", learned positions) goes from 759 t
 without bound), no `mmap`, no trimming: after the first step the same pages are reused. The
 cost is that the process keeps its peak heap. It has to run before JAX starts its CPU client
 (the executor threads pick their arena when they first allocate), so every entry point that
-runs a model (train.main, benchmark, attention_benchmark, ablate, compare, classify, sample)
-calls it first thing; input_benchmark, which runs none, does not. It does nothing where the
+runs a model (train.main, experiments.bench, bench.attention, ablate, compare, tools.classify,
+tools.sample) calls it first thing; bench.input, which runs none, does not. It does nothing where the
 host does not run the model (an accelerator plugin is installed, or `JAX_PLATFORMS` names
 another platform), off glibc, or when `GPTBERT_HOST_MALLOC=default` is set.
 """

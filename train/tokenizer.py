@@ -109,19 +109,22 @@ def train_tokenizer(documents: Iterable[str], vocab_size: int, model_type: str, 
             minloglevel=2,
         )
     except RuntimeError as e:
-        m = re.search(r"Vocabulary size too high \((\d+)\).*?<= (\d+)", str(e))
-        if m:
-            raise ConfigError(
+        # SentencePiece's two vocabulary-size complaints, told in terms of the config field.
+        too_high = re.search(r"Vocabulary size too high \((\d+)\).*?<= (\d+)", str(e))
+        too_low = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(e))
+        if too_high:
+            message = (
                 f"tokenizer.vocab_size={vocab_size} is more than this corpus supports (at most "
-                f"{m.group(2)} for {model_type}); lower tokenizer.vocab_size or add text"
-            ) from e
-        m = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(e))
-        if m:
-            raise ConfigError(
+                f"{too_high.group(2)} for {model_type}); lower tokenizer.vocab_size or add text"
+            )
+        elif too_low:
+            message = (
                 f"tokenizer.vocab_size={vocab_size} is too small: the 256 byte-fallback pieces, the "
-                f"special tokens and this corpus's characters need at least {m.group(2)}"
-            ) from e
-        raise ConfigError(f"training the tokenizer failed: {e}") from e
+                f"special tokens and this corpus's characters need at least {too_low.group(2)}"
+            )
+        else:
+            message = f"training the tokenizer failed: {e}"
+        raise ConfigError(message) from e
     return Tokenizer(model.getvalue())
 
 

@@ -28,8 +28,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from experiments.downstream.probes import hmm_rows, reading_mask
+from experiments.downstream.probes import reading_mask
 from train.data.hmm import HMM, PAIR_STRENGTH, HMMSpec, perturbed
+from train.data.sources import hmm_rows
 
 POOLINGS: tuple[str, ...] = ("last", "mean")
 Examples = dict[str, np.ndarray]  # tokens, segment_ids, positions [N, L]; labels [N]

@@ -22,6 +22,7 @@ import numpy as np
 
 from models.errors import ConfigError
 from train.data.hmm import HMM
+from train.data.sources import hmm_rows
 from train.data.vocab import BOS_ID, NUM_SPECIAL
 
 log = logging.getLogger(__name__)
@@ -36,17 +37,6 @@ class Encoder(Protocol):
     """What BLiMP needs of a tokenizer (`train.tokenizer.Tokenizer` provides it)."""
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]: ...
-
-
-def _hmm_rows(symbols_NT: np.ndarray) -> Rows:
-    """[BOS, x_1 .. x_T] rows, token id = symbol + NUM_SPECIAL, as `HMMSource.rows` builds them."""
-    N, T = symbols_NT.shape
-    tokens = np.concatenate([np.full((N, 1), BOS_ID), symbols_NT + NUM_SPECIAL], 1)
-    return {
-        "tokens": tokens.astype(np.int32),
-        "segment_ids": np.ones((N, T + 1), np.int32),
-        "positions": np.broadcast_to(np.arange(T + 1, dtype=np.int32), (N, T + 1)).copy(),
-    }
 
 
 def conditional_symbol_probs(hmm: HMM, x_NT: np.ndarray, t_N: np.ndarray) -> np.ndarray:
@@ -111,7 +101,7 @@ def hmm_minimal_pairs(
     bad_NT = good_NT.copy()
     bad_NT[rows, t_N] = bad_symbol_N
     oracle = _wins(p_good_N, p_NV[rows, bad_symbol_N])
-    return _hmm_rows(good_NT), _hmm_rows(bad_NT), oracle
+    return hmm_rows(good_NT), hmm_rows(bad_NT), oracle
 
 
 def hmm_unigram_accuracy(hmm: HMM, good_rows: Rows, bad_rows: Rows) -> float:

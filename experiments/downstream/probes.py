@@ -24,7 +24,7 @@ from flax import nnx
 
 from models.masks import make_attention_mask
 from train.data.hmm import HMM
-from train.data.vocab import BOS_ID, NUM_SPECIAL
+from train.data.sources import hmm_rows
 
 # Rows per forward pass when extracting features; fixed so the extractor compiles once.
 _CHUNK = 128
@@ -144,17 +144,6 @@ def fit_linear_probe(
 def probe_accuracy(params: dict[str, jnp.ndarray], features_ND: np.ndarray, labels_N: np.ndarray) -> float:
     predicted_N = jnp.argmax(_logits(params, jnp.asarray(features_ND, jnp.float32)), -1)
     return float(jnp.mean(predicted_N == jnp.asarray(labels_N)))
-
-
-def hmm_rows(symbols_NT: np.ndarray) -> dict[str, np.ndarray]:
-    """[BOS, x_1 .. x_T] as `HMMSource.rows` builds them (token id = symbol + NUM_SPECIAL)."""
-    N, T = symbols_NT.shape
-    tokens = np.concatenate([np.full((N, 1), BOS_ID), symbols_NT + NUM_SPECIAL], 1)
-    return {
-        "tokens": tokens.astype(np.int32),
-        "segment_ids": np.ones((N, T + 1), np.int32),
-        "positions": np.broadcast_to(np.arange(T + 1, dtype=np.int32), (N, T + 1)).copy(),
-    }
 
 
 def _symbol_features(

@@ -15,10 +15,10 @@ read per length (claim C11: the fixed-vector bottleneck fails as inputs grow).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import numpy as np
 
+from train.data.indexed import IndexedBatches
 from train.data.vocab import BOS_ID, EOS_ID, NUM_SPECIAL
 
 TASKS: tuple[str, ...] = ("copy", "reverse", "sort")
@@ -59,30 +59,6 @@ def make_examples(task: str, sources: list[np.ndarray], seq_len: int) -> dict[st
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-class Seq2SeqTrainIterator(Iterator[dict[str, np.ndarray]]):
-    """Batch i is a pure function of (run seed, i): its state is one integer."""
-
-    def __init__(self, source: Seq2SeqTaskSource, process_index: int, process_count: int):
-        self._source = source
-        self._next_index = 0
-        per_process = source.batch_size // process_count
-        self._rows = slice(process_index * per_process, (process_index + 1) * per_process)
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        s = self._source
-        rng = np.random.default_rng([s.stream_seed, self._next_index])
-        lengths = rng.integers(s.min_len, s.max_len + 1, s.batch_size)
-        sources = [rng.integers(0, s.num_symbols, n) for n in lengths]
-        self._next_index += 1
-        return {k: v[self._rows] for k, v in make_examples(s.task, sources, s.seq_len).items()}
-
-    def get_state(self) -> dict[str, int]:
-        return {"next_index": self._next_index}
-
-    def set_state(self, state: dict[str, int]) -> None:
-        self._next_index = int(state["next_index"])
-
-
 @dataclasses.dataclass
 class Seq2SeqTaskSource:
     task: str
@@ -109,8 +85,15 @@ class Seq2SeqTaskSource:
             )
         self.vocab_size = NUM_SPECIAL + self.num_symbols
 
-    def train_iterator(self, process_index: int = 0, process_count: int = 1) -> Seq2SeqTrainIterator:
-        return Seq2SeqTrainIterator(self, process_index, process_count)
+    def train_batch(self, index: int) -> dict[str, np.ndarray]:
+        """Global batch `index`: a pure function of (run seed, index)."""
+        rng = np.random.default_rng([self.stream_seed, index])
+        lengths = rng.integers(self.min_len, self.max_len + 1, self.batch_size)
+        sources = [rng.integers(0, self.num_symbols, n) for n in lengths]
+        return make_examples(self.task, sources, self.seq_len)
+
+    def train_iterator(self, process_index: int = 0, process_count: int = 1) -> IndexedBatches:
+        return IndexedBatches(self.train_batch, self.batch_size, process_index, process_count)
 
     def _batches(self, examples: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
         """Global batches; the last is padded with all-padding rows (segment 0, never scored)."""

@@ -14,38 +14,27 @@ Every batch is a dict of int32 numpy arrays `[B, L]`: `tokens`, `segment_ids` (0
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from train.data.hmm import HMM, HMMSpec
+from train.data.indexed import IndexedBatches
 from train.data.vocab import BOS_ID, NUM_SPECIAL
 
 # Shared by every run on the same HMM, so the eval set never depends on the training seed.
 _EVAL_STREAM = 0xE7A1
 
 
-class HMMTrainIterator(Iterator[dict[str, np.ndarray]]):
-    """Batch i is a pure function of (hmm seed, run seed, i): its state is one integer."""
-
-    def __init__(self, source: HMMSource, process_index: int, process_count: int):
-        self._source = source
-        self._next_index = 0
-        per_process = source.batch_size // process_count
-        self._rows = slice(process_index * per_process, (process_index + 1) * per_process)
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng([self._source.spec.seed, self._source.stream_seed, self._next_index])
-        symbols = self._source.hmm.sample(rng, self._source.batch_size, self._source.seq_len - 1)
-        self._next_index += 1
-        return {k: v[self._rows] for k, v in self._source.rows(symbols).items()}
-
-    def get_state(self) -> dict[str, int]:
-        return {"next_index": self._next_index}
-
-    def set_state(self, state: dict[str, int]) -> None:
-        self._next_index = int(state["next_index"])
+def hmm_rows(symbols_NT: np.ndarray) -> dict[str, np.ndarray]:
+    """Rows [BOS, x_1 .. x_T] (token id = symbol + NUM_SPECIAL): one document filling each row."""
+    N, T = symbols_NT.shape
+    tokens = np.concatenate([np.full((N, 1), BOS_ID), symbols_NT + NUM_SPECIAL], 1)
+    return {
+        "tokens": tokens.astype(np.int32),
+        "segment_ids": np.ones((N, T + 1), np.int32),
+        "positions": np.broadcast_to(np.arange(T + 1, dtype=np.int32), (N, T + 1)).copy(),
+    }
 
 
 @dataclasses.dataclass
@@ -64,17 +53,15 @@ class HMMSource:
         )
 
     def rows(self, symbols_NT: np.ndarray) -> dict[str, np.ndarray]:
-        """Each row is [BOS, x_1 .. x_T]: one document filling the whole row."""
-        N, T = symbols_NT.shape
-        tokens = np.concatenate([np.full((N, 1), BOS_ID), symbols_NT + NUM_SPECIAL], 1)
-        return {
-            "tokens": tokens.astype(np.int32),
-            "segment_ids": np.ones((N, T + 1), np.int32),
-            "positions": np.broadcast_to(np.arange(T + 1, dtype=np.int32), (N, T + 1)).copy(),
-        }
+        return hmm_rows(symbols_NT)
 
-    def train_iterator(self, process_index: int = 0, process_count: int = 1) -> HMMTrainIterator:
-        return HMMTrainIterator(self, process_index, process_count)
+    def train_batch(self, index: int) -> dict[str, np.ndarray]:
+        """Global batch `index`: a pure function of (HMM seed, run seed, index)."""
+        rng = np.random.default_rng([self.spec.seed, self.stream_seed, index])
+        return self.rows(self.hmm.sample(rng, self.batch_size, self.seq_len - 1))
+
+    def train_iterator(self, process_index: int = 0, process_count: int = 1) -> IndexedBatches:
+        return IndexedBatches(self.train_batch, self.batch_size, process_index, process_count)
 
     def eval_batches(self) -> list[dict[str, np.ndarray]]:
         """The whole eval set as global batches; the last one is padded with segment-0 rows."""

@@ -1,48 +1,22 @@
 """The ablation tables: which runs make each one, at the `cpu` and `gpu` presets.
 
 A table is a list of rows; a row is an objective plus config overrides on top of the preset.
-Every (row, seed) is one independent `python -m train.main` run. The `cpu` preset is sized so
-that a table with 3 seeds finishes within about 30 minutes on a 2-core CPU; the `gpu` preset
-uses the `small` shapes for as many steps as one accelerator does in a comparable time.
+Every (row, seed) is one independent `python -m train.main` run. The presets are
+`experiments.common.PRESETS`: `cpu` is sized so that a table with 3 seeds finishes within about
+30 minutes on a 2-core CPU; `gpu` uses the `small` shapes for as many steps as one accelerator
+does in a comparable time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
-OBJECTIVE_NAMES = {"clm": "GPT", "mlm": "BERT", "seq2seq": "seq2seq"}
+from experiments import common
 
-# Overrides shared by every run of a preset, on top of configs/{gpt,bert}.py:tiny.
-PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": {
-        "model.num_layers": 2,
-        "model.d_model": 64,
-        "model.num_heads": 4,
-        "model.mlp_dim": 256,
-        "seq_len": 128,
-        "batch_size": 32,
-        "num_train_steps": 400,
-        "optim.warmup_steps": 40,
-        "log_every_steps": 50,
-        "eval_every_steps": 100,
-        "checkpoint_every_steps": 100,
-    },
-    "gpu": {
-        "model.num_layers": 6,
-        "model.d_model": 512,
-        "model.num_heads": 8,
-        "model.mlp_dim": 2048,
-        "seq_len": 128,
-        "batch_size": 128,
-        "num_train_steps": 5000,
-        "optim.warmup_steps": 250,
-        "optim.learning_rate": 1e-3,
-        "log_every_steps": 100,
-        "eval_every_steps": 500,
-        "checkpoint_every_steps": 500,
-    },
-}
+# The ablation tables run the common presets as they are; a table adds its own overrides.
+PRESETS: dict[str, dict[str, Any]] = common.PRESETS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +32,11 @@ class Row:
         parts = [self.objective] + [f"{k}-{v}" for k, v in self.setting.items()]
         return "_".join(str(p).replace(".", "p").replace("/", "-") for p in parts)
 
+    @property
+    def cells(self) -> list[str]:
+        """The row's first cells in a table: the objective's name, then each setting's value."""
+        return [common.OBJECTIVE_NAMES[self.objective], *map(str, self.setting.values())]
+
 
 @dataclasses.dataclass(frozen=True)
 class Table:
@@ -65,11 +44,16 @@ class Table:
     title: str
     claim: str
     rows: list[Row]
-    extra: tuple[str, ...] = ()  # in-process measurements: "init_attention", "step_timing", "eval_at_15"
+    # In-process measurements (experiments/ablate/measure.py): "init_attention", "step_timing",
+    # "eval_at_15", "by_length", "attention_kinds".
+    extra: tuple[str, ...] = ()
     preset_overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
-def _both(settings: list[dict[str, Any]], to_overrides) -> list[Row]:
+def _both(
+    settings: list[dict[str, Any]], to_overrides: Callable[[dict[str, Any]], dict[str, Any]]
+) -> list[Row]:
+    """The same settings under the causal and the masked LM."""
     return [Row(o, s, to_overrides(s)) for o in ("clm", "mlm") for s in settings]
 
 
@@ -233,6 +217,7 @@ def make_tables() -> dict[str, Table]:
 
 
 def run_overrides(table: Table, row: Row, preset: str, seed: int) -> dict[str, Any]:
+    """One run's config overrides: preset, table, row, the row's per-preset sizes, seed (later win)."""
     return {
         **PRESETS[preset],
         **table.preset_overrides.get(preset, {}),

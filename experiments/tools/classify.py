@@ -1,7 +1,7 @@
 """Fine-tune a trained run on a text classification task (SST-2 or IMDB through TFDS).
 
-    python -m experiments.classify --workdir runs/gpt_text --task sst2 --tfds_dir /data/tfds
-    python -m experiments.classify --workdir runs/bert_text --task imdb --tfds_dir /data/tfds \
+    python -m experiments.tools.classify --workdir runs/gpt_text --task sst2 --tfds_dir /data/tfds
+    python -m experiments.tools.classify --workdir runs/bert_text --task imdb --tfds_dir /data/tfds \
         --seq_len 256 --steps 2000 --seeds 3
 
 The run must be a real-text run (its tokenizer.model encodes the task's text). The data must

@@ -1,9 +1,10 @@
 """Generate from a causal model, or fill [MASK]s with a bidirectional one, from a trained run.
 
-    python -m experiments.sample --workdir runs/gpt --prompt "s3 s17" --prompt "s40"
-    python -m experiments.sample --workdir runs/gpt_text --prompt "The river" --temperature 0.8 --top_p 0.9
-    python -m experiments.sample --workdir runs/bert --prompt "s3 <mask> s17 s5 <mask> s9"
-    python -m experiments.sample --workdir runs/copy --prompt "s3 s17 s5 s9"
+    python -m experiments.tools.sample --workdir runs/gpt --prompt "s3 s17" --prompt "s40"
+    python -m experiments.tools.sample --workdir runs/gpt_text --prompt "The river" \
+        --temperature 0.8 --top_p 0.9
+    python -m experiments.tools.sample --workdir runs/bert --prompt "s3 <mask> s17 s5 <mask> s9"
+    python -m experiments.tools.sample --workdir runs/copy --prompt "s3 s17 s5 s9"
 
 Prompts are text for runs on real text and space-separated symbols (`s0` .. `s127`, specials
 such as `<mask>`) for the embedded HMM corpus; `<bos>` is prepended. Causal, prefix-LM and

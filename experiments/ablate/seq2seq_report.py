@@ -1,7 +1,7 @@
 """The seq2seq table's extra outputs: accuracy by source length (C11), attention kinds (C10).
 
 `report.write` calls these when a table's runs carry per-length results (`len{n}_exact`,
-`len{n}_token_acc` from `experiments.measure.seq2seq_by_length`).
+`len{n}_token_acc` from `experiments.ablate.measure.seq2seq_by_length`).
 """
 
 from __future__ import annotations
@@ -11,22 +11,16 @@ from typing import Any
 
 import numpy as np
 
-from experiments.tables import OBJECTIVE_NAMES
+from experiments.common import cell, markdown_table
 
 
 def lengths(results: list[dict[str, Any]]) -> list[int]:
+    """The source lengths the runs report per-length results for."""
     return sorted({int(m.group(1)) for r in results for k in r if (m := re.fullmatch(r"len(\d+)_exact", k))})
 
 
 def _values(results: list[dict], slug: str, key: str) -> list[float]:
     return [float(r[key]) for r in results if r["row"].slug == slug and key in r]
-
-
-def _cell(values: list[float]) -> str:
-    if not values:
-        return ""
-    spread = f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else ""
-    return f"{np.mean(values):.3f}{spread}"
 
 
 def length_section(results: list[dict[str, Any]], settings: list[str]) -> list[str]:
@@ -38,21 +32,19 @@ def length_section(results: list[dict[str, Any]], settings: list[str]) -> list[s
         ("Exact match (greedy decoding reproduces the whole target)", "exact"),
         ("Token accuracy (teacher forcing, target tokens and EOS)", "token_acc"),
     ):
-        lines += [
-            "",
-            f"{title}, by source length:",
-            "",
-            "| objective | " + " | ".join(settings) + " | " + " | ".join(f"n={n}" for n in ns) + " |",
-            "|---" * (1 + len(settings) + len(ns)) + "|",
-        ]
-        for row in rows:
-            cells = [OBJECTIVE_NAMES[row.objective], *map(str, row.setting.values())]
-            cells += [_cell(_values(results, row.slug, f"len{n}_{suffix}")) for n in ns]
-            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", f"{title}, by source length:", ""]
+        lines += markdown_table(
+            ["objective", *settings, *(f"n={n}" for n in ns)],
+            [
+                row.cells + [cell(_values(results, row.slug, f"len{n}_{suffix}"), 3) for n in ns]
+                for row in rows
+            ],
+        )
     return lines
 
 
 def plot_by_length(path: str, title: str, results: list[dict[str, Any]]) -> None:
+    """Exact match and token accuracy against source length, one line per row."""
     import matplotlib
 
     matplotlib.use("Agg")

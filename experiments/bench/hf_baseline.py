@@ -1,4 +1,4 @@
-"""The Hugging Face baseline of `experiments.benchmark --baseline hf`: what a researcher would
+"""The Hugging Face baseline of `python -m experiments.bench --baseline hf`: what a researcher would
 otherwise train, at identical shapes, batch, objective transform and optimizer.
 
 `FlaxGPT2LMHeadModel` for the causal LM and `FlaxBertForMaskedLM` for the masked LM, from
@@ -38,10 +38,40 @@ class HFRunner:
         jax.block_until_ready(loss)
 
 
+# Per objective: HF's config and model classes, HF's names for (positions, width, layers, heads,
+# MLP width), and for the dropout rates, which are all 0 as in our model.
+HF_MODELS: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...]]] = {
+    "clm": (
+        "GPT2Config",
+        "FlaxGPT2LMHeadModel",
+        ("n_positions", "n_embd", "n_layer", "n_head", "n_inner"),
+        ("resid_pdrop", "embd_pdrop", "attn_pdrop"),
+    ),
+    "mlm": (
+        "BertConfig",
+        "FlaxBertForMaskedLM",
+        (
+            "max_position_embeddings",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+        ),
+        ("hidden_dropout_prob", "attention_probs_dropout_prob"),
+    ),
+}
+
+
 def make_hf_runner(config: Any, vocab_size: int, batch: dict) -> HFRunner:
+    """HF's model of `config.objective` at `config`'s shapes, its train step compiled on `batch`."""
+    if config.objective not in HF_MODELS:
+        raise SystemExit(f"--baseline hf compares objective 'clm' or 'mlm', not {config.objective!r}")
+    config_class, name, shape_names, dropout_names = HF_MODELS[config.objective]
     try:
-        from transformers import BertConfig, FlaxBertForMaskedLM, FlaxGPT2LMHeadModel, GPT2Config
-    except ImportError as e:
+        import transformers
+
+        hf_config_class, hf_model_class = getattr(transformers, config_class), getattr(transformers, name)
+    except (ImportError, AttributeError) as e:  # not installed, or a release without Flax models
         raise SystemExit(
             "--baseline hf needs Hugging Face transformers 4.57.x with Flax: pip install -e '.[hf]'"
         ) from e
@@ -49,34 +79,13 @@ def make_hf_runner(config: Any, vocab_size: int, batch: dict) -> HFRunner:
     from train.objectives import make_objective
 
     m = config.model
-    dtype = jnp.dtype(m.dtype)
-    if config.objective == "clm":
-        hf_config = GPT2Config(
-            vocab_size=vocab_size,
-            n_positions=config.seq_len,
-            n_embd=m.d_model,
-            n_layer=m.num_layers,
-            n_head=m.num_heads,
-            n_inner=m.mlp_dim,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-        )
-        model, name = FlaxGPT2LMHeadModel(hf_config, seed=config.seed, dtype=dtype), "FlaxGPT2LMHeadModel"
-    elif config.objective == "mlm":
-        hf_config = BertConfig(
-            vocab_size=vocab_size,
-            hidden_size=m.d_model,
-            num_hidden_layers=m.num_layers,
-            num_attention_heads=m.num_heads,
-            intermediate_size=m.mlp_dim,
-            max_position_embeddings=config.seq_len,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-        )
-        model, name = FlaxBertForMaskedLM(hf_config, seed=config.seed, dtype=dtype), "FlaxBertForMaskedLM"
-    else:
-        raise SystemExit(f"--baseline hf compares objective 'clm' or 'mlm', not {config.objective!r}")
+    shape = (config.seq_len, m.d_model, m.num_layers, m.num_heads, m.mlp_dim)
+    hf_config = hf_config_class(
+        vocab_size=vocab_size,
+        **dict(zip(shape_names, shape, strict=True)),
+        **dict.fromkeys(dropout_names, 0.0),
+    )
+    model = hf_model_class(hf_config, seed=config.seed, dtype=jnp.dtype(m.dtype))
 
     objective = make_objective(config, vocab_size)
     tx = step_lib.make_optimizer(config)

@@ -6,38 +6,37 @@
 Each run is an independent `python -m train.main` process in `OUT/runs/TABLE/ROW/seedN`. A table
 resumes where it stopped: finished runs are not rerun and an interrupted one continues from its
 checkpoint. `--set key=value` overrides a config field in every run (for quick trials);
-`--rows N` keeps the first N rows. Tables and presets are in experiments/tables.py.
+`--rows N` keeps the first N rows. Tables are in experiments/ablate/tables.py, presets in
+experiments/common.py, the in-process measurements some tables add in experiments/ablate/measure.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
-import json
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from experiments import report, runs
-from experiments.tables import Row, Table, make_tables, run_overrides
+import configs
+from experiments import runs
+from experiments.ablate import report
+from experiments.ablate.tables import Row, Table, make_tables, run_overrides
+from experiments.common import cached_json, parse_set
 from train.host_memory import retain_freed_memory
 
 TIMING_LENGTHS = {"cpu": (64, 128, 256, 512, 1024), "gpu": (128, 256, 512, 1024, 2048, 4096)}
 
 
 def _measure(kind: str, workdir: str, objective: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """An in-process measurement, cached as JSON in the run's folder."""
-    from experiments import measure
+    """An in-process measurement (`measure.KIND`), cached as JSON in the run's folder."""
+    # Imported here: it brings in JAX, which only tables with measurements need.
+    from experiments.ablate import measure
 
-    path = os.path.join(workdir, f"{kind}.json")
-    if not os.path.exists(path):
-        result = getattr(measure, kind)(runs.make_config(objective, overrides), workdir)
-        os.makedirs(workdir, exist_ok=True)
-        with open(f"{path}.tmp", "w") as f:
-            json.dump(result, f)
-        os.replace(f"{path}.tmp", path)
-    return json.load(open(path))
+    def compute() -> dict[str, Any]:
+        return getattr(measure, kind)(configs.get_config(objective, "tiny", overrides), workdir)
+
+    return cached_json(os.path.join(workdir, f"{kind}.json"), compute)
 
 
 def run_table(
@@ -50,6 +49,8 @@ def run_table(
     rows: list[Row],
     command: str,
 ) -> str:
+    """Trains (or resumes) every (row, seed) of `table`, adds its measurements, writes the report;
+    returns the path of TABLE.md."""
     root = os.path.join(out, "runs", table.name)
     todo = [(row, seed) for row in rows for seed in range(seeds)]
 
@@ -107,21 +108,10 @@ def run_table(
     return report.write(table, preset, seeds, out, results, timing, command, attention)
 
 
-def _parse_set(items: list[str]) -> dict[str, Any]:
-    out = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
     retain_freed_memory()  # before JAX starts its CPU client (train/host_memory.py)
     tables = make_tables()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.ablate", description=__doc__.splitlines()[0])
     parser.add_argument("table", choices=sorted(tables))
     parser.add_argument("--preset", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--seeds", type=int, default=3)
@@ -143,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         args.preset,
         args.seeds,
         args.out,
-        _parse_set(args.set),
+        parse_set(args.set),
         args.jobs,
         table.rows[: args.rows],
         command,

@@ -1,6 +1,6 @@
 """Forward + backward time of one attention layer's core, per implementation, on this device.
 
-    python -m experiments.attention_benchmark --batch 16 --seq_len 256 --heads 4 --head_dim 64
+    python -m experiments.bench.attention --batch 16 --seq_len 256 --heads 4 --head_dim 64
 
 Times `Attention.attend` (queries, keys, values -> output projection input) under a causal mask
 for each `model.attention_impl` that runs here ("cudnn" only on GPU), with the gradient taken

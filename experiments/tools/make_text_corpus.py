@@ -1,7 +1,7 @@
 """Writes a folder of English-like text files, for trying and benchmarking the `text:` pipeline
 where no real corpus can be downloaded:
 
-    python -m experiments.make_text_corpus --out /tmp/corpus --files 2000
+    python -m experiments.tools.make_text_corpus --out /tmp/corpus --files 2000
     python -m train.main --config configs/gpt.py:tiny --workdir runs/gpt_text \
         --config.dataset=text:'/tmp/corpus/*.txt' --config.tokenizer.vocab_size=2048
 

@@ -11,33 +11,26 @@ from typing import Any
 
 import numpy as np
 
-from experiments.report import _cell, _commit
+from experiments.common import OBJECTIVE_NAMES, Column, cell, commit_stamp, markdown_table
 
-# (column title, result key, decimals)
 COLUMNS = [
-    ("params", "num_params", 0),
-    ("tokens seen", "tokens_seen", 0),
-    ("tokens predicted", "tokens_predicted", 0),
-    ("train PFLOP", "train_pflop", 4),
-    ("own eval loss", "eval_loss", 4),
-    ("optimum", "eval_oracle_loss", 4),
-    ("captured", "eval_captured", 3),
-    ("next-token captured", "next_token_captured", 3),
-    ("masked-token captured", "masked_captured", 3),
-    ("probe (best layer)", "probe_best", 3),
-    ("filtering ceiling", "probe_filtering", 3),
-    ("smoothing ceiling", "probe_smoothing", 3),
-    ("minimal pairs", "pairs_accuracy", 3),
-    ("pairs: HMM", "pairs_oracle", 3),
-    ("fine-tune", "finetune_accuracy", 3),
-    ("Bayes ceiling", "finetune_bayes", 3),
+    Column("params", "num_params", 0),
+    Column("tokens seen", "tokens_seen", 0),
+    Column("tokens predicted", "tokens_predicted", 0),
+    Column("train PFLOP", "train_pflop", 4),
+    Column("own eval loss", "eval_loss", 4),
+    Column("optimum", "eval_oracle_loss", 4),
+    Column("captured", "eval_captured", 3),
+    Column("next-token captured", "next_token_captured", 3),
+    Column("masked-token captured", "masked_captured", 3),
+    Column("probe (best layer)", "probe_best", 3),
+    Column("filtering ceiling", "probe_filtering", 3),
+    Column("smoothing ceiling", "probe_smoothing", 3),
+    Column("minimal pairs", "pairs_accuracy", 3),
+    Column("pairs: HMM", "pairs_oracle", 3),
+    Column("fine-tune", "finetune_accuracy", 3),
+    Column("Bayes ceiling", "finetune_bayes", 3),
 ]
-
-
-def _name(objective: str) -> str:
-    from experiments.compare import NAMES
-
-    return NAMES[objective]
 
 
 def _by_objective(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -47,9 +40,15 @@ def _by_objective(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any
     return out
 
 
+def _values(runs_: list[dict[str, Any]], key: str) -> list[float]:
+    """`key` of each seed's run; None (a view this objective does not have) is left out."""
+    return [float(r[key]) for r in runs_ if r.get(key) is not None]
+
+
 def write(
     results: list[dict[str, Any]], preset: str, seeds: int, out: str, command: str, overrides: dict
 ) -> str:
+    """Writes OUT/compare.md, .csv and .png; returns the path of compare.md."""
     os.makedirs(out, exist_ok=True)
     groups = _by_objective(results)
     first = results[0]
@@ -58,7 +57,7 @@ def write(
         "# `compare`: GPT vs BERT vs prefix LM vs hybrid, one block, same data and steps (C7, C9)",
         "",
         f"- command: `{command}`",
-        f"- commit: {_commit()}; seeds: {', '.join(map(str, range(seeds)))}; "
+        f"- commit: {commit_stamp()}; seeds: {', '.join(map(str, range(seeds)))}; "
         f"date: {datetime.date.today().isoformat()}",
         f"- every run: configs/<objective>.py:tiny with {preset_text}",
         "- cells: mean ± std over seeds (sample std). Own eval: each objective's eval on the fixed "
@@ -70,28 +69,19 @@ def write(
         f"pairs: {first['pairs_oracle']:.3f} for the HMM itself, {first['pairs_unigram']:.3f} for "
         "token frequencies alone. Fine-tune: which of two close HMMs made a 63-symbol sequence.",
         "",
-        "| objective | " + " | ".join(c[0] for c in COLUMNS) + " |",
-        "|---" * (1 + len(COLUMNS)) + "|",
     ]
-    for objective, runs_ in groups.items():
-        cells = [_name(objective)]
-        for _, key, dec in COLUMNS:
-            values = [float(r[key]) for r in runs_ if r.get(key) is not None]
-            cells.append(_cell(values, dec))
-        lines.append("| " + " | ".join(cells) + " |")
+    body = [
+        [OBJECTIVE_NAMES[objective], *(cell(_values(runs_, c.key), c.decimals) for c in COLUMNS)]
+        for objective, runs_ in groups.items()
+    ]
+    lines += markdown_table(["objective", *(c.title for c in COLUMNS)], body)
     layers = sorted({int(k) for r in results for k in r["probe_by_layer"]})
-    lines += [
-        "",
-        "Probe accuracy by layer (0 = embeddings):",
-        "",
-        "| objective | " + " | ".join(f"layer {i}" for i in layers) + " |",
-        "|---" * (1 + len(layers)) + "|",
+    by_layer = [
+        [OBJECTIVE_NAMES[objective], *(cell([r["probe_by_layer"][str(i)] for r in runs_], 3) for i in layers)]
+        for objective, runs_ in groups.items()
     ]
-    for objective, runs_ in groups.items():
-        cells = [_name(objective)]
-        for i in layers:
-            cells.append(_cell([r["probe_by_layer"][str(i)] for r in runs_], 3))
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Probe accuracy by layer (0 = embeddings):", ""]
+    lines += markdown_table(["objective", *(f"layer {i}" for i in layers)], by_layer)
     md_path = os.path.join(out, "compare.md")
     with open(md_path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -126,12 +116,17 @@ def _plot(path: str, groups: dict[str, list[dict[str, Any]]], layers: list[int])
         tokens = np.array(steps) * r0["tokens_seen"] / r0["curve"][-1]["step"]
         flops = np.array(steps) * r0["flops_per_step"]
         for ax, x in ((axes[0], tokens), (axes[1], flops)):
-            ax.plot(x, loss.mean(0), marker="o", color=colors[objective], label=_name(objective))
+            ax.plot(x, loss.mean(0), marker="o", color=colors[objective], label=OBJECTIVE_NAMES[objective])
             ax.fill_between(x, loss.min(0), loss.max(0), color=colors[objective], alpha=0.2)
             ax.axhline(r0["eval_oracle_loss"], color=colors[objective], ls="--", lw=0.8)
         acc = np.array([[r["probe_by_layer"][str(i)] for i in layers] for r in runs_])
         axes[2].errorbar(
-            layers, acc.mean(0), yerr=acc.std(0), marker="o", color=colors[objective], label=_name(objective)
+            layers,
+            acc.mean(0),
+            yerr=acc.std(0),
+            marker="o",
+            color=colors[objective],
+            label=OBJECTIVE_NAMES[objective],
         )
     r0 = next(iter(groups.values()))[0]
     axes[0].set_xlabel("tokens seen")

@@ -1,7 +1,7 @@
 """Input-pipeline throughput: how many tokens/s the train stream delivers, host side and on device.
 
-    python -m experiments.make_text_corpus --out /tmp/corpus --files 2000
-    python -m experiments.input_benchmark --config configs/gpt.py:tiny \
+    python -m experiments.tools.make_text_corpus --out /tmp/corpus --files 2000
+    python -m experiments.bench.input --config configs/gpt.py:tiny \
         --config.dataset=text:'/tmp/corpus/*.txt' --config.tokenizer.vocab_size=4096
 
 Prints one JSON line: the seconds to build the source cold (tokenizer training, tokenizing and

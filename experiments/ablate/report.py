@@ -6,61 +6,33 @@ from __future__ import annotations
 import csv
 import datetime
 import os
-import subprocess
 from typing import Any
 
 import numpy as np
 
-from experiments import runs, seq2seq_report
-from experiments.tables import OBJECTIVE_NAMES, PRESETS, Table
+import configs
+from experiments.ablate import seq2seq_report
+from experiments.ablate.tables import PRESETS, Table
+from experiments.common import OBJECTIVE_NAMES, Column, cell, commit_stamp, markdown_table
 
-# (column title, result key, decimals); a column shows only if some run has the key.
+# A column shows only if some run has its key.
 METRICS = [
-    ("params", "num_params", 0),
-    ("eval loss", "eval_loss", 4),
-    ("oracle", "eval_oracle_loss", 4),
-    ("captured", "eval_captured", 3),
-    ("gap", "eval_gap", 3),
-    ("bits/byte", "eval_bits_per_byte", 4),
-    ("exact match (all lengths)", "eval_exact_match", 3),
-    ("eval loss @15%", "eval15_loss", 4),
-    ("captured @15%", "eval15_captured", 3),
-    ("train loss", "train_loss", 4),
-    ("train - eval", "train_minus_eval", 4),
-    ("init entropy", "init_entropy", 3),
-    ("init max p", "init_max_prob", 3),
-    ("init |dQ,dK|", "init_qk_grad_norm", 4),
-    ("s / run", "wall_seconds", 0),
+    Column("params", "num_params", 0),
+    Column("eval loss", "eval_loss", 4),
+    Column("oracle", "eval_oracle_loss", 4),
+    Column("captured", "eval_captured", 3),
+    Column("gap", "eval_gap", 3),
+    Column("bits/byte", "eval_bits_per_byte", 4),
+    Column("exact match (all lengths)", "eval_exact_match", 3),
+    Column("eval loss @15%", "eval15_loss", 4),
+    Column("captured @15%", "eval15_captured", 3),
+    Column("train loss", "train_loss", 4),
+    Column("train - eval", "train_minus_eval", 4),
+    Column("init entropy", "init_entropy", 3),
+    Column("init max p", "init_max_prob", 3),
+    Column("init |dQ,dK|", "init_qk_grad_norm", 4),
+    Column("s / run", "wall_seconds", 0),
 ]
-
-
-def _commit() -> str:
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=os.path.dirname(__file__),
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            cwd=os.path.dirname(__file__),
-        ).stdout.strip()
-        return sha + ("+local changes" if dirty else "") if sha else "unknown"
-    except OSError:
-        return "unknown"
-
-
-def _cell(values: list[float], decimals: int) -> str:
-    if not values:
-        return ""
-    mean = float(np.mean(values))
-    if decimals == 0:
-        return f"{mean:,.0f}" + (f" ± {np.std(values, ddof=1):,.0f}" if len(values) > 1 else "")
-    spread = f" ± {np.std(values, ddof=1):.{decimals}f}" if len(values) > 1 else ""
-    return f"{mean:.{decimals}f}{spread}"
 
 
 def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -70,9 +42,9 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         r = {**r, "train_minus_eval": r["train_loss"] - r["eval_loss"]}
         entry = by_row.setdefault(r["row"].slug, {"row": r["row"], "values": {}, "seeds": []})
         entry["seeds"].append(r["seed"])
-        for _, key, _ in METRICS:
-            if key in r:
-                entry["values"].setdefault(key, []).append(float(r[key]))
+        for column in METRICS:
+            if column.key in r:
+                entry["values"].setdefault(column.key, []).append(float(r[column.key]))
     return list(by_row.values())
 
 
@@ -86,11 +58,15 @@ def write(
     command: str,
     attention: dict[str, Any] | None = None,
 ) -> str:
+    """Writes OUT/TABLE.md, .csv and .png (and TABLE_attention.png with `attention`); returns the
+    path of TABLE.md."""
     os.makedirs(out, exist_ok=True)
     rows = summarise(results)
     settings = list(rows[0]["row"].setting) if rows else []
-    metrics = [m for m in METRICS if any(m[1] in e["values"] for e in rows)]
-    config_names = {runs.CONFIG_FILES[e["row"].objective][len("configs/") : -len(".py")] for e in rows}
+    metrics = [m for m in METRICS if any(m.key in e["values"] for e in rows)]
+    config_names = {
+        configs.FILES[e["row"].objective].removeprefix("configs/").removesuffix(".py") for e in rows
+    }
     preset_text = ", ".join(
         f"{k}={v}" for k, v in {**PRESETS[preset], **table.preset_overrides.get(preset, {})}.items()
     )
@@ -98,36 +74,20 @@ def write(
         f"# `{table.name}`: {table.title} ({table.claim})",
         "",
         f"- command: `{command}`",
-        f"- commit: {_commit()}; seeds: {', '.join(map(str, range(seeds)))}; "
+        f"- commit: {commit_stamp()}; seeds: {', '.join(map(str, range(seeds)))}; "
         f"date: {datetime.date.today().isoformat()}",
         f"- preset `{preset}` on top of configs/{{{','.join(sorted(config_names))}}}.py:tiny: {preset_text}",
         "- cells: mean ± std over seeds (sample std); eval on the fixed eval set of the run's dataset "
         "(the embedded HMM corpus unless the preset names another)",
         "",
-        "| objective | " + " | ".join(settings) + " | " + " | ".join(m[0] for m in metrics) + " |",
-        "|---" * (1 + len(settings) + len(metrics)) + "|",
     ]
-    for e in rows:
-        row = e["row"]
-        cells = [OBJECTIVE_NAMES[row.objective]] + [str(v) for v in row.setting.values()]
-        cells += [_cell(e["values"].get(key, []), dec) for _, key, dec in metrics]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += markdown_table(
+        ["objective", *settings, *(m.title for m in metrics)],
+        [e["row"].cells + [cell(e["values"].get(m.key, []), m.decimals) for m in metrics] for e in rows],
+    )
     if timing:
-        lengths = sorted({t["seq_len"] for t in timing})
-        lines += [
-            "",
-            "Train step time (ms) and tokens/s at batch 8, by sequence length:",
-            "",
-            "| objective | " + " | ".join(settings) + " | " + " | ".join(f"L={n}" for n in lengths) + " |",
-            "|---" * (1 + len(settings) + len(lengths)) + "|",
-        ]
-        for e in rows:
-            row = e["row"]
-            cells = [OBJECTIVE_NAMES[row.objective]] + [str(v) for v in row.setting.values()]
-            for n in lengths:
-                t = next(t for t in timing if t["row"].slug == row.slug and t["seq_len"] == n)
-                cells.append(f"{1000 * t['step_seconds']:.1f} ms, {t['tokens_per_sec']:,.0f}/s")
-            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", "Train step time (ms) and tokens/s at batch 8, by sequence length:", ""]
+        lines += _timing_table(rows, timing, settings)
     by_length = bool(seq2seq_report.lengths(results))
     if by_length:
         lines += seq2seq_report.length_section(results, settings)
@@ -151,6 +111,19 @@ def write(
     else:
         _plot(os.path.join(out, f"{table.name}.png"), table, rows, timing)
     return md_path
+
+
+def _timing_table(rows: list[dict], timing: list[dict], settings: list[str]) -> list[str]:
+    lengths = sorted({t["seq_len"] for t in timing})
+    body = []
+    for e in rows:
+        row = e["row"]
+        cells = row.cells
+        for n in lengths:
+            t = next(t for t in timing if t["row"].slug == row.slug and t["seq_len"] == n)
+            cells.append(f"{1000 * t['step_seconds']:.1f} ms, {t['tokens_per_sec']:,.0f}/s")
+        body.append(cells)
+    return markdown_table(["objective", *settings, *(f"L={n}" for n in lengths)], body)
 
 
 def _write_csv(path: str, results: list[dict], timing: list[dict], settings: list[str]) -> None:

@@ -1,0 +1,1 @@
+"""The ablation tables: `python -m experiments.ablate TABLE ...` (see __main__.py)."""

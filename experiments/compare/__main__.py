@@ -1,0 +1,101 @@
+"""The objectives compared: GPT, BERT, prefix LM and the hybrid, same block, data and compute.
+
+    python -m experiments.compare --preset cpu --seeds 3 --out experiments/results
+    python -m experiments.compare --preset gpu --seeds 3 --out /results
+
+Every (objective, seed) trains as an independent `python -m train.main` run in
+`OUT/runs/compare/OBJECTIVE/seedN` with the same model, batch, sequence length and steps, so
+parameters and tokens seen are equal; compute differs only by the vocabulary projection, which
+the masked LM pays on its ~15% scored positions alone (FLOPs are reported). Each finished run is
+then evaluated in this process, from its checkpoint (`train.inference.load_run`), and the result
+cached in the run's folder as `compare_eval.json`, so an interrupted comparison resumes: own
+eval loss and the next-token and masked-token views, a linear probe for the hidden HMM state
+per layer, minimal pairs, and fine-tuning to tell two HMMs apart, each against its exact
+ceiling (experiments/compare/evaluate.py). Writes OUT/compare.md, OUT/compare.csv and
+OUT/compare.png (experiments/compare/report.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from experiments import common, runs
+from experiments.compare import report
+from experiments.compare.evaluate import evaluate_run
+from train.host_memory import retain_freed_memory
+
+OBJECTIVES: tuple[str, ...] = ("clm", "mlm", "prefix_lm", "hybrid")
+
+# The common presets, with longer training at `cpu` (probes and fine-tuning need a trained
+# model) and a denser loss curve at `gpu`.
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {
+        **common.PRESETS["cpu"],
+        "num_train_steps": 600,
+        "optim.warmup_steps": 60,
+        "checkpoint_every_steps": 300,
+    },
+    "gpu": {**common.PRESETS["gpu"], "eval_every_steps": 250},
+}
+
+
+def run_comparison(
+    preset: str,
+    seeds: int,
+    out: str,
+    sets: dict[str, Any],
+    command: str,
+    objectives: tuple[str, ...] = OBJECTIVES,
+) -> str:
+    """Trains (or resumes) and evaluates every (objective, seed); returns the path of compare.md."""
+    overrides_base = {**PRESETS[preset], **sets}
+    if overrides_base.get("dataset", "hmm") != "hmm":
+        raise SystemExit(
+            "experiments.compare evaluates probes, minimal pairs and fine-tuning against the exact "
+            "HMM ceilings, so it needs dataset=hmm; train on text with train.main and load the "
+            "runs with train.inference.load_trained"
+        )
+    results, cache = [], {}
+    for objective in objectives:
+        for seed in range(seeds):
+            overrides = {**overrides_base, "seed": seed}
+            workdir = os.path.join(out, "runs", "compare", objective, f"seed{seed}")
+            if not runs.finished(workdir, overrides["num_train_steps"]):
+                runs.train(workdir, objective, overrides)
+            result = evaluate_run(workdir, objective, preset, seed, cache)
+            results.append(result)
+            print(
+                f"[compare] {objective} seed {seed}: eval loss {result['eval_loss']:.4f}, probe "
+                f"{result['probe_best']:.3f}, pairs {result['pairs_accuracy']:.3f}, fine-tune "
+                f"{result['finetune_accuracy']:.3f}",
+                flush=True,
+            )
+    return report.write(results, preset, seeds, out, command, overrides_base)
+
+
+def main(argv: list[str] | None = None) -> None:
+    retain_freed_memory()  # before JAX starts its CPU client (train/host_memory.py)
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.compare", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--out", default="experiments/results")
+    parser.add_argument(
+        "--objectives", default=",".join(OBJECTIVES), help=f"comma-separated subset of {OBJECTIVES}"
+    )
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override every run")
+    args = parser.parse_args(argv)
+    objectives = tuple(o for o in args.objectives.split(",") if o)
+    unknown = set(objectives) - set(OBJECTIVES)
+    if unknown:
+        parser.error(f"--objectives: {sorted(unknown)} not in {OBJECTIVES}")
+    command = "python -m experiments.compare " + " ".join(sys.argv[1:] if argv is None else argv)
+    print(run_comparison(args.preset, args.seeds, args.out, common.parse_set(args.set), command, objectives))
+
+
+if __name__ == "__main__":
+    main()
