@@ -111,6 +111,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 250
     c.checkpoint_every_steps = 250
     c.keep_checkpoints = 3
+    # A NaN or Inf loss or gradient norm: "stop" the run (exit status 3), or "skip" the step
+    # (state unchanged) and stop after max_skipped_in_a_row in a row (train/nonfinite.py).
+    c.nonfinite = "stop"
+    c.max_skipped_in_a_row = 10
     # data x fsdp must equal the device count; data=-1 takes what fsdp leaves (train/mesh.py).
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
     return c

@@ -13,6 +13,7 @@ from models import registry
 from models.errors import ConfigError
 from models.masks import MASK_KINDS
 from train.data.seq2seq_tasks import TASKS
+from train.nonfinite import MODES as NONFINITE_MODES
 from train.objectives import OBJECTIVE_CLASSES, OBJECTIVE_MASKS, OBJECTIVES
 
 # Model shapes are checked before the data (and so the vocabulary) exists; no model check reads it.
@@ -116,6 +117,8 @@ def validate(config: Any) -> None:
             f"checkpoint_every_steps={config.checkpoint_every_steps} must be a multiple of "
             f"log_every_steps={config.log_every_steps}, so a resumed run logs the same windows",
         )
+    need(config.nonfinite in NONFINITE_MODES, f"nonfinite={config.nonfinite!r}: use one of {NONFINITE_MODES}")
+    need(config.max_skipped_in_a_row >= 1, f"max_skipped_in_a_row={config.max_skipped_in_a_row} must be >= 1")
     o = config.optim
     need(o.learning_rate > 0, f"optim.learning_rate={o.learning_rate} must be positive")
     need(

@@ -21,6 +21,8 @@ from ml_collections import config_flags
 from models.errors import ConfigError
 from train.checkpoint import CheckpointMismatch
 from train.host_memory import retain_freed_memory
+from train.nonfinite import EXIT_STATUS as NONFINITE_EXIT
+from train.nonfinite import NonFiniteError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py:<variant>", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, TensorBoard.")
@@ -60,9 +62,12 @@ def main(argv: list[str]) -> None:
 
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (ConfigError, CheckpointMismatch) as e:
+    except (ConfigError, CheckpointMismatch) as e:  # a second launcher too (train/workdir_lock.py)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(NONFINITE_EXIT)
 
 
 if __name__ == "__main__":

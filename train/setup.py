@@ -97,7 +97,15 @@ def build_run(config: Any, workdir: str, *, vocab_size: int | None = None) -> Ru
         state_sharding,
     )
     train_step = jax.jit(
-        step_lib.make_train_step(graphdef, tx, objective, config.mask, schedule, config.grad_accum_steps),
+        step_lib.make_train_step(
+            graphdef,
+            tx,
+            objective,
+            config.mask,
+            schedule,
+            config.grad_accum_steps,
+            config.nonfinite == "skip",
+        ),
         in_shardings=(state_sharding, data_sharding),
         out_shardings=(state_sharding, replicated(mesh)),
         donate_argnums=(0,),

@@ -90,12 +90,17 @@ def make_train_step(
     mask_kind: str,
     schedule: optax.Schedule,
     grad_accum_steps: int = 1,
+    skip_nonfinite: bool = False,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """`train_step(state, batch)`; with `grad_accum_steps = k` the batch runs as k micro-batches.
 
     The objective transforms the whole batch first, so a micro-batched step sees exactly the
     inputs and targets of the full batch, and the gradient is that of the loss averaged over
     every scored token of the batch (sums over micro-batches, divided once at the end).
+
+    `skip_nonfinite`: a step whose loss or gradient norm is not finite leaves parameters, model
+    state and optimizer state as they were (a select on device, no host sync); the step count
+    still advances, so data and RNG stay aligned with an uninterrupted run. Metric `skipped`.
     """
 
     def scores_and_grads(params, model_state, model_batch):
@@ -143,6 +148,14 @@ def make_train_step(
             "learning_rate": schedule(state.step),
             "predicted_tokens": scores["weight_sum"],
         }
+        if skip_nonfinite:
+            finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+            params, model_state, opt_state = jax.tree.map(
+                lambda new, old: jnp.where(finite, new, old),
+                (params, model_state, opt_state),
+                (state.params, state.model_state, state.opt_state),
+            )
+            metrics["skipped"] = (~finite).astype(jnp.float32)
         new_state = dataclasses.replace(
             state, step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state
         )

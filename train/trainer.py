@@ -24,7 +24,9 @@ from train.device_memory import check_fits, device_limit_bytes, step_memory
 from train.evaluator import Evaluator
 from train.mesh import state_bytes, to_global
 from train.metrics import MetricsWriter, Progress, write_json_atomic
+from train.nonfinite import NonFiniteError, NonFiniteWatch, failure_message
 from train.setup import build_run
+from train.workdir_lock import workdir_lock
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     t_start = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
     chief = jax.process_index() == 0
+    with workdir_lock(workdir, enabled=chief):  # before anything is built or written
+        return _train(config, workdir, platform, t_start, chief)
 
+
+def _train(config: Any, workdir: str, platform: str, t_start: float, chief: bool) -> dict[str, Any]:
     run = build_run(config, workdir)
     source, mesh, data_sharding, identity = run.source, run.mesh, run.data_sharding, run.identity
     num_params = run.num_params
@@ -82,6 +88,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     tokens_per_step = config.batch_size * config.seq_len
     progress = Progress(start_step, config.num_train_steps, tokens_per_step)
     window: list[dict[str, jax.Array]] = []
+    watch, unchecked = NonFiniteWatch(config.nonfinite, config.max_skipped_in_a_row), []
     eval_metrics: dict[str, float] = {}
     t_loop, steps_run = time.perf_counter(), 0
     batch = first
@@ -89,21 +96,37 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         state, metrics = compiled_step(state, to_global(batch, data_sharding))
         data_state = train_iter.get_state()  # the position after every batch used so far
         window.append(metrics)
+        unchecked.append((step, metrics))
         steps_run += 1
         last = step == config.num_train_steps
         if not last:
             batch = next(train_iter)  # overlaps host work with the async device step
 
-        if step % config.log_every_steps == 0 or last:
+        log_now = step % config.log_every_steps == 0 or last
+        eval_now = step % config.eval_every_steps == 0 or last
+        if log_now or eval_now:  # the host reads metrics here anyway: no extra sync per step
+            problem = watch.check(jax.device_get(unchecked))
+            unchecked = []
+            if problem:  # stop before this window is logged, evaluated or checkpointed
+                progress.close()
+                checkpointer.wait()  # every checkpoint in flight is of finite parameters
+                checkpointer.close()
+                writer.close()
+                raise NonFiniteError(
+                    failure_message(problem, checkpointer.latest_step(), checkpointer.directory)
+                )
+        if log_now:
             fetched = jax.device_get(window)
             row = {k: float(np.mean([m[k] for m in fetched])) for k in ("loss", "accuracy", "grad_norm")}
             row["learning_rate"] = float(fetched[-1]["learning_rate"])
             # Mean per step over the window: times log_every_steps it is the exact count.
             row["predicted_tokens"] = float(np.mean([m["predicted_tokens"] for m in fetched]))
+            if config.nonfinite == "skip":
+                row["skipped_steps"] = float(sum(m["skipped"] for m in fetched))
             window = []
             writer.write(step, "train", row)
             writer.scalars(step, "perf", progress.update(step, row))
-        if step % config.eval_every_steps == 0 or last:
+        if eval_now:
             eval_metrics = evaluator(state.params, state.model_state)
             writer.write(step, "eval", eval_metrics)
             rounded = {k: round(v, 4) for k, v in eval_metrics.items()}
