@@ -40,19 +40,22 @@ class Checkpointer:
                 cleanup_tmp_directories=True,
                 enable_async_checkpointing=True,
             ),
-            item_names=("state", "data", "identity"),
+            item_names=("state", "data", "identity", "progress"),
         )
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def save(self, step: int, state: Any, data_state: dict, identity: dict) -> None:
+    def save(self, step: int, state: Any, data_state: dict, identity: dict, progress: dict) -> None:
+        """`progress`: the loop's host-side position (metrics of the log window in progress, the
+        non-finite watch's count), so a run resumed from any step logs exactly the same lines."""
         self._manager.save(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
                 data=ocp.args.JsonSave(data_state),
                 identity=ocp.args.JsonSave(identity),
+                progress=ocp.args.JsonSave(progress),
             ),
         )
 
@@ -61,7 +64,7 @@ class Checkpointer:
             "identity"
         ]
 
-    def restore(self, step: int, abstract_state: Any, identity: dict) -> tuple[Any, dict]:
+    def restore(self, step: int, abstract_state: Any, identity: dict) -> tuple[Any, dict, dict]:
         """Restores onto the shardings of `abstract_state`, after checking the run's identity."""
         diff = identity_diff(self.read_identity(step), identity)
         if diff:
@@ -70,13 +73,13 @@ class Checkpointer:
                 + "\n  - ".join(diff)
                 + "\nuse a new --workdir, or the config that wrote it"
             )
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
-            ),
-        )
-        return restored["state"], restored["data"]
+        items = dict(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
+        # Checkpoints written before `progress` existed are log-aligned: an empty window.
+        has_progress = os.path.isdir(os.path.join(self.directory, str(step), "progress"))
+        if has_progress:
+            items["progress"] = ocp.args.JsonRestore()
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        return restored["state"], restored["data"], restored["progress"] if has_progress else {}
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

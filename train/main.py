@@ -23,6 +23,7 @@ from train.checkpoint import CheckpointMismatch
 from train.host_memory import retain_freed_memory
 from train.nonfinite import EXIT_STATUS as NONFINITE_EXIT
 from train.nonfinite import NonFiniteError
+from train.preemption import Preempted
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py:<variant>", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, TensorBoard.")
@@ -68,6 +69,9 @@ def main(argv: list[str]) -> None:
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(NONFINITE_EXIT)
+    except Preempted as e:  # not an error: the same command resumes
+        print(str(e), file=sys.stderr)
+        sys.exit(e.exit_status)
 
 
 if __name__ == "__main__":

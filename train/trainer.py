@@ -25,6 +25,7 @@ from train.evaluator import Evaluator
 from train.mesh import state_bytes, to_global
 from train.metrics import MetricsWriter, Progress, write_json_atomic
 from train.nonfinite import NonFiniteError, NonFiniteWatch, failure_message
+from train.preemption import Preempted, PreemptionHandler
 from train.setup import build_run
 from train.workdir_lock import workdir_lock
 
@@ -43,11 +44,15 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     t_start = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
     chief = jax.process_index() == 0
-    with workdir_lock(workdir, enabled=chief):  # before anything is built or written
-        return _train(config, workdir, platform, t_start, chief)
+    # Signals are handled in single-process runs only (train/preemption.py says why).
+    preemption = PreemptionHandler(enabled=jax.process_count() == 1)
+    with workdir_lock(workdir, enabled=chief), preemption:  # before anything is built or written
+        return _train(config, workdir, platform, t_start, chief, preemption)
 
 
-def _train(config: Any, workdir: str, platform: str, t_start: float, chief: bool) -> dict[str, Any]:
+def _train(
+    config: Any, workdir: str, platform: str, t_start: float, chief: bool, preemption: PreemptionHandler
+) -> dict[str, Any]:
     run = build_run(config, workdir)
     source, mesh, data_sharding, identity = run.source, run.mesh, run.data_sharding, run.identity
     num_params = run.num_params
@@ -55,10 +60,11 @@ def _train(config: Any, workdir: str, platform: str, t_start: float, chief: bool
     checkpointer = Checkpointer(workdir, config.keep_checkpoints)
     train_iter = source.train_iterator(jax.process_index(), jax.process_count())
     latest = checkpointer.latest_step()
+    progress: dict = {}
     if latest is None:
         state = run.init_state()
     else:
-        state, data_state = checkpointer.restore(latest, run.abstract_state, identity)
+        state, data_state, progress = checkpointer.restore(latest, run.abstract_state, identity)
         train_iter.set_state(data_state)
         log.info("resumed from step %d in %s", latest, checkpointer.directory)
     start_step = int(state.step)
@@ -86,9 +92,36 @@ def _train(config: Any, workdir: str, platform: str, t_start: float, chief: bool
     check_fits(memory, device_limit_bytes())
 
     tokens_per_step = config.batch_size * config.seq_len
-    progress = Progress(start_step, config.num_train_steps, tokens_per_step)
-    window: list[dict[str, jax.Array]] = []
+    progress_bar = Progress(start_step, config.num_train_steps, tokens_per_step)
+    # A checkpoint taken between log steps (preemption) carries its window's metrics.
+    window: list[dict] = [{k: np.float32(v) for k, v in m.items()} for m in progress.get("window", [])]
     watch, unchecked = NonFiniteWatch(config.nonfinite, config.max_skipped_in_a_row), []
+    watch.skipped_in_a_row = progress.get("skipped_in_a_row", 0)
+
+    def stop_if_nonfinite() -> None:
+        nonlocal unchecked
+        problem = watch.check(jax.device_get(unchecked))
+        unchecked = []
+        if problem:  # stop before this window is logged, evaluated or checkpointed
+            close()  # every checkpoint in flight is of finite parameters
+            raise NonFiniteError(failure_message(problem, checkpointer.latest_step(), checkpointer.directory))
+
+    def save(step: int) -> None:
+        window_now = [{k: float(v) for k, v in m.items()} for m in jax.device_get(window)]
+        checkpointer.save(
+            step,
+            state,
+            data_state,
+            identity,
+            {"window": window_now, "skipped_in_a_row": watch.skipped_in_a_row},
+        )
+
+    def close() -> None:
+        progress_bar.close()
+        checkpointer.wait()
+        checkpointer.close()
+        writer.close()
+
     eval_metrics: dict[str, float] = {}
     t_loop, steps_run = time.perf_counter(), 0
     batch = first
@@ -105,16 +138,7 @@ def _train(config: Any, workdir: str, platform: str, t_start: float, chief: bool
         log_now = step % config.log_every_steps == 0 or last
         eval_now = step % config.eval_every_steps == 0 or last
         if log_now or eval_now:  # the host reads metrics here anyway: no extra sync per step
-            problem = watch.check(jax.device_get(unchecked))
-            unchecked = []
-            if problem:  # stop before this window is logged, evaluated or checkpointed
-                progress.close()
-                checkpointer.wait()  # every checkpoint in flight is of finite parameters
-                checkpointer.close()
-                writer.close()
-                raise NonFiniteError(
-                    failure_message(problem, checkpointer.latest_step(), checkpointer.directory)
-                )
+            stop_if_nonfinite()
         if log_now:
             fetched = jax.device_get(window)
             row = {k: float(np.mean([m[k] for m in fetched])) for k in ("loss", "accuracy", "grad_norm")}
@@ -125,22 +149,26 @@ def _train(config: Any, workdir: str, platform: str, t_start: float, chief: bool
                 row["skipped_steps"] = float(sum(m["skipped"] for m in fetched))
             window = []
             writer.write(step, "train", row)
-            writer.scalars(step, "perf", progress.update(step, row))
+            writer.scalars(step, "perf", progress_bar.update(step, row))
         if eval_now:
             eval_metrics = evaluator(state.params, state.model_state)
             writer.write(step, "eval", eval_metrics)
             rounded = {k: round(v, 4) for k, v in eval_metrics.items()}
-            progress.message(f"eval step {step}: {json.dumps(rounded)}")
-        if step % config.checkpoint_every_steps == 0 or last:
-            checkpointer.save(step, state, data_state, identity)
+            progress_bar.message(f"eval step {step}: {json.dumps(rounded)}")
+        saved = step % config.checkpoint_every_steps == 0 or last
+        if saved:
+            save(step)
+        if preemption.signum is not None and not last:
+            if not saved:
+                stop_if_nonfinite()
+                save(step)
+            close()  # waits until the checkpoint is committed
+            raise Preempted(preemption.signum, step, checkpointer.directory)
 
     train_seconds = time.perf_counter() - t_loop
     if not eval_metrics:  # the workdir already held the final step
         eval_metrics = evaluator(state.params, state.model_state)
-    progress.close()
-    checkpointer.wait()
-    checkpointer.close()
-    writer.close()
+    close()
     summary = {
         "final_step": config.num_train_steps,
         "num_params": num_params,

@@ -1,0 +1,89 @@
+"""Preemption with real signals: SIGTERM or SIGINT finishes the step in flight, commits a
+checkpoint at that step, exits 143 or 130; the same command then ends byte-identical to an
+uninterrupted run (metrics.jsonl), wherever in a log window the signal landed."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO, subprocess_env, train_command
+
+STEPS = 60
+
+
+def _metrics(workdir: str) -> str:
+    return open(os.path.join(workdir, "metrics.jsonl")).read()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("preemption") / "reference")
+    result = subprocess.run(
+        train_command(workdir, num_train_steps=STEPS),
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return _metrics(workdir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_checkpoints_the_step_in_flight_and_the_same_command_resumes_identically(
+    uninterrupted, signum, tmp_path
+):
+    workdir = str(tmp_path / "run")
+    cmd = train_command(workdir, num_train_steps=STEPS)
+    run = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stderr=subprocess.PIPE, text=True)
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 120
+    while not (os.path.exists(metrics) and open(metrics).read()) and run.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    t0 = time.time()
+    run.send_signal(signum)
+    _, stderr = run.communicate(timeout=120)
+    seconds = time.time() - t0
+    assert run.returncode == 128 + signum, stderr[-2000:]
+    found = re.search(r"stopped after step (\d+), checkpoint committed in .*; rerun the same command", stderr)
+    assert found, stderr[-2000:]
+    step = int(found.group(1))
+    assert step < STEPS and os.path.isdir(os.path.join(workdir, "checkpoints", str(step)))
+    print(f"{signal.Signals(signum).name}: stopped after step {step}, {seconds:.2f} s from signal to exit")
+
+    resumed = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed from step {step}" in resumed.stderr
+    assert _metrics(workdir) == uninterrupted
+
+
+def test_a_second_sigint_exits_at_once():
+    code = (
+        "import os, signal, time\n"
+        "from train.preemption import PreemptionHandler\n"
+        "with PreemptionHandler() as handler:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(0.2)\n"
+        "    print('first', handler.signum == signal.SIGINT, flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(5)\n"
+        "    print('not reached', flush=True)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 130
+    assert result.stdout.split() == ["first", "True"]
