@@ -110,6 +110,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.eval_every_steps = 250
     c.checkpoint_every_steps = 250
+    c.checkpoint_every_minutes = (
+        0.0  # also checkpoint at the first log step this long after the last (0 = off)
+    )
     c.keep_checkpoints = 3
     # A NaN or Inf loss or gradient norm: "stop" the run (exit status 3), or "skip" the step
     # (state unchanged) and stop after max_skipped_in_a_row in a row (train/nonfinite.py).

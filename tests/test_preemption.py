@@ -87,3 +87,15 @@ def test_a_second_sigint_exits_at_once():
     )
     assert result.returncode == 130
     assert result.stdout.split() == ["first", "True"]
+
+
+@pytest.mark.slow
+def test_time_based_checkpoints_land_on_log_steps_and_change_no_metric(uninterrupted, tmp_path):
+    workdir = str(tmp_path / "run")
+    # Due at every log step: a checkpoint at each one, between the step interval's (every 10).
+    cmd = train_command(workdir, num_train_steps=STEPS, checkpoint_every_minutes=1e-6, keep_checkpoints=100)
+    result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+    assert steps == list(range(5, STEPS + 1, 5))  # micro runs log every 5 steps
+    assert _metrics(workdir) == uninterrupted

@@ -117,6 +117,10 @@ def validate(config: Any) -> None:
             f"checkpoint_every_steps={config.checkpoint_every_steps} must be a multiple of "
             f"log_every_steps={config.log_every_steps}, so a resumed run logs the same windows",
         )
+    need(
+        config.checkpoint_every_minutes >= 0,
+        f"checkpoint_every_minutes={config.checkpoint_every_minutes} must be >= 0 (0 turns it off)",
+    )
     need(config.nonfinite in NONFINITE_MODES, f"nonfinite={config.nonfinite!r}: use one of {NONFINITE_MODES}")
     need(config.max_skipped_in_a_row >= 1, f"max_skipped_in_a_row={config.max_skipped_in_a_row} must be >= 1")
     o = config.optim

@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from models.errors import ConfigError
 from train.checkpoint import Checkpointer
@@ -124,6 +125,16 @@ def _train(
 
     eval_metrics: dict[str, float] = {}
     t_loop, steps_run = time.perf_counter(), 0
+    last_save = time.monotonic()
+
+    def minutes_due() -> bool:
+        """`checkpoint_every_minutes` elapsed, by the chief's clock: every process saves the same
+        step. Asked at log steps only, where the host syncs anyway, so the window is empty."""
+        due = time.monotonic() - last_save >= 60 * config.checkpoint_every_minutes
+        if jax.process_count() > 1:
+            due = bool(multihost_utils.broadcast_one_to_all(np.asarray(due)))
+        return due
+
     batch = first
     for step in range(start_step + 1, config.num_train_steps + 1):
         state, metrics = compiled_step(state, to_global(batch, data_sharding))
@@ -156,8 +167,10 @@ def _train(
             rounded = {k: round(v, 4) for k, v in eval_metrics.items()}
             progress_bar.message(f"eval step {step}: {json.dumps(rounded)}")
         saved = step % config.checkpoint_every_steps == 0 or last
+        saved = saved or (config.checkpoint_every_minutes > 0 and log_now and minutes_due())
         if saved:
             save(step)
+            last_save = time.monotonic()
         if preemption.signum is not None and not last:
             if not saved:
                 stop_if_nonfinite()
