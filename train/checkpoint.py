@@ -7,14 +7,22 @@ are removed on the next start. Saves are asynchronous: training goes on while th
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import orbax.checkpoint as ocp
 
+log = logging.getLogger(__name__)
+
 
 class CheckpointMismatch(ValueError):
     """The workdir's checkpoint was written by a different model or objective."""
+
+
+class CheckpointDamaged(CheckpointMismatch):
+    """No checkpoint in the workdir restores and verifies (each was moved to `damaged/`)."""
 
 
 def identity_diff(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
@@ -64,15 +72,18 @@ class Checkpointer:
             "identity"
         ]
 
-    def restore(self, step: int, abstract_state: Any, identity: dict) -> tuple[Any, dict, dict]:
-        """Restores onto the shardings of `abstract_state`, after checking the run's identity."""
-        diff = identity_diff(self.read_identity(step), identity)
+    def _check_identity(self, step: int, saved: dict, identity: dict) -> None:
+        diff = identity_diff(saved, identity)
         if diff:
             raise CheckpointMismatch(
                 f"the checkpoint in {self.directory} (step {step}) is from a different run:\n  - "
                 + "\n  - ".join(diff)
                 + "\nuse a new --workdir, or the config that wrote it"
             )
+
+    def restore(self, step: int, abstract_state: Any, identity: dict) -> tuple[Any, dict, dict]:
+        """Restores onto the shardings of `abstract_state`, after checking the run's identity."""
+        self._check_identity(step, self.read_identity(step), identity)
         items = dict(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
         # Checkpoints written before `progress` existed are log-aligned: an empty window.
         has_progress = os.path.isdir(os.path.join(self.directory, str(step), "progress"))
@@ -80,6 +91,51 @@ class Checkpointer:
             items["progress"] = ocp.args.JsonRestore()
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         return restored["state"], restored["data"], restored["progress"] if has_progress else {}
+
+    def restore_newest_intact(
+        self, abstract_state: Any, identity: dict, verify: Callable[[Any, dict], str | None]
+    ) -> tuple[int, Any, dict, dict] | None:
+        """(step, state, data position, progress) of the newest checkpoint that restores and that
+        `verify(state, progress)` accepts (None: no problem). Each one that fails is moved,
+        never deleted, to `checkpoints/damaged/<step>` with a warning, and the next older one is
+        tried. None if the workdir holds no checkpoint; `CheckpointDamaged` if none is intact."""
+        tried = []
+        while (step := self.latest_step()) is not None:
+            try:
+                saved_identity = self.read_identity(step)
+            except Exception as e:  # an unreadable identity is damage, not another run
+                problem = f"the identity does not read: {type(e).__name__}: {str(e)[:300]}"
+            else:
+                self._check_identity(step, saved_identity, identity)  # another run: not damage
+                try:
+                    state, data, progress = self.restore(step, abstract_state, identity)
+                    problem = verify(state, progress)
+                except Exception as e:
+                    problem = f"it does not restore: {type(e).__name__}: {str(e)[:300]}"
+                if problem is None:
+                    return step, state, data, progress
+            tried.append(f"step {step}: {problem}")
+            where = self._move_aside(step)
+            log.warning(
+                "checkpoint step %d is damaged (%s); moved to %s, trying the one before", step, problem, where
+            )
+        if tried:
+            raise CheckpointDamaged(
+                f"no checkpoint in {self.directory} restores and verifies; each was moved to "
+                f"{os.path.join(self.directory, 'damaged')}:\n  - " + "\n  - ".join(tried) + "\nthe run does "
+                "not start from scratch over them: restore a copy, or use a new --workdir"
+            )
+        return None
+
+    def _move_aside(self, step: int) -> str:
+        damaged = os.path.join(self.directory, "damaged")
+        os.makedirs(damaged, exist_ok=True)
+        target, n = os.path.join(damaged, str(step)), 1
+        while os.path.exists(target):
+            target, n = os.path.join(damaged, f"{step}.{n}"), n + 1
+        os.rename(os.path.join(self.directory, str(step)), target)
+        self._manager.reload()  # the manager lists steps once; it must forget this one
+        return target
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

@@ -27,10 +27,11 @@ from flax import nnx
 
 from models import registry
 from train import step as step_lib
-from train.checkpoint import CheckpointMismatch, identity_diff
+from train.checkpoint import CheckpointDamaged, CheckpointMismatch, identity_diff
 from train.data.sources import make_source
 from train.data.vocab import NUM_SPECIAL, SPECIAL_TOKENS
 from train.evaluator import Evaluator
+from train.fingerprint import fingerprint, mismatches
 from train.objectives import Objective, make_objective
 from train.tokenizer import Tokenizer
 
@@ -147,6 +148,14 @@ def load_trained(
             f"the parameters in {folder} do not fit the model its identity describes (written by "
             f"another version of models/?): {str(e)[:500]}"
         ) from e
+    if os.path.isdir(os.path.join(folder, "progress")):  # fingerprints: checkpoints since issue 14
+        saved = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(folder, "progress"))
+        bad = mismatches(saved.get("fingerprint", {}), fingerprint(restored))
+        if bad:
+            raise CheckpointDamaged(
+                f"the checkpoint {folder} is damaged: {len(bad)} arrays differ from the checksums saved "
+                f"with them ({', '.join(bad[:3])} ...); load an older step (step=...)"
+            )
     model = nnx.merge(graphdef, restored["params"], restored["model_state"] or {})
     model.eval()
 

@@ -23,6 +23,7 @@ from train.checkpoint import Checkpointer
 from train.config_checks import validate
 from train.device_memory import check_fits, device_limit_bytes, step_memory
 from train.evaluator import Evaluator
+from train.fingerprint import fingerprint, mismatches
 from train.mesh import state_bytes, to_global
 from train.metrics import MetricsWriter, Progress, write_json_atomic
 from train.nonfinite import NonFiniteError, NonFiniteWatch, failure_message
@@ -51,6 +52,14 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         return _train(config, workdir, platform, t_start, chief, preemption)
 
 
+def verify_fingerprint(state: Any, progress: dict) -> str | None:
+    """None if every restored array has the checksum it was saved with (train/fingerprint.py)."""
+    if "fingerprint" not in progress:  # written before fingerprints existed: nothing to check
+        return None
+    bad = mismatches(progress["fingerprint"], fingerprint(state))
+    return f"{len(bad)} arrays differ from their saved checksums ({', '.join(bad[:3])} ...)" if bad else None
+
+
 def _train(
     config: Any, workdir: str, platform: str, t_start: float, chief: bool, preemption: PreemptionHandler
 ) -> dict[str, Any]:
@@ -60,12 +69,12 @@ def _train(
 
     checkpointer = Checkpointer(workdir, config.keep_checkpoints)
     train_iter = source.train_iterator(jax.process_index(), jax.process_count())
-    latest = checkpointer.latest_step()
     progress: dict = {}
-    if latest is None:
+    intact = checkpointer.restore_newest_intact(run.abstract_state, identity, verify_fingerprint)
+    if intact is None:
         state = run.init_state()
     else:
-        state, data_state, progress = checkpointer.restore(latest, run.abstract_state, identity)
+        latest, state, data_state, progress = intact
         train_iter.set_state(data_state)
         log.info("resumed from step %d in %s", latest, checkpointer.directory)
     start_step = int(state.step)
@@ -114,7 +123,11 @@ def _train(
             state,
             data_state,
             identity,
-            {"window": window_now, "skipped_in_a_row": watch.skipped_in_a_row},
+            {
+                "window": window_now,
+                "skipped_in_a_row": watch.skipped_in_a_row,
+                "fingerprint": fingerprint(state),
+            },
         )
 
     def close() -> None:
