@@ -8,6 +8,8 @@ from typing import Any
 
 import ml_collections
 
+from configs import base
+
 FILES: dict[str, str] = {
     "clm": "configs/gpt.py",
     "mlm": "configs/bert.py",
@@ -19,8 +21,6 @@ FILES: dict[str, str] = {
 
 def get_config(objective: str, variant: str = "tiny", overrides: dict[str, Any] | None = None):
     """The config `--config FILES[objective]:variant --config.k=v ...` gives, overrides applied."""
-    from configs import base
-
     module = importlib.import_module(FILES[objective].removesuffix(".py").replace("/", "."))
     config: ml_collections.ConfigDict = module.get_config(variant)
     return base.override(config, overrides or {})

@@ -81,9 +81,8 @@ class Checkpointer:
                 + "\nuse a new --workdir, or the config that wrote it"
             )
 
-    def restore(self, step: int, abstract_state: Any, identity: dict) -> tuple[Any, dict, dict]:
-        """Restores onto the shardings of `abstract_state`, after checking the run's identity."""
-        self._check_identity(step, self.read_identity(step), identity)
+    def _restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
+        """Restores onto the shardings of `abstract_state` (the identity is checked by the caller)."""
         items = dict(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
         # Checkpoints written before `progress` existed are log-aligned: an empty window.
         has_progress = os.path.isdir(os.path.join(self.directory, str(step), "progress"))
@@ -108,7 +107,7 @@ class Checkpointer:
             else:
                 self._check_identity(step, saved_identity, identity)  # another run: not damage
                 try:
-                    state, data, progress = self.restore(step, abstract_state, identity)
+                    state, data, progress = self._restore(step, abstract_state)
                     problem = verify(state, progress)
                 except Exception as e:
                     problem = f"it does not restore: {type(e).__name__}: {str(e)[:300]}"
