@@ -37,6 +37,14 @@ def mesh_shape(config: Any, num_devices: int) -> tuple[int, int]:
     return data, fsdp
 
 
+def coordination_client() -> Any:
+    """The key-value client of `jax.distributed` (None in a single-process run). JAX keeps it
+    in a private module, where Orbax reads it too; there is no public accessor yet."""
+    from jax._src import distributed
+
+    return distributed.global_state.client
+
+
 def initialize_distributed(
     coordinator_address: str = "", num_processes: int = 0, process_id: int = -1, auto: bool = False
 ) -> None:

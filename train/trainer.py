@@ -24,7 +24,7 @@ from train.config_checks import validate
 from train.device_memory import check_fits, device_limit_bytes, step_memory
 from train.evaluator import Evaluator
 from train.fingerprint import fingerprint, mismatches
-from train.mesh import state_bytes, to_global
+from train.mesh import coordination_client, state_bytes, to_global
 from train.metrics import MetricsWriter, Progress, write_json_atomic
 from train.nonfinite import NonFiniteError, NonFiniteWatch, failure_message
 from train.preemption import Preempted, PreemptionHandler
@@ -46,8 +46,12 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     t_start = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
     chief = jax.process_index() == 0
-    # Signals are handled in single-process runs only (train/preemption.py says why).
-    preemption = PreemptionHandler(enabled=jax.process_count() == 1)
+    # In a multi-process run the processes agree on the step to stop at (train/preemption.py).
+    preemption = PreemptionHandler(
+        client=coordination_client(),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
     with workdir_lock(workdir, enabled=chief), preemption:  # before anything is built or written
         return _train(config, workdir, platform, t_start, chief, preemption)
 
@@ -149,6 +153,7 @@ def _train(
         return due
 
     batch = first
+    preemption.start(start_step)
     for step in range(start_step + 1, config.num_train_steps + 1):
         state, metrics = compiled_step(state, to_global(batch, data_sharding))
         data_state = train_iter.get_state()  # the position after every batch used so far
@@ -184,12 +189,13 @@ def _train(
         if saved:
             save(step)
             last_save = time.monotonic()
-        if preemption.signum is not None and not last:
+        signum = preemption.stop_at(step)
+        if signum is not None and not last:
             if not saved:
                 stop_if_nonfinite()
                 save(step)
             close()  # waits until the checkpoint is committed
-            raise Preempted(preemption.signum, step, checkpointer.directory)
+            raise Preempted(signum, step, checkpointer.directory)
 
     train_seconds = time.perf_counter() - t_loop
     if not eval_metrics:  # the workdir already held the final step
