@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 
 import pytest
@@ -44,6 +45,15 @@ def train_command(workdir: str, objective: str = "clm", **overrides) -> list[str
     config = f"{configs.FILES[objective]}:tiny"
     flags = [f"--config.{k}={v}" for k, v in {**MICRO_OVERRIDES, **overrides}.items()]
     return [sys.executable, "-m", "train.main", f"--config={config}", f"--workdir={workdir}", *flags]
+
+
+def process_commands(cmd: list[str], count: int = 2) -> list[list[str]]:
+    """The command of each process of a `count`-process run on loopback (as on `count` hosts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    flags = [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={count}"]
+    return [cmd + flags + [f"--process_id={i}"] for i in range(count)]
 
 
 def subprocess_env() -> dict[str, str]:

@@ -6,37 +6,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 
 import pytest
-from conftest import REPO, subprocess_env, train_command
+from conftest import REPO, process_commands, subprocess_env, train_command
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_pair(workdir: str) -> list[subprocess.Popen]:
-    port = _free_port()
-    procs = []
-    for i in range(2):
-        cmd = train_command(workdir) + [
-            f"--coordinator_address=127.0.0.1:{port}",
-            "--num_processes=2",
-            f"--process_id={i}",
-        ]
-        procs.append(
-            subprocess.Popen(
-                cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-            )
-        )
-    return procs
+    return [
+        subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for cmd in process_commands(train_command(workdir))
+    ]
 
 
 def _metrics(workdir: str) -> list[dict]:

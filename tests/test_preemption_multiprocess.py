@@ -7,38 +7,24 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import threading
 import time
 
 import pytest
-from conftest import REPO, subprocess_env, train_command
+from conftest import REPO, process_commands, subprocess_env, train_command
 
 from train.preemption import PreemptionHandler
 
 STEPS = 60
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_pair(workdir: str) -> list[subprocess.Popen]:
-    port = _free_port()
     return [
         subprocess.Popen(
-            train_command(workdir, num_train_steps=STEPS)
-            + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-            cwd=REPO,
-            env=subprocess_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+            cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
-        for i in range(2)
+        for cmd in process_commands(train_command(workdir, num_train_steps=STEPS))
     ]
 
 

@@ -98,6 +98,20 @@ def test_a_tiny_model_overfits_one_batch(arch):
     assert float(metrics["loss"]) < 0.05 and float(metrics["accuracy"]) == 1.0
 
 
+def test_span_corruption_noise_does_not_depend_on_the_process_count(tmp_path):
+    from train.data.sources import make_source
+
+    c = base.override(seq2seq.get_config("tiny"), {"dataset": "span:hmm", "seq_len": 16, "batch_size": 8})
+    source = make_source(c, str(tmp_path))
+    one = source.train_iterator()
+    reference = [next(one) for _ in range(2)]
+    halves = [source.train_iterator(p, 2) for p in range(2)]
+    for batch in reference:
+        parts = [next(it) for it in halves]
+        for key, value in batch.items():
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), value, err_msg=key)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["seq2seq:sort", "span:hmm"])
 def test_seq2seq_run_resumes_to_the_same_result(dataset, tmp_path, capsys):

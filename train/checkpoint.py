@@ -2,7 +2,10 @@
 
 Orbax writes each step into a temporary folder and renames it only once every item is on disk,
 so a process killed mid-write leaves no step that `latest_step()` would return; the leftovers
-are removed on the next start. Saves are asynchronous: training goes on while they are written.
+are removed on the next start. Saves are asynchronous: training goes on while they are written,
+and a write that fails (disk full, permissions) surfaces at the next save or wait as
+`CheckpointWriteError`, naming the step, the directory and the error; older checkpoints are
+untouched (Orbax removes old steps only after a new one is committed).
 """
 
 from __future__ import annotations
@@ -23,6 +26,22 @@ class CheckpointMismatch(ValueError):
 
 class CheckpointDamaged(CheckpointMismatch):
     """No checkpoint in the workdir restores and verifies (each was moved to `damaged/`)."""
+
+
+WRITE_FAILED_EXIT = 4  # the run's exit status when it cannot write its files
+
+
+class CheckpointWriteError(RuntimeError):
+    """Writing checkpoint `step` failed; the run cannot go on without saving."""
+
+    def __init__(self, directory: str, step: int, error: BaseException, newest: int | None):
+        self.step = step
+        kept = "none is complete" if newest is None else f"the newest complete checkpoint is step {newest}"
+        super().__init__(
+            f"writing checkpoint step {step} in {directory} failed: {type(error).__name__}: "
+            f"{str(error)[:500]}\n{kept}, untouched. Free space or fix the permissions of {directory}, "
+            "then rerun the same command: it resumes from there"
+        )
 
 
 def identity_diff(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
@@ -50,6 +69,7 @@ class Checkpointer:
             ),
             item_names=("state", "data", "identity", "progress"),
         )
+        self._pending: int | None = None  # a save handed to Orbax and not known to be committed
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -57,15 +77,20 @@ class Checkpointer:
     def save(self, step: int, state: Any, data_state: dict, identity: dict, progress: dict) -> None:
         """`progress`: the loop's host-side position (metrics of the log window in progress, the
         non-finite watch's count), so a run resumed from any step logs exactly the same lines."""
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=ocp.args.JsonSave(data_state),
-                identity=ocp.args.JsonSave(identity),
-                progress=ocp.args.JsonSave(progress),
-            ),
-        )
+        self.wait()  # Orbax would wait here anyway (one save at a time); this names a failed one
+        try:
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    data=ocp.args.JsonSave(data_state),
+                    identity=ocp.args.JsonSave(identity),
+                    progress=ocp.args.JsonSave(progress),
+                ),
+            )
+        except Exception as e:
+            raise self._write_failed(step, e) from e
+        self._pending = step
 
     def read_identity(self, step: int) -> dict:
         return self._manager.restore(step, args=ocp.args.Composite(identity=ocp.args.JsonRestore()))[
@@ -137,7 +162,21 @@ class Checkpointer:
         return target
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        """Blocks until the save in flight is committed; `CheckpointWriteError` if it failed."""
+        step, self._pending = self._pending, None
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            raise self._write_failed(step, e) from e
+
+    def _write_failed(self, step: int | None, error: Exception) -> CheckpointWriteError:
+        newest = None
+        try:  # Orbax lists a step when it is handed over; the folders say what was committed
+            newest = max((int(d) for d in os.listdir(self.directory) if d.isdigit()), default=None)
+            self._manager.close()  # stops its threads, so the exit is not buried in their errors
+        except Exception:
+            pass
+        return CheckpointWriteError(self.directory, step if step is not None else -1, error, newest)
 
     def close(self) -> None:
         self._manager.close()

@@ -7,6 +7,9 @@
         --coordinator_address=host0:1234 --num_processes=2 --process_id=0
 
 Rerunning the same command in the same workdir resumes from its latest complete checkpoint.
+Exit status: 0 done; 2 bad config, another run's checkpoint, none intact, workdir busy; 3
+non-finite loss or gradients; 4 a failed write (disk full, permissions); 143 / 130 stopped by
+SIGTERM / SIGINT after checkpointing (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from models.errors import ConfigError
-from train.checkpoint import CheckpointMismatch
+from train.checkpoint import WRITE_FAILED_EXIT, CheckpointMismatch, CheckpointWriteError
 from train.host_memory import retain_freed_memory
 from train.nonfinite import EXIT_STATUS as NONFINITE_EXIT
 from train.nonfinite import NonFiniteError
@@ -66,6 +69,11 @@ def main(argv: list[str]) -> None:
     except (ConfigError, CheckpointMismatch) as e:  # a second launcher too (train/workdir_lock.py)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except (CheckpointWriteError, OSError) as e:  # disk full, permissions: on checkpoints or logs
+        # Orbax's abandoned write tasks would log the same error again at exit, after this line.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(WRITE_FAILED_EXIT)
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(NONFINITE_EXIT)

@@ -61,8 +61,11 @@ class MetricsWriter:
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        self._file.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
+            self._file.flush()
+        except OSError as e:  # the bare error names no file
+            raise OSError(e.errno, f"writing {self.path}: {e.strerror}") from e
         self.scalars(step, split, metrics)
 
     def scalars(self, step: int, split: str, metrics: dict[str, float]) -> None:

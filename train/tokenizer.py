@@ -15,7 +15,6 @@ import io
 import logging
 import os
 import re
-import shutil
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -45,7 +44,7 @@ class Tokenizer:
             return cls(f.read())
 
     def save(self, path: str) -> None:
-        tmp = f"{path}.tmp"
+        tmp = f"{path}.tmp-{os.getpid()}"  # the processes of a multi-process run may save at once
         with open(tmp, "wb") as f:
             f.write(self.model_proto)
         os.replace(tmp, path)
@@ -158,8 +157,5 @@ def corpus_tokenizer(
             os.makedirs(os.path.dirname(cached), exist_ok=True)
             tok.save(cached)
     os.makedirs(workdir, exist_ok=True)
-    if path:
-        shutil.copyfile(path, in_workdir)
-    else:
-        tok.save(in_workdir)
+    tok.save(in_workdir)  # the bytes it was loaded from: a copy of `path`, written atomically
     return tok

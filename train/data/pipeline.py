@@ -3,9 +3,9 @@
 Pre-tokenized, packed rows are cached under `data_cache_dir`, keyed by the corpus, the
 tokenizer and the row length, so training never waits on the tokenizer and GPT and BERT runs on
 one corpus read the same rows. The train stream is a grain `MapDataset`: shuffled by the run's
-seed, reshuffled every epoch, each process reading its own rows of every global batch. Its
-iterator state (one integer) goes into each checkpoint, so a restarted run sees exactly the
-batches an uninterrupted one would have.
+seed, reshuffled every epoch, each process reading its own contiguous block of every global
+batch. Its iterator state (one integer: global batches taken) goes into each checkpoint, so a
+restarted run sees exactly the batches an uninterrupted one would have, on any process count.
 """
 
 from __future__ import annotations
@@ -38,6 +38,28 @@ class _Rows:
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         return {"tokens": np.asarray(self.tokens[i]), "segment_ids": np.asarray(self.segment_ids[i])}
+
+
+class _ProcessBlock(grain.MapDataset):
+    """This process's block of every global batch: its local row n is global row
+    (n // per) * batch_size + process_index * per + n % per, per = batch_size // process_count.
+    Blocks rather than strides, so that the global batch (the processes' blocks in process
+    order) is the same rows in the same order for every process count, and a checkpoint's data
+    position carries over when a run resumes on more or fewer hosts."""
+
+    def __init__(self, parent: grain.MapDataset, batch_size: int, process_index: int, process_count: int):
+        super().__init__(parent)
+        self._batch, self._per = batch_size, batch_size // process_count
+        self._offset = process_index * self._per
+
+    def __len__(self) -> int:
+        return len(self._parent) // self._batch * self._per
+
+    def __getitem__(self, n):
+        if isinstance(n, slice):
+            return self.slice(n)
+        batch, row = divmod(n, self._per)
+        return self._parent[batch * self._batch + self._offset + row]
 
 
 def _with_positions(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -119,7 +141,8 @@ class TextSource:
 
     def train_iterator(self, process_index: int = 0, process_count: int = 1) -> GrainTrainIterator:
         ds = grain.MapDataset.source(_Rows(*self._train)).seed(self.seed).shuffle().repeat(None)
-        ds = ds[process_index::process_count].batch(self.batch_size // process_count, drop_remainder=True)
+        ds = _ProcessBlock(ds, self.batch_size, process_index, process_count)
+        ds = ds.batch(self.batch_size // process_count, drop_remainder=True)
         return GrainTrainIterator(ds)
 
     def eval_batches(self) -> list[dict[str, np.ndarray]]:

@@ -7,8 +7,9 @@ reads the kept tokens with each noise span replaced by one sentinel; the decoder
 [BOS, sentinel_1, span_1, sentinel_2, span_2, ..., EOS]. Sentinels are new ids after the base
 vocabulary, so `vocab_size` grows by the number a row can need.
 
-Batches have the keys of train/data/seq2seq_tasks.py. Corruption of batch i is a pure function
-of (run seed, i), so the iterator's state is the base iterator's state and one integer.
+Batches have the keys of train/data/seq2seq_tasks.py. Corruption of row r of global batch i is
+a pure function of (run seed, i, r), so the iterator's state is the base iterator's state and one
+integer, and a run resumed on another process count draws the same noise.
 """
 
 from __future__ import annotations
@@ -74,9 +75,12 @@ class SpanCorruptionSource:
             math.ceil(seq_len * noise_density) + max_spans(seq_len, noise_density, mean_span) + 2
         )
 
-    def corrupt_batch(self, batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def corrupt_batch(
+        self, batch: dict[str, np.ndarray], rngs: list[np.random.Generator]
+    ) -> dict[str, np.ndarray]:
+        """`rngs[r]` draws row r's spans (one generator may serve every row)."""
         rows = []
-        for tokens_L, seg_L in zip(batch["tokens"], batch["segment_ids"], strict=True):
+        for tokens_L, seg_L, rng in zip(batch["tokens"], batch["segment_ids"], rngs, strict=True):
             real = tokens_L[seg_L != 0]
             if len(real) < 2:  # a padding row stays padding
                 src, tgt = np.zeros(0, np.int32), np.zeros(0, np.int32)
@@ -92,24 +96,26 @@ class SpanCorruptionSource:
         return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
     def train_iterator(self, process_index: int = 0, process_count: int = 1) -> _SpanIterator:
-        return _SpanIterator(self, self.base.train_iterator(process_index, process_count), process_index)
+        first_row = process_index * (self.base.batch_size // process_count)
+        return _SpanIterator(self, self.base.train_iterator(process_index, process_count), first_row)
 
     def eval_batches(self) -> list[dict[str, np.ndarray]]:
-        return [
-            self.corrupt_batch(b, np.random.default_rng([_EVAL_STREAM, i]))
-            for i, b in enumerate(self.base.eval_batches())
-        ]
+        batches = self.base.eval_batches()
+        rngs = [np.random.default_rng([_EVAL_STREAM, i]) for i in range(len(batches))]
+        return [self.corrupt_batch(b, [rng] * len(b["tokens"])) for b, rng in zip(batches, rngs, strict=True)]
 
 
 class _SpanIterator(Iterator[dict[str, np.ndarray]]):
-    def __init__(self, source: SpanCorruptionSource, base_iter: Any, process_index: int):
-        self._source, self._base, self._process = source, base_iter, process_index
+    def __init__(self, source: SpanCorruptionSource, base_iter: Any, first_row: int):
+        self._source, self._base, self._first_row = source, base_iter, first_row
         self._next_index = 0
 
     def __next__(self) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng([self._source.seed, self._process, self._next_index])
+        batch = next(self._base)
+        seed, i, r0 = self._source.seed, self._next_index, self._first_row
+        rngs = [np.random.default_rng([seed, i, r0 + r]) for r in range(len(batch["tokens"]))]
         self._next_index += 1
-        return self._source.corrupt_batch(next(self._base), rng)
+        return self._source.corrupt_batch(batch, rngs)
 
     def get_state(self) -> dict[str, Any]:
         return {"base": self._base.get_state(), "next_index": self._next_index}
