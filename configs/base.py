@@ -66,6 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
         dict(path="", vocab_size=8192, model_type="unigram", max_train_chars=20_000_000)
     )
     c.data_cache_dir = ""  # tokenizers and packed rows; "" means ~/.cache/gptbert
+    c.data_workers = 0  # processes that encode a text corpus into the cache; 0 means one per core
     c.eval_max_rows = 1024  # real text: eval on the first rows of the eval split
     c.mlm = ml_collections.ConfigDict(dict(rate=0.15, mask_frac=0.8, random_frac=0.1))
     c.model = ml_collections.ConfigDict(

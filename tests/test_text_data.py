@@ -68,7 +68,7 @@ def test_one_epoch_yields_every_row_once_and_the_next_epoch_reshuffles(corpus, t
     epoch = np.concatenate([next(it)["tokens"] for _ in range(rows // 8)])
     second = np.concatenate([next(it)["tokens"] for _ in range(rows // 8)])
     key = lambda a: sorted(map(bytes, a))  # noqa: E731
-    all_rows = np.asarray(source._train[0])
+    all_rows = np.asarray(source._train[0], np.int32)  # stored narrow (uint16)
     assert len(set(map(bytes, epoch))) == len(epoch)  # nothing twice within the epoch
     assert set(key(epoch)) <= set(key(all_rows)) and len(epoch) >= rows - 7
     assert not np.array_equal(epoch[: len(second)], second)

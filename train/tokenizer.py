@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import logging
 import os
 import re
@@ -26,6 +27,7 @@ from train.data.vocab import NUM_SPECIAL, SPECIAL_TOKENS
 log = logging.getLogger(__name__)
 
 _BYTE_PIECE = re.compile(r"^<0x[0-9A-F]{2}>$")
+_ENCODE_BATCH_CHARS = 4 * 2**20  # bounds the Python lists SentencePiece returns
 # SentencePiece skips longer inputs; documents are fed to it line by line.
 _MAX_SENTENCE_BYTES = 4096
 
@@ -55,6 +57,25 @@ class Tokenizer:
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return self._sp.encode(list(texts), out_type=int, num_threads=os.cpu_count() or 1)
+
+    def encode_arrays(
+        self, texts: Sequence[str], dtype: np.dtype, num_threads: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids of all texts concatenated, as `dtype`; each text's length), without building
+        more than one batch of Python lists at a time."""
+        parts, lengths, batch, chars = [], [], [], 0
+        for i, t in enumerate(texts):
+            batch.append(t)
+            chars += len(t)
+            if chars >= _ENCODE_BATCH_CHARS or i == len(texts) - 1:
+                ids = self._sp.encode(batch, out_type=int, num_threads=num_threads)
+                n = np.fromiter(map(len, ids), np.int64, len(ids))
+                parts.append(np.fromiter(itertools.chain.from_iterable(ids), dtype, int(n.sum())))
+                lengths.append(n)
+                batch, chars = [], 0
+        if not parts:
+            return np.zeros(0, dtype), np.zeros(0, np.int64)
+        return np.concatenate(parts), np.concatenate(lengths)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._sp.decode([int(i) for i in ids])

@@ -1,8 +1,9 @@
 """Real text end to end: documents -> shared tokenizer -> packed rows (cached) -> grain batches.
 
-Pre-tokenized, packed rows are cached under `data_cache_dir`, keyed by the corpus, the
-tokenizer and the row length, so training never waits on the tokenizer and GPT and BERT runs on
-one corpus read the same rows. The train stream is a grain `MapDataset`: shuffled by the run's
+Pre-tokenized, packed rows are cached under `data_cache_dir` (train/data/token_cache.py: built
+streaming, in parallel, resumably), keyed by the corpus, the tokenizer and the row length, so
+training never waits on the tokenizer and GPT and BERT runs on one corpus read the same rows.
+The train stream is a grain `MapDataset`: shuffled by the run's
 seed, reshuffled every epoch, each process reading its own contiguous block of every global
 batch. Its iterator state (one integer: global batches taken) goes into each checkpoint, so a
 restarted run sees exactly the batches an uninterrupted one would have, on any process count.
@@ -14,21 +15,22 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import grain
 import numpy as np
 
 from models.errors import ConfigError
-from train.data import packing
+from train.data import corpus, packing, token_cache
+from train.data.corpus import Shard
 from train.tokenizer import Tokenizer, corpus_tokenizer
 
 log = logging.getLogger(__name__)
 
 
 class _Rows:
-    """Random access to packed rows (memory-mapped arrays) for grain."""
+    """Random access to packed rows (memory-mapped, stored narrow) for grain, as int32."""
 
     def __init__(self, tokens: np.ndarray, segment_ids: np.ndarray):
         self.tokens, self.segment_ids = tokens, segment_ids
@@ -37,7 +39,10 @@ class _Rows:
         return len(self.tokens)
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        return {"tokens": np.asarray(self.tokens[i]), "segment_ids": np.asarray(self.segment_ids[i])}
+        return {
+            "tokens": np.asarray(self.tokens[i], np.int32),
+            "segment_ids": np.asarray(self.segment_ids[i], np.int32),
+        }
 
 
 class _ProcessBlock(grain.MapDataset):
@@ -84,31 +89,24 @@ class GrainTrainIterator(Iterator[dict[str, np.ndarray]]):
 class TextSource:
     """A corpus of documents (local files or TFDS) as packed, tokenized rows."""
 
-    def __init__(
-        self,
-        config: Any,
-        workdir: str,
-        corpus_key: str,
-        read_train: Callable[[], list[str]],
-        read_eval: Callable[[], list[str]],
-    ):
+    def __init__(self, config: Any, workdir: str, corpus_key: str, shards: list[Shard]):
         self.seq_len, self.batch_size, self.seed = config.seq_len, config.batch_size, config.seed
         self.eval_max_rows = config.eval_max_rows
         cache = os.path.expanduser(config.data_cache_dir or os.path.join("~", ".cache", "gptbert"))
-        t = config.tokenizer
-        train_docs: list[str] | None = None
+        t, workers = config.tokenizer, token_cache.default_workers(config.data_workers, shards)
+        eval_fraction = config.text.eval_fraction
 
-        def train_documents() -> list[str]:
-            nonlocal train_docs
-            if train_docs is None:
-                train_docs = read_train()
-            return train_docs
+        def sample() -> Iterator[str]:  # read only if the tokenizer must actually be trained
+            used = [s for s in shards if s.role != "eval"]
+            counted = iter(token_cache.map_shards(corpus.document_chars, used, workers))
+            chars = [np.zeros(0, np.int64) if s.role == "eval" else next(counted) for s in shards]
+            return corpus.tokenizer_sample(shards, chars, eval_fraction, t.max_train_chars)
 
         self.tokenizer: Tokenizer = corpus_tokenizer(
             workdir,
             cache,
             corpus_key,
-            _Lazy(train_documents),
+            _Lazy(sample),
             vocab_size=t.vocab_size,
             model_type=t.model_type,
             max_chars=t.max_train_chars,
@@ -116,25 +114,19 @@ class TextSource:
         )
         self.vocab_size = self.tokenizer.vocab_size
         tok_hash = hashlib.sha256(self.tokenizer.model_proto).hexdigest()[:16]
-        key = hashlib.sha256(f"{corpus_key}|{tok_hash}|{self.seq_len}".encode()).hexdigest()[:16]
-        self._train = self._packed(cache, key, "train", train_documents)
-        self._eval = self._packed(cache, key, "eval", read_eval)
+        # v2: streamed build, narrow dtypes, one folder for both splits
+        key = hashlib.sha256(f"{corpus_key}|{tok_hash}|{self.seq_len}|v2".encode()).hexdigest()[:16]
+        path = os.path.join(cache, "packed", key)
+        packed = token_cache.build(
+            path, shards, self.tokenizer, self.seq_len, eval_fraction=eval_fraction, workers=workers
+        )
+        self.documents = token_cache.meta(path)["documents"]
+        self._train, self._eval = packed["train"], packed["eval"]
         if len(self._train[0]) < self.batch_size:
             raise ConfigError(
                 f"the corpus packs into {len(self._train[0])} rows of seq_len={self.seq_len}, fewer "
                 f"than batch_size={self.batch_size}; lower batch_size or seq_len, or add text"
             )
-
-    def _packed(self, cache: str, key: str, split: str, read: Callable[[], list[str]]):
-        def build():
-            docs = read()
-            tokens, segments = packing.pack(self.tokenizer.encode(docs), self.seq_len)
-            log.info(
-                "%s: %d documents packed into %d rows of %d", split, len(docs), len(tokens), self.seq_len
-            )
-            return tokens, segments
-
-        return packing.cached_pack(os.path.join(cache, "packed", f"{key}-{split}"), build)
 
     def bytes_per_token(self) -> np.ndarray:
         return self.tokenizer.bytes_per_token()
@@ -147,7 +139,7 @@ class TextSource:
 
     def eval_batches(self) -> list[dict[str, np.ndarray]]:
         """The first `eval_max_rows` eval rows, padded to whole global batches."""
-        tokens, segments = (np.asarray(a[: self.eval_max_rows]) for a in self._eval)
+        tokens, segments = (np.asarray(a[: self.eval_max_rows], np.int32) for a in self._eval)
         pad = -len(tokens) % self.batch_size
         tokens, segments = (np.pad(a, ((0, pad), (0, 0))) for a in (tokens, segments))
         B = self.batch_size
@@ -160,7 +152,7 @@ class TextSource:
 class _Lazy:
     """An iterable that reads the documents only if the tokenizer must actually be trained."""
 
-    def __init__(self, read: Callable[[], list[str]]):
+    def __init__(self, read: Callable[[], Iterable[str]]):
         self._read = read
 
     def __iter__(self):
@@ -171,18 +163,11 @@ def text_source(config: Any, workdir: str) -> TextSource:
     from train.data import text
 
     pattern = config.dataset.partition(":")[2]
+    text.check_split_by(config.text.split_by)
     paths = text.list_files(pattern)
     stats = [(p, os.path.getsize(p), os.path.getmtime(p)) for p in paths]
     corpus_key = json.dumps(["text", stats, config.text.split_by, config.text.eval_fraction])
-    split: dict[str, list[str]] = {}
-
-    def read(which: str) -> list[str]:
-        if not split:
-            docs = text.read_documents(paths, config.text.split_by)
-            split["train"], split["eval"] = text.split_documents(docs, config.text.eval_fraction)
-        return split[which]
-
-    return TextSource(config, workdir, corpus_key, lambda: read("train"), lambda: read("eval"))
+    return TextSource(config, workdir, corpus_key, corpus.text_shards(paths, config.text.split_by))
 
 
 def tfds_source(config: Any, workdir: str) -> TextSource:
@@ -191,10 +176,12 @@ def tfds_source(config: Any, workdir: str) -> TextSource:
     name = config.dataset.partition(":")[2]
     c = config.tfds
     corpus_key = json.dumps(["tfds", name, c.data_dir, c.train_split, c.eval_split, c.text_feature])
-    return TextSource(
-        config,
-        workdir,
-        corpus_key,
-        lambda: tfds.read_documents(name, c.train_split, c),
-        lambda: tfds.read_documents(name, c.eval_split, c),
-    )
+    shards = []
+    for role, split in (("train", c.train_split), ("eval", c.eval_split)):
+        records = tfds.num_records(name, split, c)
+        shards += corpus.tfds_shards(role, name, split, c.data_dir, c.text_feature, records)
+    source = TextSource(config, workdir, corpus_key, shards)
+    for role, split in (("train", c.train_split), ("eval", c.eval_split)):
+        if source.documents[role] == 0:
+            raise ConfigError(tfds.no_text_message(name, split, c.text_feature))
+    return source

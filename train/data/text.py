@@ -32,39 +32,78 @@ def list_files(pattern: str) -> list[str]:
     return paths
 
 
-def read_documents(paths: list[str], split_by: str) -> list[str]:
+def read_file(path: str, split_by: str) -> tuple[list[str], int]:
+    """(documents of one file, invalid UTF-8 sequences replaced with U+FFFD)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    text = raw.decode("utf-8", errors="replace")
+    n_bad = text.count("\ufffd") - raw.count("\ufffd".encode())
+    parts = [text] if split_by == "file" else _BLANK_LINES.split(text)
+    return [p.strip("\n") for p in parts if p.strip()], n_bad
+
+
+def check_split_by(split_by: str) -> None:
     if split_by not in SPLIT_MODES:
         raise ConfigError(f"text.split_by={split_by!r}: use one of {SPLIT_MODES}")
+
+
+def read_documents(paths: list[str], split_by: str) -> list[str]:
+    check_split_by(split_by)
     docs, bad_bytes, bad_files = [], 0, 0
     for path in paths:
-        with open(path, "rb") as f:
-            raw = f.read()
-        text = raw.decode("utf-8", errors="replace")
-        n_bad = text.count("\ufffd") - raw.count("\ufffd".encode())
+        file_docs, n_bad = read_file(path, split_by)
         if n_bad:
             bad_bytes, bad_files = bad_bytes + n_bad, bad_files + 1
-        parts = [text] if split_by == "file" else _BLANK_LINES.split(text)
-        docs += [p.strip("\n") for p in parts if p.strip()]
+        docs += file_docs
     if bad_bytes:
         log.warning("replaced %d invalid UTF-8 sequences with U+FFFD in %d files", bad_bytes, bad_files)
     if not docs:
-        raise ConfigError(
-            f"the {len(paths)} files of the text dataset hold no text (empty or whitespace only)"
-        )
+        raise ConfigError(no_text_message(len(paths)))
     return docs
+
+
+def no_text_message(num_files: int) -> str:
+    return f"the {num_files} files of the text dataset hold no text (empty or whitespace only)"
+
+
+class HeldOut:
+    """Which documents are held out for eval, decided in corpus order, part by part.
+
+    Document i is held out iff the i-th draw of `default_rng(seed).random()` is below
+    `eval_fraction`; if that holds out none, the last document is; if all, the first is not.
+    The fix-ups need the total, so the draws are made twice (once to see them), in chunks:
+    memory does not grow with the corpus, and the split equals drawing all at once.
+    """
+
+    _CHUNK = 1 << 20
+
+    def __init__(self, total: int, eval_fraction: float, seed: int = 0):
+        if total < 2:
+            raise ConfigError(
+                "the text dataset has a single document, so none can be held out for eval; use "
+                "text.split_by='blank_lines' or add files"
+            )
+        self.total, self._fraction, self._seed = total, eval_fraction, seed
+        rng, any_held, all_held = np.random.default_rng(seed), False, True
+        for start in range(0, total, self._CHUNK):
+            held = rng.random(min(self._CHUNK, total - start)) < eval_fraction
+            any_held, all_held = any_held or bool(held.any()), all_held and bool(held.all())
+        self._force_last, self._free_first = not any_held, all_held
+        self._rng, self._next = np.random.default_rng(seed), 0
+
+    def take(self, n: int) -> np.ndarray:
+        """Held-out flags `[n]` of the next `n` documents."""
+        held = self._rng.random(n) < self._fraction
+        first, self._next = self._next, self._next + n
+        if self._force_last and first <= self.total - 1 < self._next:
+            held[self.total - 1 - first] = True
+        if self._free_first and first == 0 and n:
+            held[0] = False
+        return held
 
 
 def split_documents(docs: list[str], eval_fraction: float, seed: int = 0) -> tuple[list[str], list[str]]:
     """(train, eval): a fixed pseudo-random `eval_fraction` of the documents, at least one each."""
-    if len(docs) < 2:
-        raise ConfigError(
-            "the text dataset has a single document, so none can be held out for eval; use "
-            "text.split_by='blank_lines' or add files"
-        )
-    held = np.random.default_rng(seed).random(len(docs)) < eval_fraction
-    if not held.any():
-        held[-1] = True
-    if held.all():
-        held[0] = False
+    held = HeldOut(len(docs), eval_fraction, seed).take(len(docs))
     train = [d for d, h in zip(docs, held, strict=True) if not h]
     return train, [d for d, h in zip(docs, held, strict=True) if h]

@@ -28,13 +28,19 @@ def _prepare_hint(name: str, data_dir: str) -> str:
     )
 
 
-def read_documents(name: str, split: str, cfg: Any) -> list[str]:
+def _import_tfds(name: str):
     try:
         import tensorflow_datasets as tfds
     except ImportError as e:
         raise ConfigError(
             f"dataset='tfds:{name}' needs TensorFlow Datasets: pip install tensorflow-datasets"
         ) from e
+    return tfds
+
+
+def num_records(name: str, split: str, cfg: Any) -> int:
+    """The split's record count, after checking that it exists, is prepared and has the feature."""
+    tfds = _import_tfds(name)
     data_dir = cfg.data_dir or None
     try:
         builder = tfds.builder(name, data_dir=data_dir)
@@ -53,18 +59,34 @@ def read_documents(name: str, split: str, cfg: Any) -> list[str]:
             f"dataset='tfds:{name}' split {split!r} is not prepared as array_record in "
             f"{data_dir or builder.data_dir}: {_prepare_hint(name, cfg.data_dir)}"
         ) from e
-    feature = cfg.text_feature
+    if len(source) and cfg.text_feature not in source[0]:
+        raise ConfigError(
+            f"tfds.text_feature={cfg.text_feature!r} is not a feature of tfds:{name}; "
+            f"it has {sorted(source[0])}"
+        )
+    return len(source)
+
+
+def read_range(name: str, split: str, data_dir: str, feature: str, start: int, stop: int) -> list[str]:
+    """The non-blank texts of records [start, stop) (a shard of the token cache's build)."""
+    tfds = _import_tfds(name)
+    source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
     docs = []
-    for i in range(len(source)):
-        example = source[i]
-        if feature not in example:
-            raise ConfigError(
-                f"tfds.text_feature={feature!r} is not a feature of tfds:{name}; it has {sorted(example)}"
-            )
-        text = example[feature]
+    for i in range(start, stop):
+        text = source[i][feature]
         text = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
         if text.strip():
             docs.append(text)
-    if not docs:
-        raise ConfigError(f"dataset='tfds:{name}' split {split!r} holds no text in feature {feature!r}")
     return docs
+
+
+def read_documents(name: str, split: str, cfg: Any) -> list[str]:
+    n = num_records(name, split, cfg)
+    docs = read_range(name, split, cfg.data_dir, cfg.text_feature, 0, n)
+    if not docs:
+        raise ConfigError(no_text_message(name, split, cfg.text_feature))
+    return docs
+
+
+def no_text_message(name: str, split: str, feature: str) -> str:
+    return f"dataset='tfds:{name}' split {split!r} holds no text in feature {feature!r}"

@@ -1,0 +1,208 @@
+"""The streamed token cache (train/data/token_cache.py) equals packing the whole corpus in memory,
+resumes a killed build from its finished shards, is built once by two processes at a time, and
+stores tokens narrow."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import REPO, subprocess_env, write_corpus
+
+import configs.bert as bert
+import configs.gpt as gpt
+from train.data import corpus, packing, text, token_cache
+from train.data.pipeline import text_source, tfds_source
+
+
+def _config(module, dataset: str, cache, **kw):
+    c = module.get_config("tiny")
+    c.dataset, c.data_cache_dir = dataset, str(cache)
+    c.tokenizer.vocab_size = 512
+    c.seq_len, c.batch_size = 64, 8
+    for k, v in kw.items():
+        setattr(c, k, v)
+    return c
+
+
+def _assert_rows_equal(stored: tuple[np.ndarray, np.ndarray], expected: tuple[np.ndarray, np.ndarray]):
+    for got, want in zip(stored, expected, strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_array_equal(np.asarray(got, np.int32), want)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"), n_files=60, paragraphs=6)
+
+
+@pytest.mark.parametrize("split_by", ["file", "blank_lines"])
+def test_the_streamed_cache_equals_packing_the_whole_corpus_in_memory(files, split_by, tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus, "SHARD_BYTES", 8 * 1024)  # many shards, rows cut across them
+    c = _config(gpt, f"text:{files}", tmp_path / "cache", data_workers=2)
+    c.text.split_by = split_by
+    source = text_source(c, str(tmp_path / "w"))
+    paths = text.list_files(files)
+    assert len(corpus.text_shards(paths, split_by)) > 5
+    train, held = text.split_documents(text.read_documents(paths, split_by), c.text.eval_fraction)
+    _assert_rows_equal(source._train, packing.pack(source.tokenizer.encode(train), c.seq_len))
+    _assert_rows_equal(source._eval, packing.pack(source.tokenizer.encode(held), c.seq_len))
+    assert source._train[0].dtype == np.uint16 and source._train[1].dtype == np.uint8
+
+
+tfds = pytest.importorskip("tensorflow_datasets")
+
+
+def _str(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def test_the_streamed_cache_equals_packing_tfds_mock_data(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus, "TFDS_SHARD_RECORDS", 37)
+    c = _config(bert, "tfds:lm1b", tmp_path / "cache")
+    with tfds.testing.mock_data(num_examples=200):
+        source = tfds_source(c, str(tmp_path / "w"))
+        splits = {s: tfds.data_source("lm1b", split=s) for s in ("train", "validation")}
+        docs = {s: [_str(d["text"]) for d in splits[s] if _str(d["text"]).strip()] for s in splits}
+    _assert_rows_equal(source._train, packing.pack(source.tokenizer.encode(docs["train"]), c.seq_len))
+    _assert_rows_equal(source._eval, packing.pack(source.tokenizer.encode(docs["validation"]), c.seq_len))
+
+
+@pytest.mark.parametrize("total", [2, 3, 17, 1000])
+@pytest.mark.parametrize("fraction", [0.0, 0.05, 0.5, 1.0])
+def test_held_out_documents_drawn_in_parts_equal_drawing_them_at_once(total, fraction, monkeypatch):
+    monkeypatch.setattr(text.HeldOut, "_CHUNK", 7)
+    held = np.random.default_rng(0).random(total) < fraction
+    if not held.any():
+        held[-1] = True
+    if held.all():
+        held[0] = False
+    rule, parts = text.HeldOut(total, fraction), []
+    for n in np.diff([0, *sorted(np.random.default_rng(total).integers(0, total, 3)), total]):
+        parts.append(rule.take(int(n)))
+    np.testing.assert_array_equal(np.concatenate(parts), held)
+
+
+def test_narrow_storage_round_trips(tmp_path):
+    assert token_cache.token_dtype(2**16) == np.uint16 and token_cache.token_dtype(2**16 + 1) == np.uint32
+    assert token_cache.segment_dtype(255) == np.uint8 and token_cache.segment_dtype(256) == np.uint16
+    for dtype, rows in (
+        (np.uint16, [[0, 65535, 7]]),
+        (np.uint32, [[70000, 1, 2], [3, 4, 5]]),
+        (np.uint8, []),
+    ):
+        path = str(tmp_path / f"{np.dtype(dtype).name}.npy")
+        w = token_cache.NpyRows(path, np.dtype(dtype), 3)
+        for row in rows:
+            w.append(np.asarray([row], dtype))
+        w.close()
+        back = np.load(path, mmap_mode="r")
+        assert back.dtype == dtype and back.shape == (len(rows), 3)
+        np.testing.assert_array_equal(back, np.asarray(rows, dtype).reshape(len(rows), 3))
+
+
+def test_the_tokenizer_sample_spans_the_corpus_and_skips_held_out_documents(files, tmp_path):
+    shards = corpus.text_shards(text.list_files(files), "blank_lines", shard_bytes=8 * 1024)
+    chars = [corpus.document_chars(s) for s in shards]
+    docs = [d for s in shards for d in corpus.read_documents(s)[0]]
+    train, held = text.split_documents(docs, 0.2)
+    everything = list(corpus.tokenizer_sample(shards, chars, 0.2, max_chars=10**9))
+    assert everything == train  # small corpus: every train document, in order, as before
+    budget = sum(map(len, train)) // 10
+    sample = list(corpus.tokenizer_sample(shards, chars, 0.2, max_chars=budget))
+    assert not set(sample) & set(held)
+    last_shard = set(corpus.read_documents(shards[-1])[0])
+    assert set(sample) & last_shard, "the sample must reach the end of the corpus"
+    assert sum(map(len, sample)) <= budget + len(shards) * max(map(len, train))
+
+
+_BUILD = """
+import logging, sys
+logging.basicConfig(level=logging.DEBUG, format="%(message)s")
+import configs.gpt as gpt
+from train.data import corpus
+from train.data.pipeline import text_source
+corpus.SHARD_BYTES = 4 * 1024
+c = gpt.get_config("tiny")
+c.dataset, c.data_cache_dir, c.data_workers = "text:" + sys.argv[1], sys.argv[2], 1
+c.tokenizer.path = sys.argv[3]
+c.seq_len, c.batch_size = 64, 8
+text_source(c, sys.argv[4])
+"""
+
+
+def _builder(files: str, cache: str, tokenizer: str, workdir: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", _BUILD, files, cache, tokenizer, workdir],
+        cwd=REPO,
+        env=subprocess_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """A corpus of some 60 shards and its tokenizer, and a cache built from it in one go."""
+    root = tmp_path_factory.mktemp("big")
+    files = write_corpus(root / "corpus", n_files=120, paragraphs=12)
+    first = text_source(_config(gpt, f"text:{files}", root / "cache", data_workers=1), str(root / "w"))
+    tokenizer = str(root / "w" / "tokenizer.model")
+    return files, tokenizer, first
+
+
+def _encoded(stderr: str) -> list[int]:
+    return [int(i) for i in re.findall(r"encoded shard (\d+)", stderr)]
+
+
+@pytest.mark.slow
+def test_a_killed_build_resumes_from_its_finished_shards(big, tmp_path):
+    files, tokenizer, reference = big
+    cache = str(tmp_path / "cache")
+    proc = _builder(files, cache, tokenizer, str(tmp_path / "w1"))
+    shards_dir = None
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        builds = (
+            [d for d in os.listdir(os.path.join(cache, "packed"))] if os.path.isdir(cache + "/packed") else []
+        )
+        found = [os.path.join(cache, "packed", d, "shards") for d in builds if d.endswith(".build")]
+        if found and len([f for f in os.listdir(found[0]) if f.endswith(".npz")]) >= 5:
+            shards_dir = found[0]
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert shards_dir is not None, "the build ended before it could be killed"
+    kept = {f for f in os.listdir(shards_dir) if f.endswith(".npz")}
+    resumed = _builder(files, cache, tokenizer, str(tmp_path / "w2"))
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-2000:]
+    redone = {f"{i:05d}.npz" for i in _encoded(err)}
+    assert redone and not redone & kept, "finished shards were encoded again"
+    (path,) = [os.path.join(cache, "packed", d) for d in os.listdir(os.path.join(cache, "packed"))]
+    packed = token_cache.load(path)
+    for split, ref in (("train", reference._train), ("eval", reference._eval)):
+        _assert_rows_equal(packed[split], tuple(np.asarray(a, np.int32) for a in ref))
+
+
+@pytest.mark.slow
+def test_two_processes_building_one_cache_encode_each_shard_once(big, tmp_path):
+    files, tokenizer, reference = big
+    cache = str(tmp_path / "cache")
+    procs = [_builder(files, cache, tokenizer, str(tmp_path / f"w{i}")) for i in range(2)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+    a, b = (_encoded(e) for e in errs)
+    n_shards = len(corpus.text_shards(text.list_files(files), "file", shard_bytes=4 * 1024))
+    assert not set(a) & set(b) and sorted(a + b) == list(range(n_shards))
+    assert sum("token cache " in e for e in errs) == 1  # packed and published once
+    (path,) = os.listdir(os.path.join(cache, "packed"))
+    packed = token_cache.load(os.path.join(cache, "packed", path))
+    _assert_rows_equal(packed["train"], tuple(np.asarray(a, np.int32) for a in reference._train))

@@ -1,0 +1,113 @@
+"""A corpus as an ordered list of shards, each read on its own, so that the token cache can be
+built in bounded memory, in parallel and resumably (train/data/token_cache.py).
+
+Text (`text:GLOB`): the files sorted by path, grouped into shards of about `SHARD_BYTES` (a
+larger file is a shard of its own and is read whole). TFDS: index ranges of a prepared split.
+Documents keep one global order, shard by shard, so the documents held out for eval (text) are
+the same pure function of a document's index as when the corpus was read whole.
+
+A shard's `role` says where its documents go: "split" (text: train or eval by `HeldOut`),
+"train" or "eval" (a TFDS split).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from models.errors import ConfigError
+from train.data import text
+
+SHARD_BYTES = 32 * 2**20
+TFDS_SHARD_RECORDS = 20_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    role: str  # "split" | "train" | "eval"
+    kind: str  # "text" | "tfds"
+    # text: (split_by, path, path, ...); tfds: (name, split, data_dir, feature, start, stop)
+    spec: tuple
+    nbytes: int = 0  # text: the files' size; tfds: unknown (0)
+
+
+def text_shards(paths: list[str], split_by: str, shard_bytes: int | None = None) -> list[Shard]:
+    shard_bytes = shard_bytes or SHARD_BYTES
+    shards, group, size = [], [], 0
+    for path in paths:
+        n = os.path.getsize(path)
+        if group and size + n > shard_bytes:
+            shards.append(Shard("split", "text", (split_by, *group), size))
+            group, size = [], 0
+        group.append(path)
+        size += n
+    if group:
+        shards.append(Shard("split", "text", (split_by, *group), size))
+    return shards
+
+
+def tfds_shards(role: str, name: str, split: str, data_dir: str, feature: str, records: int) -> list[Shard]:
+    return [
+        Shard(role, "tfds", (name, split, data_dir, feature, start, min(start + TFDS_SHARD_RECORDS, records)))
+        for start in range(0, records, TFDS_SHARD_RECORDS)
+    ]
+
+
+def iter_documents(shard: Shard) -> Iterator[tuple[list[str], int]]:
+    """The shard's documents in order, file by file (or all at once for TFDS), each part with its
+    count of invalid UTF-8 sequences replaced."""
+    if shard.kind == "text":
+        split_by, *paths = shard.spec
+        for path in paths:
+            yield text.read_file(path, split_by)
+    else:
+        from train.data import tfds
+
+        yield tfds.read_range(*shard.spec), 0
+
+
+def read_documents(shard: Shard) -> tuple[list[str], int]:
+    docs, bad = [], 0
+    for part, n_bad in iter_documents(shard):
+        docs += part
+        bad += n_bad
+    return docs, bad
+
+
+def document_chars(shard: Shard) -> np.ndarray:
+    """Characters of each document of the shard, in order (what the tokenizer sample needs)."""
+    return np.asarray([len(d) for d in read_documents(shard)[0]], np.int64)
+
+
+def tokenizer_sample(
+    shards: list[Shard], chars: list[np.ndarray], eval_fraction: float, max_chars: int
+) -> Iterator[str]:
+    """Training documents for the tokenizer, by a fixed rule over the whole corpus: if all train
+    documents hold at most `max_chars` characters, all of them in order (held-out ones never);
+    otherwise each shard gives its first train documents up to an equal share of `max_chars`.
+    `chars[i]`: `document_chars(shards[i])`."""
+    held = [np.zeros(len(c), bool) for c in chars]
+    split = [i for i, s in enumerate(shards) if s.role == "split"]
+    if split:
+        total_docs = sum(len(chars[i]) for i in split)
+        if total_docs == 0:
+            raise ConfigError(text.no_text_message(sum(len(shards[i].spec) - 1 for i in split)))
+        rule = text.HeldOut(total_docs, eval_fraction)
+        for i in split:
+            held[i] = rule.take(len(chars[i]))
+    used = [i for i, s in enumerate(shards) if s.role != "eval"]
+    total = sum(int(chars[i][~held[i]].sum()) for i in used)
+    quota = max_chars if total <= max_chars else max_chars / max(len(used), 1)
+    for i in used:
+        taken, k = 0, 0
+        for part, _ in iter_documents(shards[i]):
+            for doc in part:
+                if not held[i][k] and taken < quota:
+                    yield doc
+                    taken += len(doc)
+                k += 1
+            if taken >= quota:
+                break
