@@ -1,24 +1,33 @@
-"""Input-pipeline throughput: how many tokens/s the train stream delivers, host side and on device.
+"""Input pipeline: how fast the token cache is built, how much memory that takes, and how many
+tokens/s the train stream then delivers, host side and on device.
 
-    python -m experiments.tools.make_text_corpus --out /tmp/corpus --files 2000
+    python -m experiments.tools.make_text_corpus --out /tmp/c100 --files 2500 --paragraphs 40
     python -m experiments.bench.input --config configs/gpt.py:tiny \
-        --config.dataset=text:'/tmp/corpus/*.txt' --config.tokenizer.vocab_size=4096
+        --config.dataset=text:'/tmp/c100/*.txt' --config.tokenizer.vocab_size=4096
 
-Prints one JSON line: the seconds to build the source cold (tokenizer training, tokenizing and
-packing into an empty cache) and warm (everything cached, as on a resumed run), and tokens/s of
-`next(iterator)` alone and with the transfer to device arrays, over `--batches` batches.
+Prints one JSON line. The build is timed in two parts, each into an empty cache: training the
+tokenizer (its sample read from the corpus), then encoding and packing the corpus with that
+tokenizer (`cache_*`: MB of text and tokens per second, the peak resident memory of the build
+summed over its worker processes, sampled every 20 ms, next to this process's own before the
+build, and the cache's size on disk). A warm
+build (everything cached, as on a resumed run) and the iterator's tokens/s follow. Compare core
+counts with `--config.data_workers=1` and `=2`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
+import threading
 import time
 
 import jax
+import psutil
 from absl import app, flags
 from ml_collections import config_flags
 
+from train.data import text
 from train.data.sources import make_source
 from train.mesh import batch_sharding, make_mesh, to_global
 
@@ -37,26 +46,75 @@ def _tokens_per_sec(iterator, n: int, tokens_per_batch: int, put=None) -> float:
     return n * tokens_per_batch / (time.perf_counter() - start)
 
 
+class _PeakMemory:
+    """Peak resident memory of this process and its children together, sampled in a thread."""
+
+    def __init__(self, every: float = 0.02):
+        self.peak, self._every, self._stop = 0, every, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:  # a worker that just exited
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(self._every)
+
+    def __enter__(self) -> _PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _folder_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
 def main(argv: list[str]) -> None:
     del argv
     config = _CONFIG.value
+    corpus_bytes = sum(os.path.getsize(p) for p in text.list_files(config.dataset.partition(":")[2]))
     with tempfile.TemporaryDirectory() as tmp:
-        if not config.data_cache_dir:
-            config.data_cache_dir = f"{tmp}/cache"
+        cache = config.data_cache_dir or f"{tmp}/cache"
+        config.data_cache_dir = f"{tmp}/tokenizer_cache"
         start = time.perf_counter()
-        make_source(config, f"{tmp}/cold")
+        make_source(config, f"{tmp}/cold")  # trains the tokenizer (and builds a first cache)
         cold = time.perf_counter() - start
+        config.data_cache_dir, config.tokenizer.path = cache, f"{tmp}/cold/tokenizer.model"
+        before = psutil.Process().memory_info().rss  # this process: JAX, the first source
+        with _PeakMemory() as memory:
+            start = time.perf_counter()
+            source = make_source(config, f"{tmp}/build")
+            build = time.perf_counter() - start
         start = time.perf_counter()
-        source = make_source(config, f"{tmp}/warm")
+        make_source(config, f"{tmp}/warm")
         warm = time.perf_counter() - start
         tokens = config.batch_size * config.seq_len
+        cached_tokens = sum(int((a[1][:] > 0).sum()) for a in (source._train, source._eval))
         sharding = batch_sharding(make_mesh(config))
         result = {
             "dataset": config.dataset,
+            "corpus_mb": round(corpus_bytes / 2**20, 1),
+            "documents": source.documents,
             "batch_size": config.batch_size,
             "seq_len": config.seq_len,
-            "build_seconds_cold": round(cold, 2),
-            "build_seconds_warm": round(warm, 2),
+            "workers": config.data_workers or os.cpu_count(),
+            "cold_seconds_with_tokenizer_training": round(cold, 2),
+            "cache_seconds": round(build, 2),
+            "cache_mb_text_per_sec": round(corpus_bytes / 2**20 / build, 2),
+            "cache_tokens_per_sec": round(cached_tokens / build),
+            "cache_peak_rss_gb": round(memory.peak / 2**30, 3),
+            "rss_before_cache_gb": round(before / 2**30, 3),
+            "cache_disk_mb": round(_folder_bytes(os.path.join(cache, "packed")) / 2**20, 1),
+            "warm_seconds": round(warm, 2),
             "host_tokens_per_sec": round(_tokens_per_sec(source.train_iterator(), _BATCHES.value, tokens)),
             "device_tokens_per_sec": round(
                 _tokens_per_sec(

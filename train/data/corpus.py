@@ -21,7 +21,7 @@ import numpy as np
 from models.errors import ConfigError
 from train.data import text
 
-SHARD_BYTES = 32 * 2**20
+SHARD_BYTES = 8 * 2**20
 TFDS_SHARD_RECORDS = 20_000
 
 

@@ -97,9 +97,7 @@ class TextSource:
         eval_fraction = config.text.eval_fraction
 
         def sample() -> Iterator[str]:  # read only if the tokenizer must actually be trained
-            used = [s for s in shards if s.role != "eval"]
-            counted = iter(token_cache.map_shards(corpus.document_chars, used, workers))
-            chars = [np.zeros(0, np.int64) if s.role == "eval" else next(counted) for s in shards]
+            chars = [np.zeros(0, np.int64) if s.role == "eval" else corpus.document_chars(s) for s in shards]
             return corpus.tokenizer_sample(shards, chars, eval_fraction, t.max_train_chars)
 
         self.tokenizer: Tokenizer = corpus_tokenizer(

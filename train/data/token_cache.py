@@ -4,8 +4,9 @@
         train_tokens.npy  train_segment_ids.npy  eval_tokens.npy  eval_segment_ids.npy  meta.json
     {cache}/packed/{key}.build/      while building: shards/NNNNN.npz (ids and document lengths)
 
-1. Encode: each shard (train/data/corpus.py) is read and encoded by a worker process and written
-   atomically; a build killed part-way keeps its finished shards. Processes building the same
+1. Encode: each shard (train/data/corpus.py) is read and encoded by a worker process
+   (train/data/encode_worker.py) and written atomically; a build killed part-way keeps its
+   finished shards. Processes building the same
    cache (the hosts of a multi-process run on a shared filesystem, or two launches) claim shards
    through file locks, so each shard is encoded once; a claim dies with its process.
 2. Pack: one process (under a lock) streams the encoded shards in order through `StreamPacker`
@@ -16,16 +17,16 @@ in the smallest unsigned type that holds the vocabulary, segment ids in one that
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import dataclasses
 import fcntl
 import json
 import logging
-import multiprocessing
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
@@ -88,110 +89,91 @@ class _FileLock:
         os.close(self._fd)  # closing the only descriptor drops the lock
 
 
-# -- workers ------------------------------------------------------------------------------------
-
-_worker_tokenizer: Tokenizer | None = None
+# -- encode -------------------------------------------------------------------------------------
 
 
-def _init_worker(model_proto: bytes) -> None:
-    global _worker_tokenizer
-    _worker_tokenizer = Tokenizer(model_proto)
-
-
-def _encode_shard(shard: Shard, out: str, dtype: str, threads: int, tok: Tokenizer | None = None) -> dict:
-    tok = tok or _worker_tokenizer
-    t0 = time.perf_counter()
+def _encode_shard(shard: Shard, out: str, dtype: np.dtype, threads: int, tok: Tokenizer) -> None:
     docs, bad = corpus.read_documents(shard)
-    tokens, lengths = tok.encode_arrays(docs, np.dtype(dtype), num_threads=threads)
+    tokens, lengths = tok.encode_arrays(docs, dtype, num_threads=threads)
     tmp = f"{out}.tmp-{os.getpid()}.npz"
     np.savez(tmp, tokens=tokens, lengths=lengths, bad=np.int64(bad))
     os.replace(tmp, out)
-    return {"docs": len(docs), "chars": sum(map(len, docs)), "seconds": time.perf_counter() - t0}
 
 
-class _Inline(cf.Executor):
-    """Runs in the calling process: a single shard or worker does not pay for a pool."""
-
-    def submit(self, fn: Callable, /, *args, **kwargs) -> cf.Future:
-        future: cf.Future = cf.Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as e:
-            future.set_exception(e)
-        return future
+def _shard_paths(build: str, n: int) -> list[str]:
+    return [os.path.join(build, "shards", f"{i:05d}.npz") for i in range(n)]
 
 
-def _executor(workers: int, jobs: int, tokenizer: Tokenizer | None) -> cf.Executor:
-    if workers <= 1 or jobs <= 1:
-        return _Inline()
-    # Spawned, not forked: the parent may already run JAX's threads.
-    return cf.ProcessPoolExecutor(
-        min(workers, jobs),
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker if tokenizer else None,
-        initargs=(tokenizer.model_proto,) if tokenizer else (),
-    )
-
-
-def map_shards(fn: Callable, shards: list[Shard], workers: int) -> list[Any]:
-    """`fn(shard)` for every shard, in order, on `workers` processes (no locks, no files)."""
-    with _executor(workers, len(shards), None) as ex:
-        return list(ex.map(fn, shards))
+def encode_claimed(build: str, shards: list[Shard], tok: Tokenizer, threads: int, published: str) -> None:
+    """Encodes here, one by one, each shard that no process has finished or holds; then waits for
+    the shards others hold (a claim of a process that died is released, and the shard is encoded
+    here). Run by every worker and builder alike: the locks make them share the work."""
+    paths, dtype = _shard_paths(build, len(shards)), token_dtype(tok.vocab_size)
+    for blocking in (False, True):
+        for i, path in enumerate(paths):
+            if os.path.exists(path) or os.path.exists(published):
+                continue
+            claim = _FileLock(path + ".lock")
+            try:
+                if claim.acquire(blocking) and not os.path.exists(path):
+                    _encode_shard(shards[i], path, dtype, threads, tok)
+                    log.debug("encoded shard %d", i)
+            finally:
+                claim.release()
 
 
 def default_workers(config_workers: int, shards: list[Shard]) -> int:
-    """Worker processes for `shards`. TFDS shards are read in this process (a spawned worker
-    would not see a dataset registered or mocked here); SentencePiece's own threads still
-    encode them on every core."""
+    """Worker processes for `shards`. TFDS shards are read in this process (a worker would not
+    see a dataset registered or mocked here); SentencePiece's own threads still encode them on
+    every core."""
     if any(s.kind == "tfds" for s in shards):
         return 1
     return config_workers if config_workers > 0 else (os.cpu_count() or 1)
 
 
-# -- build ----------------------------------------------------------------------------------------
-
-
 def _encode_all(build: str, shards: list[Shard], tok: Tokenizer, workers: int, published: str) -> None:
-    paths = [os.path.join(build, "shards", f"{i:05d}.npz") for i in range(len(shards))]
-    todo = [i for i, p in enumerate(paths) if not os.path.exists(p)]
-    if not todo:
-        return
-    inline = workers <= 1 or len(todo) == 1
-    dtype = token_dtype(tok.vocab_size).str
-    threads = (os.cpu_count() or 1) if inline else 1
-    t0, chars, done = time.perf_counter(), 0, len(shards) - len(todo)
-    with _executor(workers, len(todo), tok) as ex:
-        running: dict[cf.Future, tuple[int, _FileLock]] = {}
+    todo = [p for p in _shard_paths(build, len(shards)) if not os.path.exists(p)]
+    if workers > 1 and len(todo) > 1:
+        _run_workers(build, shards, tok, min(workers, len(todo)), published)
+    # Whatever is left (one worker, or shards another process holds) is done or awaited here.
+    encode_claimed(build, shards, tok, os.cpu_count() or 1, published)
 
-        def finish(wait_all: bool) -> None:
-            nonlocal chars, done
-            finished, _ = cf.wait(running, return_when=cf.ALL_COMPLETED if wait_all else cf.FIRST_COMPLETED)
-            for f in finished:
-                i, claim = running.pop(f)
-                claim.release()
-                stats = f.result()
-                log.debug("encoded shard %d", i)
-                chars, done = chars + stats["chars"], done + 1
-            mb = chars / 2**20
-            rate = mb / (time.perf_counter() - t0)
-            log.info("encoded %d/%d shards, %.0f MB at %.1f MB/s", done, len(shards), mb, rate)
 
-        # First pass: the shards no other process holds. Second: wait for the others' (a claim
-        # of a process that died is released, and the shard is encoded here).
-        for blocking in (False, True):
-            for i in todo:
-                if os.path.exists(published):
-                    return
-                claim = _FileLock(paths[i] + ".lock")
-                if not claim.acquire(blocking) or os.path.exists(paths[i]):
-                    claim.release()
-                    continue
-                extra = (tok,) if inline else ()
-                running[ex.submit(_encode_shard, shards[i], paths[i], dtype, threads, *extra)] = (i, claim)
-                if len(running) >= max(workers, 1):
-                    finish(wait_all=False)
-            if running:
-                finish(wait_all=True)
+def _run_workers(build: str, shards: list[Shard], tok: Tokenizer, n: int, published: str) -> None:
+    """`n` worker processes (`python -m train.data.encode_worker`: a fresh interpreter, which
+    never re-runs the caller's script as multiprocessing's spawn would) share the shards."""
+    plan = {"shards": [dataclasses.asdict(s) for s in shards], "published": published}
+    for name, data in (("plan.json", json.dumps(plan).encode()), ("tokenizer.model", tok.model_proto)):
+        tmp = os.path.join(build, f"{name}.tmp-{os.getpid()}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, os.path.join(build, name))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    logs = [os.path.join(build, f"worker-{os.getpid()}-{k}.log") for k in range(n)]
+    files = [open(path, "w") for path in logs]
+    cmd = [sys.executable, "-m", "train.data.encode_worker", build]
+    procs = [subprocess.Popen(cmd, env=env, stderr=f) for f in files]
+    t0, last = time.perf_counter(), 0.0
+    try:
+        while any(p.poll() is None for p in procs):
+            for p, path in zip(procs, logs, strict=True):
+                if p.returncode:  # one failed: the others would fail the same way
+                    raise RuntimeError(f"encoding the corpus failed:\n{open(path).read()[-3000:]}")
+            if time.perf_counter() - last > 10:
+                last = time.perf_counter()
+                done = sum(os.path.exists(p) for p in _shard_paths(build, len(shards)))
+                log.info("encoded %d/%d shards (%d workers, %.0f s)", done, len(shards), n, last - t0)
+            time.sleep(0.05)
+        for p, path in zip(procs, logs, strict=True):
+            if p.returncode:
+                raise RuntimeError(f"encoding the corpus failed:\n{open(path).read()[-3000:]}")
+    finally:
+        for p, f in zip(procs, files, strict=True):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            f.close()
 
 
 def _pack(build: str, shards: list[Shard], seq_len: int, vocab_size: int, eval_fraction: float) -> dict:
@@ -208,7 +190,7 @@ def _pack(build: str, shards: list[Shard], seq_len: int, vocab_size: int, eval_f
         return lambda t, s: (writers[split, "tokens"].append(t), writers[split, "segment_ids"].append(s))
 
     packers = {split: packing.StreamPacker(seq_len, emitter(split), tdt, sdt) for split in SPLITS}
-    files = [os.path.join(build, "shards", f"{i:05d}.npz") for i in range(len(shards))]
+    files = _shard_paths(build, len(shards))
     n_docs = [int(np.load(f)["lengths"].shape[0]) for f in files]
     split_docs = sum(n for n, s in zip(n_docs, shards, strict=True) if s.role == "split")
     if split_docs == 0 and any(s.role == "split" for s in shards):
