@@ -67,6 +67,9 @@ def get_config() -> ml_collections.ConfigDict:
     )
     c.data_cache_dir = ""  # tokenizers and packed rows; "" means ~/.cache/gptbert
     c.data_workers = 0  # processes that encode a text corpus into the cache; 0 means one per core
+    # Hosts of a multi-process run that share no filesystem: each builds and reads only its part
+    # of the train rows (and all eval rows); docs/data.md#the-token-cache.
+    c.data_cache_per_host = False
     c.eval_max_rows = 1024  # real text: eval on the first rows of the eval split
     c.mlm = ml_collections.ConfigDict(dict(rate=0.15, mask_frac=0.8, random_frac=0.1))
     c.model = ml_collections.ConfigDict(

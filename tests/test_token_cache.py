@@ -17,6 +17,7 @@ from conftest import REPO, subprocess_env, write_corpus
 
 import configs.bert as bert
 import configs.gpt as gpt
+from models.errors import ConfigError
 from train.data import corpus, packing, text, token_cache
 from train.data.pipeline import text_source, tfds_source
 
@@ -54,6 +55,33 @@ def test_the_streamed_cache_equals_packing_the_whole_corpus_in_memory(files, spl
     _assert_rows_equal(source._train, packing.pack(source.tokenizer.encode(train), c.seq_len))
     _assert_rows_equal(source._eval, packing.pack(source.tokenizer.encode(held), c.seq_len))
     assert source._train[0].dtype == np.uint16 and source._train[1].dtype == np.uint8
+
+
+def test_per_host_parts_hold_their_train_documents_and_every_eval_row(files, tmp_path, monkeypatch):
+    """Hosts without a shared filesystem (`data_cache_per_host`): host p of 2 builds the train
+    rows of shards p, p+2, ... and all eval rows; a position saved that way does not resume as
+    one row stream, nor the other way round."""
+    monkeypatch.setattr(corpus, "SHARD_BYTES", 8 * 1024)
+    c = _config(gpt, f"text:{files}", tmp_path / "cache", data_workers=2)
+    c.text.split_by = "blank_lines"
+    whole = text_source(c, str(tmp_path / "w"))
+    c.tokenizer.path, c.data_cache_per_host = str(tmp_path / "w" / "tokenizer.model"), True
+    parts = [text_source(c, str(tmp_path / f"w{p}"), p, 2) for p in range(2)]
+    shards = corpus.text_shards(text.list_files(files), "blank_lines")
+    docs = [(i, d) for i, s in enumerate(shards) for d in corpus.read_documents(s)[0]]
+    held = text.HeldOut(len(docs), c.text.eval_fraction).take(len(docs))
+    for p, part in enumerate(parts):
+        mine = [d for (i, d), h in zip(docs, held, strict=True) if i % 2 == p and not h]
+        _assert_rows_equal(part._train, packing.pack(whole.tokenizer.encode(mine), c.seq_len))
+        _assert_rows_equal(part._eval, tuple(np.asarray(a, np.int32) for a in whole._eval))
+    assert sum(p.documents["train"] for p in parts) == whole.documents["train"]
+
+    per_host = parts[0].train_iterator(0, 2)
+    next(per_host)
+    with pytest.raises(ConfigError, match="data_cache_per_host"):
+        whole.train_iterator().set_state(per_host.get_state())
+    with pytest.raises(ConfigError, match="each of 2 hosts reading its own part"):
+        parts[0].train_iterator(0, 2).set_state(whole.train_iterator().get_state())
 
 
 tfds = pytest.importorskip("tensorflow_datasets")

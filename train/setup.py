@@ -76,7 +76,9 @@ class Run:
 def build_run(config: Any, workdir: str, *, vocab_size: int | None = None) -> Run:
     """Everything a step of `config` needs; the data source is built (in `workdir`) unless a
     `vocab_size` is given. The config should already have passed `config_checks.validate`."""
-    source = make_source(config, workdir) if vocab_size is None else None
+    source = (
+        make_source(config, workdir, jax.process_index(), jax.process_count()) if vocab_size is None else None
+    )
     vocab_size = source.vocab_size if source is not None else vocab_size
     mesh = make_mesh(config)
     model_cfg = registry.model_config(config, vocab_size)

@@ -32,6 +32,40 @@ class Shard:
     # text: (split_by, path, path, ...); tfds: (name, split, data_dir, feature, start, stop)
     spec: tuple
     nbytes: int = 0  # text: the files' size; tfds: unknown (0)
+    # Another host's shard in a per-host build: encode only these (held-out) documents, of `docs`.
+    keep: tuple[int, ...] | None = None
+    docs: int = -1
+
+
+def host_part(shards: list[Shard], chars: list[np.ndarray], eval_fraction: float, host: int, hosts: int):
+    """The shards one host of `hosts` builds when the hosts share no filesystem: its own shards
+    (every `hosts`-th, from `host`) whole, and of every other shard only the held-out documents,
+    so each host has its part of the train rows and all the eval rows. `chars[i]`:
+    `document_chars(shards[i])` (the held-out split needs every shard's document count)."""
+    held = _held_out(shards, chars, eval_fraction)
+    part = []
+    for i, s in enumerate(shards):
+        if i % hosts == host:
+            part.append(s)
+        elif s.role == "split":
+            keep = tuple(int(k) for k in np.flatnonzero(held[i]))
+            part.append(dataclasses.replace(s, keep=keep, docs=len(chars[i])))
+        elif s.role == "eval":
+            part.append(s)
+    return part
+
+
+def _held_out(shards: list[Shard], chars: list[np.ndarray], eval_fraction: float) -> list[np.ndarray]:
+    held = [np.zeros(len(c), bool) for c in chars]
+    split = [i for i, s in enumerate(shards) if s.role == "split"]
+    if split:
+        total_docs = sum(len(chars[i]) for i in split)
+        if total_docs == 0:
+            raise ConfigError(text.no_text_message(sum(len(shards[i].spec) - 1 for i in split)))
+        rule = text.HeldOut(total_docs, eval_fraction)
+        for i in split:
+            held[i] = rule.take(len(chars[i]))
+    return held
 
 
 def text_shards(paths: list[str], split_by: str, shard_bytes: int | None = None) -> list[Shard]:
@@ -70,16 +104,19 @@ def iter_documents(shard: Shard) -> Iterator[tuple[list[str], int]]:
 
 
 def read_documents(shard: Shard) -> tuple[list[str], int]:
+    """The shard's documents (only those of `keep`, if given) and its invalid UTF-8 count."""
     docs, bad = [], 0
     for part, n_bad in iter_documents(shard):
         docs += part
         bad += n_bad
+    if shard.keep is not None:
+        docs = [docs[k] for k in shard.keep]
     return docs, bad
 
 
 def document_chars(shard: Shard) -> np.ndarray:
     """Characters of each document of the shard, in order (what the tokenizer sample needs)."""
-    return np.asarray([len(d) for d in read_documents(shard)[0]], np.int64)
+    return np.asarray([len(d) for part, _ in iter_documents(shard) for d in part], np.int64)
 
 
 def tokenizer_sample(
@@ -89,15 +126,7 @@ def tokenizer_sample(
     documents hold at most `max_chars` characters, all of them in order (held-out ones never);
     otherwise each shard gives its first train documents up to an equal share of `max_chars`.
     `chars[i]`: `document_chars(shards[i])`."""
-    held = [np.zeros(len(c), bool) for c in chars]
-    split = [i for i, s in enumerate(shards) if s.role == "split"]
-    if split:
-        total_docs = sum(len(chars[i]) for i in split)
-        if total_docs == 0:
-            raise ConfigError(text.no_text_message(sum(len(shards[i].spec) - 1 for i in split)))
-        rule = text.HeldOut(total_docs, eval_fraction)
-        for i in split:
-            held[i] = rule.take(len(chars[i]))
+    held = _held_out(shards, chars, eval_fraction)
     used = [i for i, s in enumerate(shards) if s.role != "eval"]
     total = sum(int(chars[i][~held[i]].sum()) for i in used)
     quota = max_chars if total <= max_chars else max_chars / max(len(used), 1)

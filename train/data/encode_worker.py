@@ -20,7 +20,10 @@ from train.tokenizer import Tokenizer
 def main(build: str) -> None:
     with open(os.path.join(build, "plan.json")) as f:
         plan = json.load(f)
-    shards = [Shard(d["role"], d["kind"], tuple(d["spec"]), d["nbytes"]) for d in plan["shards"]]
+    shards = [
+        Shard(**{**d, "spec": tuple(d["spec"]), "keep": None if d["keep"] is None else tuple(d["keep"])})
+        for d in plan["shards"]
+    ]
     tok = Tokenizer.load(os.path.join(build, "tokenizer.model"))
     token_cache.encode_claimed(build, shards, tok, threads=1, published=plan["published"])
 

@@ -72,28 +72,51 @@ def _with_positions(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 class GrainTrainIterator(Iterator[dict[str, np.ndarray]]):
-    def __init__(self, dataset: grain.MapDataset):
-        self._dataset = dataset
+    """`per_host`: the process count of a per-host build (each host reads its own part of the
+    rows), kept in the position: it cannot carry over to another count."""
+
+    def __init__(self, dataset: grain.MapDataset, per_host: int | None = None):
+        self._dataset, self._per_host = dataset, per_host
         self._it = iter(dataset)
 
     def __next__(self) -> dict[str, np.ndarray]:
         return _with_positions(next(self._it))
 
     def get_state(self) -> dict[str, Any]:
-        return self._it.get_state()
+        state = self._it.get_state()
+        return state if self._per_host is None else {**state, "per_host_processes": self._per_host}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self._it.set_state(state)
+        saved = state.get("per_host_processes")
+        if saved != self._per_host:
+
+            def how(n):
+                return f"each of {n} hosts reading its own part" if n else "one row stream for all processes"
+
+            raise ConfigError(
+                f"the checkpoint's data position was saved with {how(saved)} (data_cache_per_host); "
+                f"this run has {how(self._per_host)}, so the position cannot carry over: resume "
+                f"with the same processes and data_cache_per_host, or use a new --workdir"
+            )
+        self._it.set_state({k: v for k, v in state.items() if k != "per_host_processes"})
 
 
 class TextSource:
     """A corpus of documents (local files or TFDS) as packed, tokenized rows."""
 
-    def __init__(self, config: Any, workdir: str, corpus_key: str, shards: list[Shard]):
+    def __init__(
+        self,
+        config: Any,
+        workdir: str,
+        corpus_key: str,
+        shards: list[Shard],
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
         self.seq_len, self.batch_size, self.seed = config.seq_len, config.batch_size, config.seed
         self.eval_max_rows = config.eval_max_rows
         cache = os.path.expanduser(config.data_cache_dir or os.path.join("~", ".cache", "gptbert"))
-        t, workers = config.tokenizer, token_cache.default_workers(config.data_workers, shards)
+        t, workers = config.tokenizer, token_cache.default_workers(config.get("data_workers", 0), shards)
         eval_fraction = config.text.eval_fraction
 
         def sample() -> Iterator[str]:  # read only if the tokenizer must actually be trained
@@ -113,7 +136,14 @@ class TextSource:
         self.vocab_size = self.tokenizer.vocab_size
         tok_hash = hashlib.sha256(self.tokenizer.model_proto).hexdigest()[:16]
         # v2: streamed build, narrow dtypes, one folder for both splits
-        key = hashlib.sha256(f"{corpus_key}|{tok_hash}|{self.seq_len}|v2".encode()).hexdigest()[:16]
+        part = ""
+        self._per_host = None
+        if config.get("data_cache_per_host", False) and process_count > 1:  # hosts that share no filesystem
+            self._per_host = process_count
+            part = f"|part {process_index} of {process_count}"
+            chars = [corpus.document_chars(s) for s in shards]
+            shards = corpus.host_part(shards, chars, eval_fraction, process_index, process_count)
+        key = hashlib.sha256(f"{corpus_key}|{tok_hash}|{self.seq_len}|v2{part}".encode()).hexdigest()[:16]
         path = os.path.join(cache, "packed", key)
         packed = token_cache.build(
             path, shards, self.tokenizer, self.seq_len, eval_fraction=eval_fraction, workers=workers
@@ -131,9 +161,10 @@ class TextSource:
 
     def train_iterator(self, process_index: int = 0, process_count: int = 1) -> GrainTrainIterator:
         ds = grain.MapDataset.source(_Rows(*self._train)).seed(self.seed).shuffle().repeat(None)
-        ds = _ProcessBlock(ds, self.batch_size, process_index, process_count)
+        if self._per_host is None:
+            ds = _ProcessBlock(ds, self.batch_size, process_index, process_count)
         ds = ds.batch(self.batch_size // process_count, drop_remainder=True)
-        return GrainTrainIterator(ds)
+        return GrainTrainIterator(ds, self._per_host)
 
     def eval_batches(self) -> list[dict[str, np.ndarray]]:
         """The first `eval_max_rows` eval rows, padded to whole global batches."""
@@ -157,7 +188,7 @@ class _Lazy:
         return iter(self._read())
 
 
-def text_source(config: Any, workdir: str) -> TextSource:
+def text_source(config: Any, workdir: str, process_index: int = 0, process_count: int = 1) -> TextSource:
     from train.data import text
 
     pattern = config.dataset.partition(":")[2]
@@ -165,10 +196,11 @@ def text_source(config: Any, workdir: str) -> TextSource:
     paths = text.list_files(pattern)
     stats = [(p, os.path.getsize(p), os.path.getmtime(p)) for p in paths]
     corpus_key = json.dumps(["text", stats, config.text.split_by, config.text.eval_fraction])
-    return TextSource(config, workdir, corpus_key, corpus.text_shards(paths, config.text.split_by))
+    shards = corpus.text_shards(paths, config.text.split_by)
+    return TextSource(config, workdir, corpus_key, shards, process_index, process_count)
 
 
-def tfds_source(config: Any, workdir: str) -> TextSource:
+def tfds_source(config: Any, workdir: str, process_index: int = 0, process_count: int = 1) -> TextSource:
     from train.data import tfds
 
     name = config.dataset.partition(":")[2]
@@ -178,7 +210,7 @@ def tfds_source(config: Any, workdir: str) -> TextSource:
     for role, split in (("train", c.train_split), ("eval", c.eval_split)):
         records = tfds.num_records(name, split, c)
         shards += corpus.tfds_shards(role, name, split, c.data_dir, c.text_feature, records)
-    source = TextSource(config, workdir, corpus_key, shards)
+    source = TextSource(config, workdir, corpus_key, shards, process_index, process_count)
     for role, split in (("train", c.train_split), ("eval", c.eval_split)):
         if source.documents[role] == 0:
             raise ConfigError(tfds.no_text_message(name, split, c.text_feature))

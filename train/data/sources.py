@@ -92,8 +92,9 @@ class HMMSource:
         }
 
 
-def make_source(config: Any, workdir: str) -> Any:
-    """The dataset of `config.dataset`. Real-text sources keep their tokenizer in `workdir`."""
+def make_source(config: Any, workdir: str, process_index: int = 0, process_count: int = 1) -> Any:
+    """The dataset of `config.dataset`. Real-text sources keep their tokenizer in `workdir`; the
+    process index and count matter only to a per-host text cache (`data_cache_per_host`)."""
     name = config.dataset
     if name.startswith("seq2seq:"):
         from train.data.seq2seq_tasks import Seq2SeqTaskSource
@@ -117,13 +118,14 @@ def make_source(config: Any, workdir: str) -> Any:
 
         base_config = ml_collections.ConfigDict(config.to_dict())
         base_config.dataset = name.partition(":")[2]
-        base = make_source(base_config, workdir)
+        base = make_source(base_config, workdir, process_index, process_count)
         s = config.seq2seq
         return SpanCorruptionSource(base, config.seq_len, s.noise_density, s.mean_span, config.seed)
     if name.startswith(("text:", "tfds:")):
         from train.data import pipeline
 
-        return (pipeline.text_source if name.startswith("text:") else pipeline.tfds_source)(config, workdir)
+        build = pipeline.text_source if name.startswith("text:") else pipeline.tfds_source
+        return build(config, workdir, process_index, process_count)
     if name == "hmm":
         h = config.hmm
         spec = HMMSpec(

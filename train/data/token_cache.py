@@ -191,7 +191,10 @@ def _pack(build: str, shards: list[Shard], seq_len: int, vocab_size: int, eval_f
 
     packers = {split: packing.StreamPacker(seq_len, emitter(split), tdt, sdt) for split in SPLITS}
     files = _shard_paths(build, len(shards))
-    n_docs = [int(np.load(f)["lengths"].shape[0]) for f in files]
+    n_docs = [
+        s.docs if s.keep is not None else int(np.load(f)["lengths"].shape[0])
+        for s, f in zip(shards, files, strict=True)
+    ]
     split_docs = sum(n for n, s in zip(n_docs, shards, strict=True) if s.role == "split")
     if split_docs == 0 and any(s.role == "split" for s in shards):
         raise ConfigError(text.no_text_message(sum(len(s.spec) - 1 for s in shards)))
@@ -200,7 +203,10 @@ def _pack(build: str, shards: list[Shard], seq_len: int, vocab_size: int, eval_f
     for shard, path in zip(shards, files, strict=True):
         with np.load(path) as z:
             tokens, lengths, bad = z["tokens"], z["lengths"], bad + int(z["bad"])
-        if shard.role == "split":
+        if shard.role == "split" and shard.keep is not None:  # another host's: its held-out docs
+            assert held_out.take(shard.docs)[list(shard.keep)].all()
+            held = np.ones(len(lengths), bool)
+        elif shard.role == "split":
             held = held_out.take(len(lengths))
         else:
             held = np.full(len(lengths), shard.role == "eval")
