@@ -28,11 +28,32 @@ def _variant(
     )
 
 
+def override_dict(variant: dict, **sections: dict) -> dict:
+    """`variant` with some of its sections' fields replaced."""
+    return {**variant, **{k: {**variant.get(k, {}), **v} for k, v in sections.items()}}
+
+
 VARIANTS: dict[str, dict] = {
     "tiny": _variant(4, 128, 4, length=128, batch=32, steps=1500, lr=3e-3, warmup=100),
     "small": _variant(6, 512, 8, length=512, batch=64, steps=20_000, lr=1e-3, warmup=1000),
     "base": _variant(12, 768, 12, length=1024, batch=256, steps=100_000, lr=6e-4, warmup=2000),
 }
+# Architecture presets: the shapes of `base` and every option that makes the block exactly GPT-2
+# 124M or BERT-base (vocab 50257 / 30522 come with their tokenizers), so their Hugging Face
+# weights map one to one (models/hf_weights.py). Either trains with either objective.
+_EXACT = dict(position="learned", norm="layernorm", attn_scale="sqrt")
+VARIANTS["gpt2"] = override_dict(
+    VARIANTS["base"],
+    model=dict(
+        **_EXACT, norm_position="pre", norm_eps=1e-5, activation="gelu_tanh", embed_norm=False, head="tied"
+    ),
+)
+VARIANTS["bert_base"] = override_dict(
+    _variant(12, 768, 12, length=512, batch=256, steps=100_000, lr=1e-4, warmup=10_000),
+    model=dict(
+        **_EXACT, norm_position="post", norm_eps=1e-12, activation="gelu", embed_norm=True, head="bert"
+    ),
+)
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -86,6 +107,11 @@ def get_config() -> ml_collections.ConfigDict:
             norm="layernorm",
             norm_position="pre",
             attn_scale="sqrt",
+            # GPT-2 and BERT exactly (configs/gpt.py:gpt2, configs/bert.py:bert_base) need these.
+            norm_eps=1e-6,  # LayerNorm / RMSNorm epsilon
+            activation="gelu_tanh",  # or "gelu" (exact, BERT)
+            embed_norm=False,  # a norm after embeddings + positions (BERT)
+            head="tied",  # or "bert": dense, activation, norm, tied projection + output bias
             dtype="float32",  # compute dtype; "bfloat16" for mixed precision (params stay param_dtype)
             param_dtype="float32",
             remat="none",  # "none", "full" or "dots": recompute block activations in backward

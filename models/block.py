@@ -20,12 +20,16 @@ from models.transformer_config import TransformerConfig
 def norm_layer(cfg: TransformerConfig, rngs: nnx.Rngs) -> nnx.Module:
     kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
     if cfg.norm == "rmsnorm":
-        return nnx.RMSNorm(cfg.d_model, **kw)
+        return nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, **kw)
     if cfg.norm == "batchnorm":
         # Statistics over every axis but the feature axis: batch and time. Running averages
         # (momentum 0.9, PyTorch's default) replace them in eval mode (`model.eval()`).
         return nnx.BatchNorm(cfg.d_model, momentum=0.9, **kw)
-    return nnx.LayerNorm(cfg.d_model, **kw)
+    return nnx.LayerNorm(cfg.d_model, epsilon=cfg.norm_eps, **kw)
+
+
+def activation(cfg: TransformerConfig, x):
+    return jax.nn.gelu(x, approximate=cfg.activation == "gelu_tanh")
 
 
 def _per_token(layer: nnx.Module, x_xD: jnp.ndarray) -> jnp.ndarray:
@@ -135,11 +139,25 @@ class Attention(nnx.Module):
 
 class MLP(nnx.Module):
     def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
         self.up = _linear(cfg, cfg.d_model, cfg.mlp_dim, 0.02, rngs)
         self.down = _linear(cfg, cfg.mlp_dim, cfg.d_model, 0.02 / math.sqrt(2 * cfg.num_layers), rngs)
 
     def __call__(self, x_BLD):
-        return _per_token(self.down, jax.nn.gelu(_per_token(self.up, x_BLD)))
+        return _per_token(self.down, activation(self.cfg, _per_token(self.up, x_BLD)))
+
+
+class BertHead(nnx.Module):
+    """BERT's output transform: dense, activation, norm; the tied projection then adds `bias`."""
+
+    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.dense = _linear(cfg, cfg.d_model, cfg.d_model, 0.02, rngs)
+        self.norm = norm_layer(cfg, rngs)
+        self.bias = nnx.Param(jnp.zeros((cfg.vocab_size,), jnp.dtype(cfg.param_dtype)))
+
+    def __call__(self, h_xD):
+        return self.norm(activation(self.cfg, _per_token(self.dense, h_xD)))
 
 
 class Block(nnx.Module):

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from models.block import Attention, Block, norm_layer  # noqa: F401  (Attention re-exported)
+from models.block import Attention, BertHead, Block, norm_layer  # noqa: F401  (Attention re-exported)
 from models.layer_scan import StackedBlocks
 from models.masks import make_cache_mask
 from models.positions import EMBED_INIT_STD, AdditivePositions
@@ -78,6 +78,13 @@ class Transformer(nnx.Module):
             )
         # Post-LN blocks already end in a norm.
         self.final_norm = norm_layer(cfg, rngs) if cfg.norm_position == "pre" else None
+        self.embed_norm = norm_layer(cfg, rngs) if cfg.embed_norm else None
+        self.head = BertHead(cfg, rngs=rngs) if cfg.head == "bert" else None
+
+    def _inputs(self, tokens_BL, positions_BL):
+        """Token embeddings plus positions (then a norm, as in BERT, if `embed_norm`)."""
+        x_BLD = self.positions(self.embed(tokens_BL), positions_BL)
+        return self.embed_norm(x_BLD) if self.embed_norm is not None else x_BLD
 
     def residual_stream(
         self, tokens_BL, mask_B1LL, positions_BL, *, context_BSD=None, cross_mask_B1LS=None
@@ -86,7 +93,7 @@ class Transformer(nnx.Module):
 
         What a probe reads at "layer i"; `hidden_states` is the final norm of the last entry.
         """
-        x_BLD = self.positions(self.embed(tokens_BL), positions_BL)
+        x_BLD = self._inputs(tokens_BL, positions_BL)
         states = [x_BLD]
         if self.cfg.scan_layers:
             args = (mask_B1LL, positions_BL, context_BSD, cross_mask_B1LS)
@@ -117,7 +124,7 @@ class Transformer(nnx.Module):
     ) -> list[jnp.ndarray]:
         """Each layer's attention weights `[B, N, L, L]`; with `cross=True` the decoder's
         cross-attention weights `[B, N, L, S]` over the encoder positions instead."""
-        x_BLD = self.positions(self.embed(tokens_BL), positions_BL)
+        x_BLD = self._inputs(tokens_BL, positions_BL)
         maps = []
         for block in self.blocks:
             self_map, cross_map = block.attention_maps(
@@ -169,7 +176,7 @@ class Transformer(nnx.Module):
         if cache.cross is not None:
             S = cache.cross_valid_BS.shape[1]
             cross_mask_B1TS = jnp.broadcast_to(cache.cross_valid_BS[:, None, None, :], (B, 1, T, S))
-        x_BTD = self.positions(self.embed(tokens_BT), positions_BT)
+        x_BTD = self._inputs(tokens_BT, positions_BT)
         new_kv = []
         for i, (block, kv) in enumerate(zip(self.blocks, cache.kv, strict=True)):
             cross_kv = cache.cross[i] if cache.cross is not None else None
@@ -184,7 +191,9 @@ class Transformer(nnx.Module):
 
     def logits(self, h_xD) -> jnp.ndarray:
         """Vocabulary logits (float32) for hidden states of any leading shape, via the tied embedding."""
-        return self.embed.attend(h_xD).astype(jnp.float32)
+        if self.head is None:
+            return self.embed.attend(h_xD).astype(jnp.float32)
+        return (self.embed.attend(self.head(h_xD)) + self.head.bias[...]).astype(jnp.float32)
 
     def __call__(self, tokens_BL, mask_B1LL, positions_BL, *, context_BSD=None, cross_mask_B1LS=None):
         return self.logits(

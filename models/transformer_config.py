@@ -25,6 +25,19 @@ REMAT_POLICIES = {
 }
 # "xla" and "cudnn" through jax.nn.dot_product_attention(implementation=); "einsum" written out.
 ATTENTION_IMPLS: tuple[str, ...] = ("xla", "cudnn", "einsum")
+# GELU as GPT-2 computes it (tanh approximation) or exactly (erf), as BERT does.
+ACTIVATIONS: tuple[str, ...] = ("gelu_tanh", "gelu")
+# The output head: logits through the tied embedding, or BERT's (dense, activation and norm
+# before the tied projection, plus an output bias).
+HEADS: tuple[str, ...] = ("tied", "bert")
+# Fields added after checkpoints were written: at these defaults they stay out of the run
+# identity, so a checkpoint from before them still resumes (and loads with the defaults).
+LATER_FIELDS: dict[str, object] = {
+    "norm_eps": 1e-6,
+    "activation": "gelu_tanh",
+    "embed_norm": False,
+    "head": "tied",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +54,10 @@ class TransformerConfig:
     norm: str = "layernorm"
     norm_position: str = "pre"
     attn_scale: str = "sqrt"
+    norm_eps: float = 1e-6  # LayerNorm / RMSNorm epsilon (GPT-2: 1e-5, BERT: 1e-12)
+    activation: str = "gelu_tanh"
+    embed_norm: bool = False  # a norm after the embeddings and positions (BERT)
+    head: str = "tied"
     dtype: str = "float32"  # compute dtype of activations and matmuls
     param_dtype: str = "float32"
     arch: str = "transformer"
@@ -71,9 +88,13 @@ class TransformerConfig:
             ("attn_scale", ATTN_SCALES),
             ("remat", tuple(REMAT_POLICIES)),
             ("attention_impl", ATTENTION_IMPLS),
+            ("activation", ACTIVATIONS),
+            ("head", HEADS),
         ):
             if getattr(self, field) not in kinds:
                 errors.append(f"model.{field}={getattr(self, field)!r}: use one of {kinds}")
+        if not self.norm_eps > 0:
+            errors.append(f"model.norm_eps={self.norm_eps} must be positive (GPT-2 uses 1e-5, BERT 1e-12)")
         if self.attention_impl == "cudnn" and self.dtype not in ("bfloat16", "float16"):
             errors.append(
                 f"model.attention_impl='cudnn' runs in bfloat16 or float16 only, not model.dtype="

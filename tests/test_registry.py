@@ -92,3 +92,19 @@ def test_validate_allows_exactly_the_masks_of_the_objective_table(objective, mas
 def test_each_config_file_sets_its_objectives_first_mask():
     for objective, masks in OBJECTIVE_MASKS.items():
         assert configs.get_config(objective).mask == masks[0]
+
+
+def test_fields_added_later_stay_out_of_the_identity_at_their_defaults():
+    """A checkpoint written before `norm_eps`, `activation`, `embed_norm` and `head` existed has
+    none of them in its identity: at their defaults a run still matches it and loads it."""
+    from models.transformer_config import LATER_FIELDS
+    from train.setup import run_identity
+
+    config = configs.get_config("clm", "tiny", {})
+    identity = run_identity(config, registry.model_config(config, 20))["model"]
+    assert not set(LATER_FIELDS) & set(identity)
+    assert registry.config_from_identity(identity) == registry.model_config(config, 20)
+    bert = configs.get_config("mlm", "bert_base", {})
+    assert {"norm_eps", "activation", "embed_norm", "head"} <= set(
+        run_identity(bert, registry.model_config(bert, 20))["model"]
+    )

@@ -19,6 +19,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from models import registry
+from models.transformer_config import LATER_FIELDS
 from train import step as step_lib
 from train.data.sources import make_source
 from train.mesh import batch_sharding, make_mesh, replicated, state_shardings
@@ -33,7 +34,9 @@ def run_identity(config: Any, model_cfg: registry.ModelConfig) -> dict:
 
     def what(fields: dict) -> dict:  # an encoder-decoder nests its stack's fields
         return {
-            k: what(v) if isinstance(v, dict) else v for k, v in fields.items() if k not in EXECUTION_FIELDS
+            k: what(v) if isinstance(v, dict) else v
+            for k, v in fields.items()
+            if k not in EXECUTION_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k])
         }
 
     return {
