@@ -1,0 +1,88 @@
+"""`python -m train.export_hf` on trained runs: a learned-position GPT loads in Hugging Face's
+`FlaxGPT2LMHeadModel`, a BERT-option BERT in `FlaxBertForMaskedLM`, each with the project's
+logits within 1e-4; a rotary run is refused naming `model.position`, and nothing is written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import REPO, subprocess_env, train_command
+
+from models.masks import make_attention_mask
+from train.inference import load_trained
+
+transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.slow
+
+RUNS = {
+    "gpt2": ("clm", {"model.position": "learned"}),
+    "bert": (
+        "mlm",
+        {
+            "model.position": "learned",
+            "model.norm_position": "post",
+            "model.embed_norm": True,
+            "model.head": "bert",
+            "model.activation": "gelu",
+            "model.norm_eps": 1e-12,
+        },
+    ),
+}
+
+
+def _export(workdir: str, out: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "train.export_hf", f"--workdir={workdir}", f"--out={out}"]
+    return subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("fam", ["gpt2", "bert"])
+def test_an_exported_run_loads_in_hugging_face_with_the_same_logits(fam, tmp_path):
+    objective, overrides = RUNS[fam]
+    workdir, out = str(tmp_path / "run"), str(tmp_path / "hf")
+    trained = subprocess.run(
+        train_command(workdir, objective, num_train_steps=20, **overrides),
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    result = _export(workdir, out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(os.listdir(out)) == ["README.md", "config.json", "model.safetensors"]
+    assert "final eval metrics" in open(os.path.join(out, "README.md")).read()
+
+    ours = load_trained(workdir)
+    cls = transformers.FlaxGPT2LMHeadModel if fam == "gpt2" else transformers.FlaxBertForMaskedLM
+    hf = cls.from_pretrained(out)
+    vocab = ours.model.cfg.vocab_size
+    tokens = np.random.default_rng(0).integers(0, vocab, (3, 16)).astype(np.int32)
+    valid = np.ones_like(tokens)
+    valid[1, 10:], valid[2, 4:] = 0, 0
+    mask = make_attention_mask("causal" if fam == "gpt2" else "bidirectional", jnp.asarray(valid))
+    positions = jnp.broadcast_to(jnp.arange(16), tokens.shape)
+    got = np.asarray(ours.model(jnp.asarray(tokens), mask, positions))
+    want = np.asarray(hf(input_ids=tokens, attention_mask=valid).logits)
+    real = valid.astype(bool)
+    np.testing.assert_allclose(got[real], want[real], atol=1e-4, rtol=1e-4)
+
+
+def test_a_rotary_run_is_refused_naming_the_field_and_nothing_is_written(tmp_path):
+    workdir, out = str(tmp_path / "run"), str(tmp_path / "hf")
+    trained = subprocess.run(
+        train_command(workdir, num_train_steps=10),
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    result = _export(workdir, out)
+    assert result.returncode == 2
+    assert "model.position='rotary' has no gpt2 equivalent (needs 'learned')" in result.stderr
+    assert not os.path.exists(out) and not [p for p in os.listdir(tmp_path) if p.startswith("hf")]

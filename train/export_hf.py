@@ -1,0 +1,128 @@
+"""A trained run as a Hugging Face model directory, for people who use PyTorch.
+
+    python -m train.export_hf --workdir runs/gpt --out exported/gpt [--step 1500]
+
+Writes `config.json`, `model.safetensors` (PyTorch names and layouts of `GPT2LMHeadModel` or
+`BertForMaskedLM`), the run's tokenizer (`tokenizer.model`, SentencePiece) when it has one, and
+a model card (`README.md`: objective, mask, data, step, final eval metrics, the training config).
+A causal run of the GPT-2 architecture exports as GPT-2, a bidirectional run of the BERT one as
+BERT (models/hf_weights.py); any other run is refused before anything is written, naming each
+field and the value that would export. The directory appears whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+import jax
+import numpy as np
+from absl import app, flags
+from flax import nnx
+from safetensors.numpy import save_file
+
+from models import registry
+from models.hf_config import hf_config
+from models.hf_weights import export_errors, to_hf
+from models.transformer_config import TransformerConfig
+from train.data.vocab import BOS_ID, EOS_ID, PAD_ID
+from train.inference import load_trained
+from train.metrics import read_metrics
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "the run to export (its latest checkpoint unless --step)")
+_STEP = flags.DEFINE_integer("step", None, "the checkpoint step to export")
+_OUT = flags.DEFINE_string("out", None, "the Hugging Face directory to write (must not exist)")
+
+# GPT2LMHeadModel is causal, BertForMaskedLM bidirectional: the mask picks the family.
+_FAMILY_OF_MASK = {"causal": "gpt2", "bidirectional": "bert"}
+
+
+class ExportError(ValueError):
+    """The run has no Hugging Face equivalent; the message names each field."""
+
+
+def export(workdir: str, out: str, step: int | None = None) -> str:
+    """Writes the HF directory `out` for the run in `workdir`; returns the family written."""
+    if os.path.exists(out):
+        raise ExportError(f"{out} exists; choose a new --out (nothing is overwritten)")
+    trained = load_trained(workdir, step=step)
+    cfg = registry.config_from_identity(trained.identity["model"])
+    mask = trained.identity["mask"]
+    if not isinstance(cfg, TransformerConfig):
+        raise ExportError(f"model.arch={cfg.arch!r} has no Hugging Face equivalent (needs 'transformer')")
+    fam = _FAMILY_OF_MASK.get(mask)
+    if fam is None:
+        raise ExportError(
+            f"mask={mask!r}: GPT-2 is 'causal', BERT 'bidirectional'; no HF class takes this mask"
+        )
+    errors = export_errors(cfg, fam)
+    if errors:
+        raise ExportError(f"this {mask} run cannot export as {fam}:\n  - " + "\n  - ".join(errors))
+    params = jax.tree.map(np.asarray, nnx.state(trained.model, nnx.Param).to_pure_dict())
+    tmp = f"{out}.tmp-{os.getpid()}"
+    os.makedirs(tmp)
+    try:
+        save_file(to_hf(params, cfg, fam), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        special = {"bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID}
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(hf_config(cfg, fam, special), f, indent=2)
+        tokenizer = os.path.join(workdir, "tokenizer.model")
+        if os.path.exists(tokenizer):
+            shutil.copyfile(tokenizer, os.path.join(tmp, "tokenizer.model"))
+        with open(os.path.join(tmp, "README.md"), "w") as f:
+            f.write(_card(workdir, trained, fam))
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return fam
+
+
+def _card(workdir: str, trained, fam: str) -> str:
+    evals = [r for r in read_metrics(os.path.join(workdir, "metrics.jsonl")) if r["split"] == "eval"]
+    final = {k: v for k, v in evals[-1].items() if k not in ("step", "split")} if evals else {}
+    cls = "GPT2LMHeadModel" if fam == "gpt2" else "BertForMaskedLM"
+    config = trained.config.to_dict() if trained.config is not None else None
+    tok = (
+        "`tokenizer.model` is the run's SentencePiece model (load it with `sentencepiece`); "
+        "ids 0-6 are `<pad> <bos> <eos> <unk> <mask> <cls> <sep>`."
+        if os.path.exists(os.path.join(workdir, "tokenizer.model"))
+        else "The run's data was the embedded synthetic corpus: symbol k is token id k + 7."
+    )
+    return "\n".join(
+        [
+            f"# {os.path.basename(os.path.abspath(workdir))}",
+            "",
+            f"Exported by `python -m train.export_hf` from step {trained.step} of `{workdir}`; loads as "
+            f"`transformers.{cls}` (PyTorch) or `Flax{cls}`.",
+            "",
+            f"- objective: `{trained.identity['objective']}`, mask: `{trained.identity['mask']}`",
+            f"- data: `{trained.identity['dataset']}`",
+            f"- final eval metrics: `{json.dumps(final)}`",
+            f"- tokenizer: {tok}",
+            "",
+            "Trained with `python -m train.main` and this config:",
+            "",
+            "```json",
+            json.dumps(config, indent=2, sort_keys=True),
+            "```",
+            "",
+        ]
+    )
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    try:
+        fam = export(_WORKDIR.value, _OUT.value, _STEP.value)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote {_OUT.value} ({fam})")
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["workdir", "out"])
+    app.run(main)
