@@ -98,7 +98,7 @@ def main(argv: list[str]) -> None:
         make_source(config, f"{tmp}/warm")
         warm = time.perf_counter() - start
         tokens = config.batch_size * config.seq_len
-        cached_tokens = sum(int((a[1][:] > 0).sum()) for a in (source._train, source._eval))
+        cached_tokens = sum(int((s[:] > 0).sum()) for _, s in source.rows.values())
         sharding = batch_sharding(make_mesh(config))
         result = {
             "dataset": config.dataset,

@@ -156,6 +156,11 @@ class TextSource:
                 f"than batch_size={self.batch_size}; lower batch_size or seq_len, or add text"
             )
 
+    @property
+    def rows(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The packed rows of each split: (tokens `[R, L]`, segment ids `[R, L]`), memory-mapped."""
+        return {"train": self._train, "eval": self._eval}
+
     def bytes_per_token(self) -> np.ndarray:
         return self.tokenizer.bytes_per_token()
 
