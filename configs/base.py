@@ -87,6 +87,8 @@ def get_config() -> ml_collections.ConfigDict:
         dict(path="", vocab_size=8192, model_type="unigram", max_train_chars=20_000_000)
     )
     c.data_cache_dir = ""  # tokenizers and packed rows; "" means ~/.cache/gptbert
+    # "hf:DIR": start (not resume) from a local Hugging Face GPT-2 / BERT directory (train/hf_import.py)
+    c.init_from = ""
     c.data_workers = 0  # processes that encode a text corpus into the cache; 0 means one per core
     # Hosts of a multi-process run that share no filesystem: each builds and reads only its part
     # of the train rows (and all eval rows); docs/data.md#the-token-cache.

@@ -5,13 +5,11 @@ biases and token-type embeddings included) import with the HF model's logits."""
 
 from __future__ import annotations
 
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import param_dict, random_transformer, transformer_with, write_hub_dir
 from flax import nnx
 
 from models.hf_config import hf_config, model_fields
@@ -20,7 +18,6 @@ from models.masks import make_attention_mask
 from models.transformer import Transformer, TransformerConfig
 
 transformers = pytest.importorskip("transformers")
-safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
 ARCH = {
     "gpt2": dict(norm_position="pre", norm_eps=1e-5, activation="gelu_tanh"),
@@ -31,37 +28,6 @@ ARCH = {
 def _cfg(fam: str) -> TransformerConfig:
     shape = dict(vocab_size=61, d_model=32, num_heads=4, num_layers=2, mlp_dim=48, max_len=16)
     return TransformerConfig(**shape, position="learned", **ARCH[fam])
-
-
-def _random_model(cfg: TransformerConfig, seed: int = 0) -> Transformer:
-    """Every parameter redrawn: biases non-zero, norm scales away from 1."""
-    model = Transformer(cfg, rngs=nnx.Rngs(seed))
-    params = nnx.state(model, nnx.Param)
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-    new = [1.0 + 0.2 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
-    nnx.update(model, jax.tree.unflatten(treedef, [0.3 * (x - 1.0) + (x.ndim == 1) * 0.5 for x in new]))
-    return model
-
-
-def _params(model: Transformer) -> dict:
-    return jax.tree.map(np.asarray, nnx.state(model, nnx.Param).to_pure_dict())
-
-
-def _model_from(params: dict, cfg: TransformerConfig) -> Transformer:
-    model = Transformer(cfg, rngs=nnx.Rngs(0))
-    state = nnx.state(model, nnx.Param)
-    state.replace_by_pure_dict(jax.tree.map(jnp.asarray, params))
-    nnx.update(model, state)
-    return model
-
-
-def _hub_dir(path, tensors: dict, config: dict) -> str:
-    os.makedirs(path, exist_ok=True)
-    safetensors_numpy.save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(config, f)
-    return str(path)
 
 
 def _hf_model(fam: str, path: str):
@@ -91,8 +57,8 @@ def _theirs(hf, tokens, valid) -> np.ndarray:
 def test_exported_weights_load_in_hugging_face_with_the_same_logits(fam, tmp_path):
     cfg = _cfg(fam)
     assert family(cfg) == fam
-    model = _random_model(cfg)
-    path = _hub_dir(tmp_path / fam, to_hf(_params(model), cfg, fam), hf_config(cfg, fam))
+    model = random_transformer(cfg)
+    path = write_hub_dir(tmp_path / fam, to_hf(param_dict(model), cfg, fam), hf_config(cfg, fam))
     tokens, valid = _batch(cfg)
     got, want = _ours(model, fam, tokens, valid), _theirs(_hf_model(fam, path), tokens, valid)
     real = valid.astype(bool)
@@ -103,7 +69,7 @@ def test_exported_weights_load_in_hugging_face_with_the_same_logits(fam, tmp_pat
 @pytest.mark.parametrize("fam", ["gpt2", "bert"])
 def test_hugging_face_weights_import_with_its_logits_and_round_trip(fam, tmp_path):
     cfg = _cfg(fam)
-    tensors = to_hf(_params(_random_model(cfg, seed=3)), cfg, fam)
+    tensors = to_hf(param_dict(random_transformer(cfg, seed=3)), cfg, fam)
     assert {k: v.tolist() for k, v in to_hf(from_hf(tensors, cfg, fam), cfg, fam).items()} == {
         k: v.tolist() for k, v in tensors.items()
     }
@@ -114,16 +80,16 @@ def test_hugging_face_weights_import_with_its_logits_and_round_trip(fam, tmp_pat
             tensors[name] = rng.normal(0, 0.5, tensors[name].shape).astype(np.float32)
     fields, hub = model_fields(hf_config(cfg, fam))
     assert fields == fam and TransformerConfig(**hub) == cfg
-    hf = _hf_model(fam, _hub_dir(tmp_path / fam, tensors, hf_config(cfg, fam)))
+    hf = _hf_model(fam, write_hub_dir(tmp_path / fam, tensors, hf_config(cfg, fam)))
     tokens, valid = _batch(cfg)
-    got = _ours(_model_from(from_hf(tensors, cfg, fam), cfg), fam, tokens, valid)
+    got = _ours(transformer_with(from_hf(tensors, cfg, fam), cfg), fam, tokens, valid)
     real = valid.astype(bool)
     np.testing.assert_allclose(got[real], _theirs(hf, tokens, valid)[real], atol=1e-4, rtol=1e-4)
 
 
 def test_every_tensor_is_accounted_for():
     cfg = _cfg("gpt2")
-    tensors = to_hf(_params(_random_model(cfg)), cfg, "gpt2")
+    tensors = to_hf(param_dict(random_transformer(cfg)), cfg, "gpt2")
     # The Hub's GPT-2 file: no "transformer." prefix, the causal-mask buffers, the tied head.
     hub = {k.removeprefix("transformer."): v for k, v in tensors.items()}
     hub["h.0.attn.bias"] = np.ones((1, 1, 16, 16), np.float32)

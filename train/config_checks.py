@@ -12,6 +12,7 @@ from typing import Any
 from models import registry
 from models.errors import ConfigError
 from models.masks import MASK_KINDS
+from train import hf_import
 from train.data.seq2seq_tasks import TASKS
 from train.nonfinite import MODES as NONFINITE_MODES
 from train.objectives import OBJECTIVE_CLASSES, OBJECTIVE_MASKS, OBJECTIVES
@@ -45,6 +46,11 @@ def validate(config: Any) -> None:
         not (m.arch == "lstm" and config.mask == "prefix"),
         "model.arch='lstm' has no prefix-LM form; use mask='causal' or 'bidirectional'",
     )
+    if config.get("init_from"):  # the directory's files and config.json; its shapes once the vocab is known
+        try:
+            hf_import.read_config(hf_import.directory(config.init_from))
+        except ConfigError as e:
+            errors.extend(e.errors)
     need(config.objective in OBJECTIVES, f"objective={config.objective!r}: use one of {OBJECTIVES}")
     need(config.mask in MASK_KINDS, f"mask={config.mask!r}: use one of {MASK_KINDS}")
     if config.objective in OBJECTIVES and config.mask in MASK_KINDS:

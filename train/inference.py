@@ -69,7 +69,7 @@ class Trained:
     model: nnx.Module  # in eval mode
     identity: dict[str, Any]  # model config, objective, mask, dataset (as the checkpoint stores it)
     config: ml_collections.ConfigDict | None  # the run's full config, when its workdir is there
-    tokenizer: Tokenizer | SymbolTokenizer
+    tokenizer: Tokenizer | SymbolTokenizer | None  # None: an HF directory without tokenizer.model
     step: int
     checkpoint: str  # the step folder it came from
 
@@ -174,6 +174,24 @@ def load_trained(
         tokenizer=_tokenizer(identity, folder),
         step=int(restored["step"]),
         checkpoint=folder,
+    )
+
+
+def load_hf(path: str) -> Trained:
+    """A local Hugging Face GPT-2 / BERT directory (config.json + model.safetensors) as the same
+    object `load_trained` returns, for inference without a run. Its tokenizer is read when it is
+    a SentencePiece `tokenizer.model`; Hugging Face `tokenizer.json` files are not read yet."""
+    from train import hf_import
+
+    model, identity = hf_import.load_model(os.path.expanduser(path))
+    spm = os.path.join(path, "tokenizer.model")
+    return Trained(
+        model=model,
+        identity=identity,
+        config=None,
+        tokenizer=Tokenizer.load(spm) if os.path.exists(spm) else None,
+        step=0,
+        checkpoint=os.path.abspath(path),
     )
 
 

@@ -19,6 +19,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from models.errors import ConfigError
+from models.transformer_config import TransformerConfig
+from train import hf_import
 from train.checkpoint import Checkpointer
 from train.config_checks import validate
 from train.device_memory import check_fits, device_limit_bytes, step_memory
@@ -71,12 +73,23 @@ def _train(
     source, mesh, data_sharding, identity = run.source, run.mesh, run.data_sharding, run.identity
     num_params = run.num_params
 
+    if config.get("init_from"):  # checked before anything compiles
+        hf_dir = hf_import.directory(config.init_from)
+        if not isinstance(run.model_config, TransformerConfig):
+            raise ConfigError(f"init_from needs model.arch='transformer', not {config.model.arch!r}")
+        problems = hf_import.mismatches(hf_dir, run.model_config)
+        if problems:
+            raise ConfigError(problems)
     checkpointer = Checkpointer(workdir, config.keep_checkpoints)
     train_iter = source.train_iterator(jax.process_index(), jax.process_count())
     progress: dict = {}
     intact = checkpointer.restore_newest_intact(run.abstract_state, identity, verify_fingerprint)
     if intact is None:
         state = run.init_state()
+        if config.get("init_from"):
+            params = hf_import.read_params(hf_dir, run.model_config)
+            state = hf_import.with_params(state, params, run.tx, run.state_sharding)
+            log.info("initialised from %s", hf_dir)
     else:
         latest, state, data_state, progress = intact
         train_iter.set_state(data_state)

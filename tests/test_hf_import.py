@@ -1,0 +1,115 @@
+"""Starting from a Hugging Face directory: `init_from=hf:DIR` places its weights in the run's
+initial state, `load_hf(DIR)` loads it for inference, both with the HF model's logits; a
+directory whose config differs from the run's is refused field by field before compiling, and a
+pickled `pytorch_model.bin` is never loaded."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import (
+    REPO,
+    micro_config,
+    param_dict,
+    random_transformer,
+    subprocess_env,
+    train_command,
+    write_hub_dir,
+)
+from flax import nnx
+
+from models import registry
+from models.errors import ConfigError
+from models.hf_config import hf_config
+from models.hf_weights import to_hf
+from models.masks import make_attention_mask
+from train import hf_import
+from train.config_checks import validate
+from train.inference import load_hf
+from train.setup import build_run
+
+transformers = pytest.importorskip("transformers")
+
+GPT2_OPTIONS = {"model.position": "learned", "model.norm_eps": 1e-5}
+VOCAB = 16 + 7  # the micro config's HMM symbols and the special tokens
+
+
+def _hub(tmp_path, cfg) -> str:
+    """An HF GPT-2 directory of `cfg`'s shapes, every weight drawn (key biases included)."""
+    tensors = to_hf(param_dict(random_transformer(cfg, seed=5)), cfg, "gpt2")
+    rng = np.random.default_rng(0)
+    for name in [n for n in tensors if n.endswith("attn.c_attn.bias")]:
+        tensors[name] = rng.normal(0, 0.5, tensors[name].shape).astype(np.float32)
+    return write_hub_dir(tmp_path / "hf", tensors, hf_config(cfg, "gpt2"))
+
+
+def _logits(model, tokens) -> np.ndarray:
+    valid = jnp.ones_like(tokens)
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    return np.asarray(model(tokens, make_attention_mask("causal", valid), positions))
+
+
+def test_init_from_places_the_weights_and_load_hf_loads_them(tmp_path):
+    config = micro_config(**GPT2_OPTIONS)
+    cfg = registry.model_config(config, VOCAB)
+    path = _hub(tmp_path, cfg)
+    tokens = jnp.asarray(np.random.default_rng(1).integers(0, VOCAB, (2, 12)), jnp.int32)
+    want = np.asarray(
+        transformers.FlaxGPT2LMHeadModel.from_pretrained(path)(input_ids=np.asarray(tokens)).logits
+    )
+
+    run = build_run(micro_config(**GPT2_OPTIONS, init_from=f"hf:{path}"), str(tmp_path / "w"))
+    assert hf_import.mismatches(path, run.model_config) == []
+    state = hf_import.with_params(
+        run.init_state(), hf_import.read_params(path, cfg), run.tx, run.state_sharding
+    )
+    model = nnx.merge(run.graphdef, jax.device_get(state.params), jax.device_get(state.model_state) or {})
+    np.testing.assert_allclose(_logits(model, tokens), want, atol=1e-4, rtol=1e-4)
+
+    loaded = load_hf(path)
+    assert (loaded.objective, loaded.mask_kind, loaded.step) == ("clm", "causal", 0)
+    np.testing.assert_allclose(_logits(loaded.model, tokens), want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_run_starts_from_the_directory_and_a_mismatch_is_refused_by_field(tmp_path):
+    path = _hub(tmp_path, registry.model_config(micro_config(**GPT2_OPTIONS), VOCAB))
+    run = subprocess.run(
+        train_command(str(tmp_path / "run"), num_train_steps=10, init_from=f"hf:{path}", **GPT2_OPTIONS),
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert f"initialised from {path}" in run.stderr
+    wrong = {**GPT2_OPTIONS, "model.d_model": 64, "model.mlp_dim": 128}
+    refused = subprocess.run(
+        train_command(str(tmp_path / "other"), init_from=f"hf:{path}", **wrong),
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert f"model.d_model=64 but {path} has 32 (n_embd)" in refused.stderr
+    assert f"model.mlp_dim=128 but {path} has 64 (n_inner)" in refused.stderr
+    assert "compiled" not in refused.stderr
+
+
+def test_a_pickled_checkpoint_is_never_loaded(tmp_path):
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "gpt2"}')
+    (folder / "pytorch_model.bin").write_bytes(b"not to be unpickled")
+    with pytest.raises(
+        ConfigError, match=r"only pytorch_model.bin, a pickle, which is never loaded here"
+    ) as e:
+        validate(micro_config(init_from=f"hf:{folder}"))
+    assert "safe_serialization=True" in str(e.value)
+    assert os.path.exists(folder / "pytorch_model.bin")
