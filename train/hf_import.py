@@ -75,7 +75,8 @@ def mismatches(path: str, cfg: TransformerConfig) -> list[str]:
         if ours != theirs:
             where = names.get(key, "vocab_size" if key == "vocab_size" else "")
             hint = (
-                " (the vocabulary comes from the data's tokenizer: use the directory's tokenizer)"
+                " (a run's vocabulary comes from its data's tokenizer; Hugging Face tokenizer.json"
+                " files are not read yet)"
                 if key == "vocab_size"
                 else ""
             )
