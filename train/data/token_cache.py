@@ -253,7 +253,11 @@ def build(
         try:
             if not os.path.isdir(path):
                 packed = _pack(build_dir, shards, seq_len, tokenizer.vocab_size, eval_fraction)
-                os.rename(packed["out"], path)
+                try:
+                    os.rename(packed["out"], path)
+                except OSError:  # published meanwhile by a process the lock did not stop
+                    if not os.path.isdir(path):
+                        raise
                 log.info("token cache %s: %s", path, json.dumps(packed["rows"]))
             shutil.rmtree(build_dir, ignore_errors=True)
         finally:
