@@ -56,6 +56,28 @@ def process_commands(cmd: list[str], count: int = 2) -> list[list[str]]:
     return [cmd + flags + [f"--process_id={i}"] for i in range(count)]
 
 
+def start_processes(workdir: str, count: int = 2, **overrides) -> list:
+    """The processes of a `count`-process micro run (loopback), started; stderr piped as text."""
+    import subprocess
+
+    return [
+        subprocess.Popen(
+            cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        for cmd in process_commands(train_command(workdir, **overrides), count)
+    ]
+
+
+@pytest.fixture(scope="session")
+def two_process_run(tmp_path_factory) -> str:
+    """The workdir of an uninterrupted two-process micro run (shared by the multi-process tests)."""
+    workdir = str(tmp_path_factory.mktemp("two_processes") / "run")
+    procs = start_processes(workdir)
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs[0][-3000:] + errs[1][-3000:]
+    return workdir
+
+
 def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")

@@ -10,16 +10,9 @@ import subprocess
 import time
 
 import pytest
-from conftest import REPO, process_commands, subprocess_env, train_command
+from conftest import REPO, start_processes, subprocess_env, train_command
 
 pytestmark = pytest.mark.slow
-
-
-def _start_pair(workdir: str) -> list[subprocess.Popen]:
-    return [
-        subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        for cmd in process_commands(train_command(workdir))
-    ]
 
 
 def _metrics(workdir: str) -> list[dict]:
@@ -27,16 +20,13 @@ def _metrics(workdir: str) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
-def test_two_processes_match_one_process_with_two_devices_and_resume(tmp_path):
+def test_two_processes_match_one_process_with_two_devices_and_resume(two_process_run, tmp_path):
     one = str(tmp_path / "one_process")
     env = {**subprocess_env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     result = subprocess.run(train_command(one), cwd=REPO, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
 
-    two = str(tmp_path / "two_processes")
-    for proc in _start_pair(two):
-        _, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err.decode()[-3000:]
+    two = two_process_run
     summary = json.load(open(os.path.join(two, "summary.json")))
     assert summary["devices"] == 2
     reference = _metrics(one)
@@ -46,7 +36,7 @@ def test_two_processes_match_one_process_with_two_devices_and_resume(tmp_path):
 
     # Kill both once step 20 is on disk, then start both again: the same metrics.
     resumed = str(tmp_path / "resumed")
-    procs = _start_pair(resumed)
+    procs = start_processes(resumed)
     ckpt = os.path.join(resumed, "checkpoints")
     while not (os.path.isdir(ckpt) and "20" in os.listdir(ckpt)):
         assert all(p.poll() is None for p in procs), "a process ended before it was killed"
@@ -54,8 +44,8 @@ def test_two_processes_match_one_process_with_two_devices_and_resume(tmp_path):
     for p in procs:
         p.send_signal(signal.SIGKILL)
         p.wait()
-    procs = _start_pair(resumed)
-    errs = [p.communicate(timeout=600)[1].decode() for p in procs]
+    procs = start_processes(resumed)
+    errs = [p.communicate(timeout=600)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), errs[0][-3000:]
     assert "resumed from step" in errs[0]
     assert _metrics(resumed) == _metrics(two)

@@ -12,20 +12,11 @@ import threading
 import time
 
 import pytest
-from conftest import REPO, process_commands, subprocess_env, train_command
+from conftest import start_processes
 
 from train.preemption import PreemptionHandler
 
-STEPS = 60
-
-
-def _start_pair(workdir: str) -> list[subprocess.Popen]:
-    return [
-        subprocess.Popen(
-            cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        for cmd in process_commands(train_command(workdir, num_train_steps=STEPS))
-    ]
+STEPS = 40  # the micro config's default: the uninterrupted run is shared (conftest)
 
 
 def _finish(procs: list[subprocess.Popen]) -> list[str]:
@@ -99,24 +90,17 @@ def test_a_notice_after_one_process_finished_does_not_wait_for_it():
     assert stopped[0] is None and stopped[1] is not None and stopped[1] >= 30
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> str:
-    workdir = str(tmp_path_factory.mktemp("preempt2") / "reference")
-    procs = _start_pair(workdir)
-    errs = _finish(procs)
-    assert [p.returncode for p in procs] == [0, 0], errs[0][-3000:] + errs[1][-3000:]
-    return _metrics(workdir)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "signum, targets",
     [(signal.SIGTERM, [1]), (signal.SIGINT, [0, 1])],
     ids=["SIGTERM-to-process-1-only", "SIGINT-to-both"],
 )
-def test_both_processes_checkpoint_one_step_and_resume_identically(uninterrupted, signum, targets, tmp_path):
+def test_both_processes_checkpoint_one_step_and_resume_identically(
+    two_process_run, signum, targets, tmp_path
+):
     workdir = str(tmp_path / "run")
-    procs = _start_pair(workdir)
+    procs = start_processes(workdir)
     metrics = os.path.join(workdir, "metrics.jsonl")
     deadline = time.time() + 300
     while not (os.path.exists(metrics) and open(metrics).read()):
@@ -141,8 +125,8 @@ def test_both_processes_checkpoint_one_step_and_resume_identically(uninterrupted
     assert step < STEPS and os.path.isdir(os.path.join(workdir, "checkpoints", str(step)))
     print(f"{signal.Signals(signum).name} to {targets}: both stopped after step {step}, {seconds:.2f} s")
 
-    procs = _start_pair(workdir)
+    procs = start_processes(workdir)
     errs = _finish(procs)
     assert [p.returncode for p in procs] == [0, 0], errs[0][-3000:] + errs[1][-3000:]
     assert f"resumed from step {step}" in errs[0]
-    assert _metrics(workdir) == uninterrupted
+    assert _metrics(workdir) == _metrics(two_process_run)
