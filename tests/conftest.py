@@ -56,6 +56,15 @@ def process_commands(cmd: list[str], count: int = 2) -> list[list[str]]:
     return [cmd + flags + [f"--process_id={i}"] for i in range(count)]
 
 
+def run_command(cmd: list[str], env: dict[str, str] | None = None):
+    """A command run to its end from the repo root (default env: `subprocess_env()`), output captured."""
+    import subprocess
+
+    return subprocess.run(
+        cmd, cwd=REPO, env=env or subprocess_env(), capture_output=True, text=True, timeout=600
+    )
+
+
 def start_processes(workdir: str, count: int = 2, **overrides) -> list:
     """The processes of a `count`-process micro run (loopback), started; stderr piped as text."""
     import subprocess

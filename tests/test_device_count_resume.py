@@ -12,7 +12,7 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import REPO, process_commands, subprocess_env, train_command, write_corpus
+from conftest import REPO, process_commands, run_command, subprocess_env, train_command, write_corpus
 
 
 def _env(devices: int) -> dict[str, str]:
@@ -27,7 +27,7 @@ def _lines(workdir: str) -> list[dict]:
 def four_devices(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("devices") / "four")
     cmd = train_command(workdir, **{"mesh.fsdp": 2})
-    result = subprocess.run(cmd, cwd=REPO, env=_env(4), capture_output=True, text=True)
+    result = run_command(cmd, env=_env(4))
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.load(open(os.path.join(workdir, "summary.json")))["mesh"] == {"data": 2, "fsdp": 2}
     return workdir
@@ -42,7 +42,7 @@ def test_a_four_device_checkpoint_resumes_on_fewer_devices(four_devices, devices
         shutil.rmtree(os.path.join(workdir, "checkpoints", step))
     os.remove(os.path.join(workdir, "summary.json"))
     cmd = train_command(workdir, **{"mesh.fsdp": 1})
-    result = subprocess.run(cmd, cwd=REPO, env=_env(devices), capture_output=True, text=True)
+    result = run_command(cmd, env=_env(devices))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resumed from step 20" in result.stderr
     assert json.load(open(os.path.join(workdir, "summary.json")))["devices"] == devices
@@ -65,9 +65,7 @@ def test_a_two_process_text_run_resumes_on_one_process_with_its_data_position(tm
         "data_cache_dir": str(tmp_path / "cache"),
     }
     reference = str(tmp_path / "one_process")
-    result = subprocess.run(
-        train_command(reference, "mlm", **text), cwd=REPO, env=_env(2), capture_output=True, text=True
-    )
+    result = run_command(train_command(reference, "mlm", **text), env=_env(2))
     assert result.returncode == 0, result.stderr[-2000:]
 
     workdir = str(tmp_path / "two_then_one")
@@ -82,9 +80,7 @@ def test_a_two_process_text_run_resumes_on_one_process_with_its_data_position(tm
     for step in ("30", "40"):  # as if the two-process run had stopped after its step-20 checkpoint
         shutil.rmtree(os.path.join(workdir, "checkpoints", step))
     os.remove(os.path.join(workdir, "summary.json"))
-    result = subprocess.run(
-        train_command(workdir, "mlm", **text), cwd=REPO, env=_env(2), capture_output=True, text=True
-    )
+    result = run_command(train_command(workdir, "mlm", **text), env=_env(2))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resumed from step 20" in result.stderr
     _assert_same_metrics(_lines(workdir), _lines(reference))

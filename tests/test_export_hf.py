@@ -11,7 +11,7 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, subprocess_env, train_command
+from conftest import run_command, train_command
 
 from models.masks import make_attention_mask
 from train.inference import load_trained
@@ -37,20 +37,14 @@ RUNS = {
 
 def _export(workdir: str, out: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "train.export_hf", f"--workdir={workdir}", f"--out={out}"]
-    return subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True)
+    return run_command(cmd)
 
 
 @pytest.mark.parametrize("fam", ["gpt2", "bert"])
 def test_an_exported_run_loads_in_hugging_face_with_the_same_logits(fam, tmp_path):
     objective, overrides = RUNS[fam]
     workdir, out = str(tmp_path / "run"), str(tmp_path / "hf")
-    trained = subprocess.run(
-        train_command(workdir, objective, num_train_steps=20, **overrides),
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-    )
+    trained = run_command(train_command(workdir, objective, num_train_steps=20, **overrides))
     assert trained.returncode == 0, trained.stderr[-2000:]
     result = _export(workdir, out)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -74,13 +68,7 @@ def test_an_exported_run_loads_in_hugging_face_with_the_same_logits(fam, tmp_pat
 
 def test_a_rotary_run_is_refused_naming_the_field_and_nothing_is_written(tmp_path):
     workdir, out = str(tmp_path / "run"), str(tmp_path / "hf")
-    trained = subprocess.run(
-        train_command(workdir, num_train_steps=10),
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-    )
+    trained = run_command(train_command(workdir, num_train_steps=10))
     assert trained.returncode == 0, trained.stderr[-2000:]
     result = _export(workdir, out)
     assert result.returncode == 2

@@ -6,18 +6,16 @@ pickled `pytorch_model.bin` is never loaded."""
 from __future__ import annotations
 
 import os
-import subprocess
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import (
-    REPO,
     micro_config,
     param_dict,
     random_transformer,
-    subprocess_env,
+    run_command,
     train_command,
     write_hub_dir,
 )
@@ -79,23 +77,13 @@ def test_init_from_places_the_weights_and_load_hf_loads_them(tmp_path):
 @pytest.mark.slow
 def test_a_run_starts_from_the_directory_and_a_mismatch_is_refused_by_field(tmp_path):
     path = _hub(tmp_path, registry.model_config(micro_config(**GPT2_OPTIONS), VOCAB))
-    run = subprocess.run(
-        train_command(str(tmp_path / "run"), num_train_steps=10, init_from=f"hf:{path}", **GPT2_OPTIONS),
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
+    started = run_command(
+        train_command(str(tmp_path / "run"), num_train_steps=10, init_from=f"hf:{path}", **GPT2_OPTIONS)
     )
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert f"initialised from {path}" in run.stderr
+    assert started.returncode == 0, started.stderr[-2000:]
+    assert f"initialised from {path}" in started.stderr
     wrong = {**GPT2_OPTIONS, "model.d_model": 64, "model.mlp_dim": 128}
-    refused = subprocess.run(
-        train_command(str(tmp_path / "other"), init_from=f"hf:{path}", **wrong),
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-    )
+    refused = run_command(train_command(str(tmp_path / "other"), init_from=f"hf:{path}", **wrong))
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert f"model.d_model=64 but {path} has 32 (n_embd)" in refused.stderr
     assert f"model.mlp_dim=128 but {path} has 64 (n_inner)" in refused.stderr

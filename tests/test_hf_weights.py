@@ -63,6 +63,7 @@ def test_exported_weights_load_in_hugging_face_with_the_same_logits(fam, tmp_pat
     got, want = _ours(model, fam, tokens, valid), _theirs(_hf_model(fam, path), tokens, valid)
     real = valid.astype(bool)
     np.testing.assert_allclose(got[real], want[real], atol=1e-4, rtol=1e-4)
+    print(f"{fam}: max |ours - HF| = {np.abs(got[real] - want[real]).max():.2g}")  # with pytest -s
     assert want[real].std() > 0.1  # the comparison is not between near-constant logits
 
 

@@ -8,13 +8,12 @@ import dataclasses
 import json
 import os
 import re
-import subprocess
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, micro_config, subprocess_env, train_command
+from conftest import micro_config, run_command, train_command
 
 from train import step as step_lib
 from train.data.sources import make_source
@@ -88,7 +87,7 @@ def test_a_diverging_run_stops_with_status_3_and_leaves_only_finite_checkpoints(
     workdir = str(tmp_path / "run")
     # Learning rate 300 reached over 39 warmup steps: finite through the first checkpoints, then NaN.
     cmd = train_command(workdir, "clm", **{"optim.learning_rate": 300.0, "optim.warmup_steps": 39})
-    result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True)
+    result = run_command(cmd)
     assert result.returncode == 3, result.stderr[-2000:]
     bad_step = int(re.search(r"non-finite values at step (\d+): loss=nan", result.stderr).group(1))
     steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())

@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, subprocess_env, train_command
+from conftest import REPO, run_command, subprocess_env, train_command
 
 STEPS = 60
 
@@ -24,13 +24,7 @@ def _metrics(workdir: str) -> str:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("preemption") / "reference")
-    result = subprocess.run(
-        train_command(workdir, num_train_steps=STEPS),
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-    )
+    result = run_command(train_command(workdir, num_train_steps=STEPS))
     assert result.returncode == 0, result.stderr[-2000:]
     return _metrics(workdir)
 
@@ -59,7 +53,7 @@ def test_a_signal_checkpoints_the_step_in_flight_and_the_same_command_resumes_id
     assert step < STEPS and os.path.isdir(os.path.join(workdir, "checkpoints", str(step)))
     print(f"{signal.Signals(signum).name}: stopped after step {step}, {seconds:.2f} s from signal to exit")
 
-    resumed = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True)
+    resumed = run_command(cmd)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resumed from step {step}" in resumed.stderr
     assert _metrics(workdir) == uninterrupted
@@ -94,7 +88,7 @@ def test_time_based_checkpoints_land_on_log_steps_and_change_no_metric(uninterru
     workdir = str(tmp_path / "run")
     # Due at every log step: a checkpoint at each one, between the step interval's (every 10).
     cmd = train_command(workdir, num_train_steps=STEPS, checkpoint_every_minutes=1e-6, keep_checkpoints=100)
-    result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True)
+    result = run_command(cmd)
     assert result.returncode == 0, result.stderr[-2000:]
     steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
     assert steps == list(range(5, STEPS + 1, 5))  # micro runs log every 5 steps

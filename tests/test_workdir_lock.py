@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import REPO, subprocess_env, train_command
+from conftest import REPO, run_command, subprocess_env, train_command
 
 from train.workdir_lock import WorkdirBusy, workdir_lock
 
@@ -42,12 +42,12 @@ def test_a_second_launcher_is_refused_and_one_after_a_sigkill_is_not(tmp_path):
         while not (os.path.exists(lock) and open(lock).read()) and holder.poll() is None:
             assert time.time() < deadline, "the first run never took the lock"
             time.sleep(0.2)
-        second = subprocess.run(train_command(workdir), cwd=REPO, env=env, capture_output=True, text=True)
+        second = run_command(train_command(workdir), env=env)
         assert second.returncode == 2
         assert f"is in use by pid {holder.pid} on host" in second.stderr
         assert "compiled" not in second.stderr  # refused before building anything
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    third = subprocess.run(train_command(workdir), cwd=REPO, env=env, capture_output=True, text=True)
+    third = run_command(train_command(workdir), env=env)
     assert third.returncode == 0, third.stderr[-2000:]

@@ -17,7 +17,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import REPO, subprocess_env, train_command
+from conftest import REPO, run_command, subprocess_env, train_command
 
 from train.checkpoint import WRITE_FAILED_EXIT
 
@@ -33,13 +33,7 @@ def _metrics(workdir: str) -> str:
 
 def test_a_failing_checkpoint_write_stops_the_run_and_leaves_earlier_checkpoints_resumable(tmp_path):
     reference = str(tmp_path / "reference")
-    done = subprocess.run(
-        train_command(reference, num_train_steps=STEPS),
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-    )
+    done = run_command(train_command(reference, num_train_steps=STEPS))
     assert done.returncode == 0, done.stderr[-2000:]
 
     workdir = str(tmp_path / "run")
@@ -67,7 +61,7 @@ def test_a_failing_checkpoint_write_stops_the_run_and_leaves_earlier_checkpoints
     assert committed[-1] == newest and 10 in committed
 
     # The disk is fine again (a new process, no limit): the same command resumes and finishes.
-    resumed = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True)
+    resumed = run_command(cmd)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resumed from step {newest}" in resumed.stderr
     assert "damaged" not in resumed.stderr  # the earlier checkpoints restored and verified

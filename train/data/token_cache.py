@@ -176,6 +176,11 @@ def _run_workers(build: str, shards: list[Shard], tok: Tokenizer, n: int, publis
             f.close()
 
 
+def _doc_count(path: str) -> int:
+    with np.load(path) as z:
+        return len(z["lengths"])
+
+
 def _pack(build: str, shards: list[Shard], seq_len: int, vocab_size: int, eval_fraction: float) -> dict:
     out = os.path.join(build, f"out-{os.getpid()}")
     os.makedirs(out, exist_ok=True)
@@ -191,10 +196,7 @@ def _pack(build: str, shards: list[Shard], seq_len: int, vocab_size: int, eval_f
 
     packers = {split: packing.StreamPacker(seq_len, emitter(split), tdt, sdt) for split in SPLITS}
     files = _shard_paths(build, len(shards))
-    n_docs = [
-        s.docs if s.keep is not None else int(np.load(f)["lengths"].shape[0])
-        for s, f in zip(shards, files, strict=True)
-    ]
+    n_docs = [s.docs if s.keep is not None else _doc_count(f) for s, f in zip(shards, files, strict=True)]
     split_docs = sum(n for n, s in zip(n_docs, shards, strict=True) if s.role == "split")
     if split_docs == 0 and any(s.role == "split" for s in shards):
         raise ConfigError(text.no_text_message(sum(len(s.spec) - 1 for s in shards)))
@@ -204,7 +206,9 @@ def _pack(build: str, shards: list[Shard], seq_len: int, vocab_size: int, eval_f
         with np.load(path) as z:
             tokens, lengths, bad = z["tokens"], z["lengths"], bad + int(z["bad"])
         if shard.role == "split" and shard.keep is not None:  # another host's: its held-out docs
-            assert held_out.take(shard.docs)[list(shard.keep)].all()
+            held_there = held_out.take(shard.docs)  # advances the draws past the whole shard
+            if not held_there[list(shard.keep)].all():
+                raise RuntimeError(f"shard {path}: its kept documents are not the held-out ones")
             held = np.ones(len(lengths), bool)
         elif shard.role == "split":
             held = held_out.take(len(lengths))
