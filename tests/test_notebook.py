@@ -37,7 +37,8 @@ def test_notebook_runs_against_a_tiny_checkpoint(objective, tmp_path, monkeypatc
     }
     text = "\n".join(outputs.values())
     assert "step 20, objective " + objective in text
-    assert ("position 2:" in text) if objective == "mlm" else (" -> " in text)
+    assert ("mask 0:" in text) if objective == "mlm" else (" -> " in text)
+    assert "scores:" in text and "embeddings: (2, 32)" in text  # the string API, on the HMM symbols
     images = [o for c in notebook.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 1  # the attention maps
     tables = [o for c in notebook.cells for o in c.get("outputs", []) if "text/markdown" in o.get("data", {})]

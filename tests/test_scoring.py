@@ -14,17 +14,19 @@ from experiments.downstream.minimal_pairs import (
     hmm_minimal_pairs,
     hmm_unigram_accuracy,
 )
-from experiments.downstream.scoring import (
+from models.errors import ConfigError
+from models.masks import make_attention_mask
+from models.registry import make_model, model_config
+from models.scoring import (
     causal_log_likelihood,
     minimal_pair_accuracy,
     pseudo_log_likelihood,
     score_sequences,
 )
-from models.errors import ConfigError
-from models.masks import make_attention_mask
-from models.registry import make_model, model_config
 from train.data.hmm import HMM, HMMSpec
-from train.data.vocab import BOS_ID, EOS_ID, MASK_ID, NUM_SPECIAL
+from train.data.vocab import BOS_ID, DEFAULT, EOS_ID, MASK_ID, NUM_SPECIAL
+
+IDS = {"mask_id": MASK_ID, "special_ids": DEFAULT.ids}
 
 V = 23  # the micro config's vocab: 7 special ids + 16 HMM symbols
 L = 12
@@ -111,16 +113,18 @@ def test_pseudo_log_likelihood_matches_one_mask_at_a_time_reference(model):
             expected[b] += float(jax.nn.log_softmax(logits_V)[doc[t]])
             n_masked += 1
     assert n_masked == 4 * (L - 1) - 5 - 2 - 1 - 1  # padding, BOS and EOS are never masked
-    got = pseudo_log_likelihood(model, rows["tokens"], rows["segment_ids"], rows["positions"], chunk=16)
+    got = pseudo_log_likelihood(
+        model, rows["tokens"], rows["segment_ids"], rows["positions"], chunk=16, **IDS
+    )
     np.testing.assert_allclose(got, expected, rtol=1e-4)
 
 
 def test_chunk_size_does_not_change_pll(model):
     rows = _rows()
     args = (model, rows["tokens"], rows["segment_ids"], rows["positions"])
-    ref = pseudo_log_likelihood(*args, chunk=128)
+    ref = pseudo_log_likelihood(*args, chunk=128, **IDS)
     for chunk in (1, 7, 40):
-        np.testing.assert_allclose(pseudo_log_likelihood(*args, chunk=chunk), ref, rtol=1e-5)
+        np.testing.assert_allclose(pseudo_log_likelihood(*args, chunk=chunk, **IDS), ref, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["causal", "bidirectional"])
@@ -129,8 +133,8 @@ def test_padding_contributes_nothing(model, kind):
     # Five padding columns on every row (four of them still run: lengths are cut to a
     # multiple of 16), then two all-padding rows.
     padded = {k: np.pad(v, ((0, 2), (0, 5))) for k, v in rows.items()}
-    ref = score_sequences(model, kind, rows["tokens"], rows["segment_ids"], rows["positions"])
-    got = score_sequences(model, kind, padded["tokens"], padded["segment_ids"], padded["positions"])
+    ref = score_sequences(model, kind, rows["tokens"], rows["segment_ids"], rows["positions"], **IDS)
+    got = score_sequences(model, kind, padded["tokens"], padded["segment_ids"], padded["positions"], **IDS)
     np.testing.assert_allclose(got[:4], ref, rtol=1e-5)
     np.testing.assert_array_equal(got[4:], 0.0)
 
@@ -142,12 +146,12 @@ def test_score_sequences_dispatches_by_mask_kind(model):
     np.testing.assert_array_equal(score_sequences(model, "causal", *args), causal)
     np.testing.assert_array_equal(score_sequences(model, "prefix", *args), causal)
     np.testing.assert_array_equal(
-        score_sequences(model, "bidirectional", *args), pseudo_log_likelihood(model, *args)
+        score_sequences(model, "bidirectional", *args, **IDS), pseudo_log_likelihood(model, *args, **IDS)
     )
     with pytest.raises(ValueError, match="mask kind"):
         score_sequences(model, "sideways", *args)
     with pytest.raises(ValueError, match="bidirectional"):
-        pseudo_log_likelihood(model, *args, mask_kind="causal")
+        pseudo_log_likelihood(model, *args, mask_kind="causal", **IDS)
 
 
 def test_scores_use_eval_mode_and_leave_the_model_as_it_was():
@@ -165,9 +169,9 @@ def test_minimal_pair_accuracy_counts_ties_half_and_is_antisymmetric(model):
     other = {k: v.copy() for k, v in rows.items()}
     other["tokens"][:2, 3] = NUM_SPECIAL + (other["tokens"][:2, 3] - NUM_SPECIAL + 1) % (V - NUM_SPECIAL)
     for kind in ("causal", "bidirectional"):
-        assert minimal_pair_accuracy(model, kind, rows, rows) == 0.5
-        forward = minimal_pair_accuracy(model, kind, rows, other)
-        assert forward + minimal_pair_accuracy(model, kind, other, rows) == 1.0
+        assert minimal_pair_accuracy(model, kind, rows, rows, **IDS) == 0.5
+        forward = minimal_pair_accuracy(model, kind, rows, other, **IDS)
+        assert forward + minimal_pair_accuracy(model, kind, other, rows, **IDS) == 1.0
         assert forward in (0.25, 0.5, 0.75)  # two real pairs, two ties
 
 

@@ -38,13 +38,14 @@ def fixed_eval_set(
     host_batches = [
         jax.device_get(transform(b, jax.random.fold_in(key, i))) for i, b in enumerate(raw_batches)
     ]
-    reference = None
+    reference, table = None, None
     if hasattr(source, "reference_losses") and eval_objective.oracle:
         raw = np.concatenate([b["tokens"] for b in raw_batches])
         scored = np.concatenate([np.asarray(eval_objective.scored_tokens(b)) for b in host_batches])
         reference = source.reference_losses(eval_objective.oracle, raw, scored)
     elif hasattr(source, "bytes_per_token") and eval_objective.oracle == "clm":
         table = source.bytes_per_token()
+    if reference is None and table is not None:
         n_bytes = sum(float((table[b["targets"]] * b["weights"]).sum()) for b in host_batches)
         reference = {"target_bytes": n_bytes}
     return eval_objective, host_batches, reference

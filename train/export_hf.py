@@ -3,8 +3,9 @@
     python -m train.export_hf --workdir runs/gpt --out exported/gpt [--step 1500]
 
 Writes `config.json`, `model.safetensors` (PyTorch names and layouts of `GPT2LMHeadModel` or
-`BertForMaskedLM`), the run's tokenizer (`tokenizer.model`, SentencePiece) when it has one, and
-a model card (`README.md`: objective, mask, data, step, final eval metrics, the training config).
+`BertForMaskedLM`), the run's tokenizer (a Hugging Face `tokenizer.json` with its special-token
+files, or a SentencePiece `tokenizer.model`) when it has one, and a model card (`README.md`:
+objective, mask, data, step, final eval metrics, the training config).
 A causal run of the GPT-2 architecture exports as GPT-2, a bidirectional run of the BERT one as
 BERT (models/hf_weights.py); any other run is refused before anything is written, naming each
 field and the value that would export. The directory appears whole or not at all.
@@ -27,8 +28,8 @@ from models import registry
 from models.hf_config import hf_config
 from models.hf_weights import export_errors, to_hf
 from models.transformer_config import TransformerConfig
-from train.data.vocab import BOS_ID, EOS_ID, PAD_ID
-from train.inference import load_trained
+from train.hf_tokenizer import HFTokenizer
+from train.inference import SymbolTokenizer, load_trained
 from train.metrics import read_metrics
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "the run to export (its latest checkpoint unless --step)")
@@ -65,12 +66,11 @@ def export(workdir: str, out: str, step: int | None = None) -> str:
     os.makedirs(tmp)
     try:
         save_file(to_hf(params, cfg, fam), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-        special = {"bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID}
+        sp = trained.tokenizer.specials
+        special = {"bos_token_id": sp.bos, "eos_token_id": sp.eos, "pad_token_id": sp.pad}
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(hf_config(cfg, fam, special), f, indent=2)
-        tokenizer = os.path.join(workdir, "tokenizer.model")
-        if os.path.exists(tokenizer):
-            shutil.copyfile(tokenizer, os.path.join(tmp, "tokenizer.model"))
+        _write_tokenizer(trained.tokenizer, tmp)
         with open(os.path.join(tmp, "README.md"), "w") as f:
             f.write(_card(workdir, trained, fam))
         os.rename(tmp, out)
@@ -80,17 +80,31 @@ def export(workdir: str, out: str, step: int | None = None) -> str:
     return fam
 
 
+def _write_tokenizer(tok, folder: str) -> None:
+    if isinstance(tok, SymbolTokenizer):  # the synthetic corpus: ids are the card's rule
+        return
+    tok.save(os.path.join(folder, tok.filename))
+    if isinstance(tok, HFTokenizer):  # what transformers' AutoTokenizer reads beside tokenizer.json
+        roles = {f"{r}_token": tok.token(i) for r, i in tok.specials.roles().items() if i is not None}
+        with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+            json.dump({"tokenizer_class": "PreTrainedTokenizerFast", **roles}, f, indent=2)
+
+
+def _tokenizer_note(tok) -> str:
+    if isinstance(tok, SymbolTokenizer):
+        return "The run's data was the embedded synthetic corpus: symbol k is token id k + 7."
+    roles = ", ".join(f"{r} {tok.token(i)!r} = {i}" for r, i in tok.specials.roles().items() if i is not None)
+    if isinstance(tok, HFTokenizer):
+        return f"`tokenizer.json` (Hugging Face `tokenizers`; `AutoTokenizer` loads it); {roles}."
+    return f"`tokenizer.model` is the run's SentencePiece model (load it with `sentencepiece`); {roles}."
+
+
 def _card(workdir: str, trained, fam: str) -> str:
     evals = [r for r in read_metrics(os.path.join(workdir, "metrics.jsonl")) if r["split"] == "eval"]
     final = {k: v for k, v in evals[-1].items() if k not in ("step", "split")} if evals else {}
     cls = "GPT2LMHeadModel" if fam == "gpt2" else "BertForMaskedLM"
     config = trained.config.to_dict() if trained.config is not None else None
-    tok = (
-        "`tokenizer.model` is the run's SentencePiece model (load it with `sentencepiece`); "
-        "ids 0-6 are `<pad> <bos> <eos> <unk> <mask> <cls> <sep>`."
-        if os.path.exists(os.path.join(workdir, "tokenizer.model"))
-        else "The run's data was the embedded synthetic corpus: symbol k is token id k + 7."
-    )
+    tok = _tokenizer_note(trained.tokenizer)
     return "\n".join(
         [
             f"# {os.path.basename(os.path.abspath(workdir))}",

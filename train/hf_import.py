@@ -75,8 +75,8 @@ def mismatches(path: str, cfg: TransformerConfig) -> list[str]:
         if ours != theirs:
             where = names.get(key, "vocab_size" if key == "vocab_size" else "")
             hint = (
-                " (a run's vocabulary comes from its data's tokenizer; Hugging Face tokenizer.json"
-                " files are not read yet)"
+                " (a run's vocabulary comes from its tokenizer: the directory's tokenizer.json unless"
+                " tokenizer.path names another)"
                 if key == "vocab_size"
                 else ""
             )

@@ -5,9 +5,10 @@ step's folder `checkpoints/<step>`, whatever mesh or number of devices wrote it:
 are restored straight onto a single device, and the optimizer state is never read (Orbax
 partial restore). The model is rebuilt from the run identity stored in every checkpoint, so a
 step folder copied on its own (to Drive, for Colab) still loads; the workdir's `config.json`
-and `tokenizer.model` are used when they are there.
+and tokenizer (`tokenizer.model` or `tokenizer.json`) are used when they are there.
 
     trained = load_trained("runs/gpt")
+    trained.generate(["The river"]), trained.score(["..."])   # train/text_api.py
     trained.model, trained.tokenizer.encode(["..."]), trained.config.objective
 """
 
@@ -29,15 +30,18 @@ from models import registry
 from train import step as step_lib
 from train.checkpoint import CheckpointDamaged, CheckpointMismatch, identity_diff
 from train.data.sources import make_source
-from train.data.vocab import NUM_SPECIAL, SPECIAL_TOKENS
+from train.data.vocab import DEFAULT, NUM_SPECIAL, SPECIAL_TOKENS
 from train.evaluator import Evaluator
 from train.fingerprint import fingerprint, mismatches
 from train.objectives import Objective, make_objective
-from train.tokenizer import Tokenizer
+from train.text_api import TextAPI
+from train.tokenizer import FILENAMES, AnyTokenizer, load_tokenizer
 
 
 class SymbolTokenizer:
     """The embedded HMM corpus's "tokenizer": symbol k is written `s<k>` (token id k + NUM_SPECIAL)."""
+
+    specials = DEFAULT
 
     def __init__(self, vocab_size: int):
         self.vocab_size = vocab_size
@@ -60,16 +64,21 @@ class SymbolTokenizer:
         return out
 
     def decode(self, ids: Sequence[int]) -> str:
-        words = (SPECIAL_TOKENS[i] if i < NUM_SPECIAL else f"s{i - NUM_SPECIAL}" for i in map(int, ids))
-        return " ".join(words)
+        return " ".join(map(self.token, ids))
+
+    def token(self, i: int) -> str:
+        return SPECIAL_TOKENS[int(i)] if int(i) < NUM_SPECIAL else f"s{int(i) - NUM_SPECIAL}"
 
 
 @dataclasses.dataclass
-class Trained:
+class Trained(TextAPI):
+    """A loaded model, its tokenizer and where it came from; `generate`, `fill_mask`, `score` and
+    `embed` take and give strings (train/text_api.py)."""
+
     model: nnx.Module  # in eval mode
     identity: dict[str, Any]  # model config, objective, mask, dataset (as the checkpoint stores it)
     config: ml_collections.ConfigDict | None  # the run's full config, when its workdir is there
-    tokenizer: Tokenizer | SymbolTokenizer | None  # None: an HF directory without tokenizer.model
+    tokenizer: AnyTokenizer | SymbolTokenizer | None  # None: an HF directory without tokenizer files
     step: int
     checkpoint: str  # the step folder it came from
 
@@ -179,33 +188,35 @@ def load_trained(
 
 def load_hf(path: str) -> Trained:
     """A local Hugging Face GPT-2 / BERT directory (config.json + model.safetensors) as the same
-    object `load_trained` returns, for inference without a run. Its tokenizer is read when it is
-    a SentencePiece `tokenizer.model`; Hugging Face `tokenizer.json` files are not read yet."""
+    object `load_trained` returns, for inference without a run. Its tokenizer is its
+    `tokenizer.json` (or a SentencePiece `tokenizer.model`); None when it has neither."""
     from train import hf_import
 
-    model, identity = hf_import.load_model(os.path.expanduser(path))
-    spm = os.path.join(path, "tokenizer.model")
+    path = os.path.expanduser(path)
+    model, identity = hf_import.load_model(path)
+    found = [os.path.join(path, n) for n in FILENAMES[::-1] if os.path.exists(os.path.join(path, n))]
     return Trained(
         model=model,
         identity=identity,
         config=None,
-        tokenizer=Tokenizer.load(spm) if os.path.exists(spm) else None,
+        tokenizer=load_tokenizer(found[0]) if found else None,
         step=0,
         checkpoint=os.path.abspath(path),
     )
 
 
-def _tokenizer(identity: dict[str, Any], folder: str) -> Tokenizer | SymbolTokenizer:
+def _tokenizer(identity: dict[str, Any], folder: str) -> AnyTokenizer | SymbolTokenizer:
     if identity["dataset"] in ("hmm", "span:hmm") or identity["dataset"].startswith("seq2seq:"):
         model = identity["model"]
         return SymbolTokenizer(model["vocab_size"] if "vocab_size" in model else model["stack"]["vocab_size"])
-    path = _workdir_file(folder, "tokenizer.model")
-    if path is None:
+    found = [p for p in (_workdir_file(folder, n) for n in FILENAMES) if p]
+    if not found:
         raise FileNotFoundError(
-            f"{folder} was trained on {identity['dataset']!r} but its workdir has no tokenizer.model; "
-            "copy the run's tokenizer.model two levels above the step folder (next to checkpoints/)"
+            f"{folder} was trained on {identity['dataset']!r} but its workdir has no tokenizer "
+            f"({' or '.join(FILENAMES)}); copy the run's tokenizer two levels above the step folder "
+            "(next to checkpoints/)"
         )
-    return Tokenizer.load(path)
+    return load_tokenizer(found[0])
 
 
 @dataclasses.dataclass
@@ -244,5 +255,5 @@ def load_run(workdir: str, config: ml_collections.ConfigDict | None = None) -> L
         raise FileNotFoundError(f"{workdir} has no config.json: load_run needs the run's workdir")
     source = make_source(config, workdir)
     graphdef, params, model_state = step_lib.split_model(trained.model)
-    objective = make_objective(config, source.vocab_size)
+    objective = make_objective(config, source.vocab_size, source.specials)
     return LoadedRun(trained, config, source, objective, graphdef, params, model_state)

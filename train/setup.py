@@ -22,6 +22,7 @@ from models import registry
 from models.transformer_config import LATER_FIELDS
 from train import step as step_lib
 from train.data.sources import make_source
+from train.data.vocab import DEFAULT
 from train.mesh import batch_sharding, make_mesh, replicated, state_shardings
 from train.objectives import Objective, make_objective
 
@@ -85,7 +86,7 @@ def build_run(config: Any, workdir: str, *, vocab_size: int | None = None) -> Ru
     vocab_size = source.vocab_size if source is not None else vocab_size
     mesh = make_mesh(config)
     model_cfg = registry.model_config(config, vocab_size)
-    objective = make_objective(config, vocab_size)
+    objective = make_objective(config, vocab_size, source.specials if source is not None else DEFAULT)
     tx = step_lib.make_optimizer(config)
     schedule = step_lib.make_schedule(config)
     graphdef, _ = step_lib.abstract_model(model_cfg)

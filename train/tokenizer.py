@@ -1,7 +1,9 @@
-"""One SentencePiece tokenizer per corpus, shared by GPT and BERT runs so their numbers compare.
+"""One tokenizer per corpus, shared by GPT and BERT runs so their numbers compare.
 
-Trained once per (corpus, vocab size, model type) into the data cache, copied into the workdir,
-and reused from there on resume. The special tokens sit at the ids of `train.data.vocab`.
+A SentencePiece model trained once per (corpus, vocab size, model type) into the data cache, or
+the file `tokenizer.path` names (a SentencePiece `.model`, or a Hugging Face `tokenizer.json`:
+train/hf_tokenizer.py); copied into the workdir and reused from there on resume. The special
+tokens of the ones trained here sit at the ids of `train.data.vocab.DEFAULT`.
 
 Text is not normalised and no dummy prefix is added, with byte fallback on: decoding the ids of
 a string gives the string back exactly, and the UTF-8 bytes of a document equal the sum of its
@@ -22,7 +24,8 @@ import numpy as np
 import sentencepiece as spm
 
 from models.errors import ConfigError
-from train.data.vocab import NUM_SPECIAL, SPECIAL_TOKENS
+from train.data.vocab import DEFAULT, NUM_SPECIAL, SPECIAL_TOKENS
+from train.hf_tokenizer import HFTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +36,11 @@ _MAX_SENTENCE_BYTES = 4096
 
 
 class Tokenizer:
+    filename = "tokenizer.model"
+    specials = DEFAULT
+
     def __init__(self, model_proto: bytes):
-        self.model_proto = model_proto
+        self.model_proto = self.serialized = model_proto
         self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
         for i, piece in enumerate(SPECIAL_TOKENS):
             if self._sp.id_to_piece(i) != piece:
@@ -50,6 +56,11 @@ class Tokenizer:
         with open(tmp, "wb") as f:
             f.write(self.model_proto)
         os.replace(tmp, path)
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the tokenization in data-cache keys."""
+        return hashlib.sha256(self.model_proto).hexdigest()[:16]
 
     @property
     def vocab_size(self) -> int:
@@ -80,6 +91,9 @@ class Tokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self._sp.decode([int(i) for i in ids])
 
+    def token(self, i: int) -> str:
+        return self._sp.id_to_piece(int(i))
+
     def bytes_per_token(self) -> np.ndarray:
         """UTF-8 bytes each token stands for: 0 for special tokens, 1 for byte-fallback pieces."""
         out = np.zeros(self.vocab_size, np.int32)
@@ -87,6 +101,29 @@ class Tokenizer:
             piece = self._sp.id_to_piece(i)
             out[i] = 1 if _BYTE_PIECE.match(piece) else len(piece.replace("\u2581", " ").encode("utf-8"))
         return out
+
+
+AnyTokenizer = Tokenizer | HFTokenizer
+FILENAMES = (Tokenizer.filename, HFTokenizer.filename)
+
+
+def load_tokenizer(path: str) -> AnyTokenizer:
+    """A SentencePiece model, or a Hugging Face tokenizer.json (told apart by the name's end)."""
+    if path.endswith(".json"):
+        try:
+            return HFTokenizer.load(path)
+        except ValueError as e:
+            raise ConfigError(f"tokenizer {path}: {e}") from e
+    return Tokenizer.load(path)
+
+
+def configured_path(config) -> str:
+    """`tokenizer.path`, else the tokenizer of an `init_from=hf:DIR` directory, else "" (train one)."""
+    if config.tokenizer.path or not config.get("init_from", "").startswith("hf:"):
+        return config.tokenizer.path
+    folder = os.path.expanduser(config.init_from[len("hf:") :])
+    found = [os.path.join(folder, n) for n in (HFTokenizer.filename, Tokenizer.filename)]
+    return next((p for p in found if os.path.exists(p)), "")
 
 
 def _sentences(documents: Iterable[str], max_chars: int) -> Iterable[str]:
@@ -158,15 +195,15 @@ def corpus_tokenizer(
     model_type: str,
     max_chars: int,
     path: str = "",
-) -> Tokenizer:
+) -> AnyTokenizer:
     """The run's tokenizer: the workdir's copy, else `path`, else the corpus cache, else trained."""
-    in_workdir = os.path.join(workdir, "tokenizer.model")
-    if os.path.exists(in_workdir):
-        return Tokenizer.load(in_workdir)
+    for name in FILENAMES:
+        if os.path.exists(os.path.join(workdir, name)):
+            return load_tokenizer(os.path.join(workdir, name))
     if path:
         if not os.path.exists(path):
             raise ConfigError(f"tokenizer.path={path!r} does not exist")
-        tok = Tokenizer.load(path)
+        tok = load_tokenizer(path)
     else:
         key = hashlib.sha256(f"{corpus_key}|{vocab_size}|{model_type}|{max_chars}".encode()).hexdigest()[:16]
         cached = os.path.join(cache_dir, "tokenizers", f"{key}.model")
@@ -178,5 +215,5 @@ def corpus_tokenizer(
             os.makedirs(os.path.dirname(cached), exist_ok=True)
             tok.save(cached)
     os.makedirs(workdir, exist_ok=True)
-    tok.save(in_workdir)  # the bytes it was loaded from: a copy of `path`, written atomically
+    tok.save(os.path.join(workdir, tok.filename))  # the bytes it was loaded from, written atomically
     return tok

@@ -51,7 +51,7 @@ def _evaluate(workdir: str, objective: str, preset: str, seed: int, cache: dict)
     from experiments.downstream.finetune import finetune, hmm_pair_task
     from experiments.downstream.minimal_pairs import hmm_minimal_pairs, hmm_unigram_accuracy
     from experiments.downstream.probes import hmm_state_probe
-    from experiments.downstream.scoring import minimal_pair_accuracy
+    from models.scoring import minimal_pair_accuracy
     from train.inference import load_run
     from train.objectives import CausalLM, MaskedLM
 
@@ -113,7 +113,9 @@ def _evaluate(workdir: str, objective: str, preset: str, seed: int, cache: dict)
         cache["pairs"] = (good, bad, oracle, hmm_unigram_accuracy(hmm, good, bad))
     good, bad, oracle, unigram = cache["pairs"]
     out.update(
-        pairs_accuracy=minimal_pair_accuracy(model, mask_kind, good, bad),
+        pairs_accuracy=minimal_pair_accuracy(
+            model, mask_kind, good, bad, mask_id=run.source.specials.mask, special_ids=run.source.specials.ids
+        ),
         pairs_oracle=oracle,
         pairs_unigram=unigram,
     )

@@ -2,7 +2,7 @@
 
 Two sources, both as row pairs in the layout of `HMMSource.rows` (dicts of int32 `[N, L]`
 `tokens`, `segment_ids`, `positions`; row = `<bos>` then the sequence, padding is id 0 with
-segment 0), scored by `experiments.downstream.scoring.minimal_pair_accuracy`:
+segment 0), scored by `models.scoring.minimal_pair_accuracy`:
 
 - `hmm_minimal_pairs`: sequences of the embedded HMM with one token replaced by the symbol the
   HMM makes least probable there given both sides. Usually that probability is exactly 0 (the

@@ -7,11 +7,12 @@
     python -m experiments.tools.sample --workdir runs/copy --prompt "s3 s17 s5 s9"
 
 Prompts are text for runs on real text and space-separated symbols (`s0` .. `s127`, specials
-such as `<mask>`) for the embedded HMM corpus; `<bos>` is prepended. Causal, prefix-LM and
-hybrid runs generate (the prefix LM reads its prompt as its bidirectional prefix); BERT runs
-fill masks; seq2seq runs read each prompt as a source (no `<bos>`) and decode greedily (the
-Transformer with its decoder and encoder caches). Loads on CPU whatever trained the model
-(train.inference.load_trained).
+such as `<mask>`) for the embedded HMM corpus; the mask token is the tokenizer's (`<mask>`, or
+`[MASK]` for a BERT tokenizer.json). Causal, prefix-LM and hybrid runs generate (the prefix LM
+reads its prompt as its bidirectional prefix); BERT runs fill masks: both through the string API
+of the loaded model (train/text_api.py). Seq2seq runs read each prompt as a source (no `<bos>`)
+and decode greedily (the Transformer with its decoder and encoder caches). Loads on CPU whatever
+trained the model (train.inference.load_trained), or a Hugging Face directory (--hf).
 """
 
 from __future__ import annotations
@@ -19,32 +20,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-import jax
 import numpy as np
 
-from models.decode import SamplingConfig, fill_mask, generate
-from train.data.vocab import BOS_ID, EOS_ID, MASK_ID
+from train.data.vocab import BOS_ID, EOS_ID
 from train.host_memory import retain_freed_memory
-from train.inference import SymbolTokenizer, load_trained
-
-
-def _encode(tokenizer, prompt: str) -> list[int]:
-    if isinstance(tokenizer, SymbolTokenizer):
-        return [BOS_ID] + tokenizer.encode([prompt])[0]
-    # Text: [MASK] is written <mask>; pieces between masks are tokenised on their own.
-    ids = [BOS_ID]
-    for i, piece in enumerate(prompt.split("<mask>")):
-        if i:
-            ids.append(MASK_ID)
-        if piece:
-            ids += tokenizer.encode([piece])[0]
-    return ids
+from train.inference import load_hf, load_trained
 
 
 def main(argv: list[str] | None = None) -> None:
     retain_freed_memory()  # before JAX starts its CPU client (train/host_memory.py)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True, help="run folder, checkpoints/ or one step folder")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--workdir", help="run folder, checkpoints/ or one step folder")
+    where.add_argument("--hf", help="a local Hugging Face GPT-2 / BERT directory")
     parser.add_argument("--prompt", action="append", required=True, help="repeat for a batch")
     parser.add_argument("--max_new_tokens", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
@@ -54,47 +42,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--step", type=int, default=None, help="a checkpoint step (default: latest)")
     args = parser.parse_args(argv)
 
-    trained = load_trained(args.workdir, step=args.step)
-    tokenizer = trained.tokenizer
-    prompts = [_encode(tokenizer, p) for p in args.prompt]
+    trained = load_hf(args.hf) if args.hf else load_trained(args.workdir, step=args.step)
     print(f"# {trained.checkpoint} (step {trained.step}, objective {trained.objective})")
     if trained.objective == "seq2seq":
-        _translate(trained, [p[1:] for p in prompts], args)
+        _translate(trained, [trained.tokenizer.encode([p])[0] for p in args.prompt], args)
         return
-    if trained.mask_kind == "bidirectional":
-        if not any(MASK_ID in p for p in prompts):
-            sys.exit("error: a bidirectional (BERT) model fills masks: put <mask> in the prompt")
-        L = max(map(len, prompts))
-        tokens = np.zeros((len(prompts), L), np.int32)
-        seg = np.zeros_like(tokens)
-        for i, p in enumerate(prompts):
-            tokens[i, : len(p)], seg[i, : len(p)] = p, 1
-        positions = np.where(seg > 0, np.arange(L)[None], 0).astype(np.int32)
-        batch = {"tokens": tokens, "segment_ids": seg, "positions": positions}
-        for prompt, row in zip(args.prompt, fill_mask(trained.model, batch, mask_id=MASK_ID), strict=True):
-            print(f"\n{prompt}")
-            for f in row:
-                options = ", ".join(
-                    f"{tokenizer.decode([t])!r} {p:.3f}" for t, p in zip(f.token_ids, f.probs, strict=True)
-                )
-                print(f"  position {f.position}: {options}")
-        return
-    cfg = SamplingConfig(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        eos_id=EOS_ID,
-    )
-    out = generate(
-        trained.model,
-        prompts,
-        cfg,
-        jax.random.PRNGKey(args.seed),
-        bidirectional_prompt=trained.objective == "prefix_lm",
-    )
-    for prompt, new, stopped in zip(args.prompt, out.tokens, out.stopped, strict=True):
-        print(f"\n{prompt} -> {tokenizer.decode(new)}" + (" <eos>" if stopped else ""))
+    try:
+        if trained.mask_kind == "bidirectional":
+            for prompt, masks in zip(args.prompt, trained.fill_mask(args.prompt, top_k=5), strict=True):
+                print(f"\n{prompt}")
+                for k, predictions in enumerate(masks):
+                    print(f"  mask {k}: " + ", ".join(f"{p.token!r} {p.prob:.3f}" for p in predictions))
+            return
+        out = trained.generate(
+            args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed
+        )
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    for prompt, new in zip(args.prompt, out, strict=True):
+        print(f"\n{prompt} -> {new}")
 
 
 def _translate(trained, sources: list[list[int]], args: argparse.Namespace) -> None:

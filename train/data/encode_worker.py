@@ -14,7 +14,7 @@ import sys
 
 from train.data import token_cache
 from train.data.corpus import Shard
-from train.tokenizer import Tokenizer
+from train.tokenizer import load_tokenizer
 
 
 def main(build: str) -> None:
@@ -24,7 +24,7 @@ def main(build: str) -> None:
         Shard(**{**d, "spec": tuple(d["spec"]), "keep": None if d["keep"] is None else tuple(d["keep"])})
         for d in plan["shards"]
     ]
-    tok = Tokenizer.load(os.path.join(build, "tokenizer.model"))
+    tok = load_tokenizer(os.path.join(build, plan["tokenizer"]))
     token_cache.encode_claimed(build, shards, tok, threads=1, published=plan["published"])
 
 

@@ -1,8 +1,9 @@
 """Packing tokenized documents into fixed-length rows.
 
-Each document becomes `[BOS] + ids + [EOS]`. A document longer than a row is cut into row-sized
-chunks (nothing is dropped); each chunk is its own segment with positions from 0. Chunks are
-placed in order, a new row starting when the next chunk does not fit. Segment ids number the
+Each document becomes `[bos] + ids + [eos]` (the ids of the vocabulary's `Specials`). A
+document longer than a row is cut into row-sized chunks (nothing is dropped); each chunk is its
+own segment with positions from 0. Chunks are placed in order, a new row starting when the next
+chunk does not fit. Segment ids number the
 chunks of a row from 1 (0 is padding), so attention never crosses a document boundary.
 """
 
@@ -12,10 +13,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from train.data.vocab import BOS_ID, EOS_ID
+from train.data.vocab import DEFAULT, Specials
 
 
-def pack(docs_ids: Sequence[Sequence[int]], seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+def pack(
+    docs_ids: Sequence[Sequence[int]], seq_len: int, specials: Specials = DEFAULT
+) -> tuple[np.ndarray, np.ndarray]:
     """(tokens `[R, L]` int32, segment_ids `[R, L]` int32) holding every token exactly once."""
     rows_tok: list[np.ndarray] = []
     rows_seg: list[np.ndarray] = []
@@ -23,7 +26,7 @@ def pack(docs_ids: Sequence[Sequence[int]], seq_len: int) -> tuple[np.ndarray, n
     cur_seg = np.zeros(seq_len, np.int32)
     fill, n_seg = 0, 0
     for ids in docs_ids:
-        doc = np.concatenate([[BOS_ID], np.asarray(ids, np.int32), [EOS_ID]]).astype(np.int32)
+        doc = np.concatenate([[specials.bos], np.asarray(ids, np.int32), [specials.eos]]).astype(np.int32)
         for start in range(0, len(doc), seq_len):
             chunk = doc[start : start + seq_len]
             if fill + len(chunk) > seq_len:
@@ -69,8 +72,9 @@ class StreamPacker:
         emit: Callable[[np.ndarray, np.ndarray], None],
         token_dtype: np.dtype = np.int32,
         segment_dtype: np.dtype = np.int32,
+        specials: Specials = DEFAULT,
     ):
-        self.seq_len, self._emit = seq_len, emit
+        self.seq_len, self._emit, self._specials = seq_len, emit, specials
         self._token_dtype, self._segment_dtype = np.dtype(token_dtype), np.dtype(segment_dtype)
         self._carry_tokens = np.zeros(0, self._token_dtype)  # the open row's chunks, in order
         self._carry_lengths = np.zeros(0, np.int64)
@@ -84,7 +88,7 @@ class StreamPacker:
         starts = ends - doc_len
         inner = np.ones(len(stream), bool)
         inner[starts], inner[ends - 1] = False, False
-        stream[starts], stream[ends - 1], stream[inner] = BOS_ID, EOS_ID, tokens
+        stream[starts], stream[ends - 1], stream[inner] = self._specials.bos, self._specials.eos, tokens
         # A document longer than a row is cut into row-sized chunks; the last may be shorter.
         n_chunks = -(-doc_len // L)
         first_chunk = np.cumsum(n_chunks) - n_chunks

@@ -24,7 +24,7 @@ import numpy as np
 from models.errors import ConfigError
 from train.data import corpus, packing, token_cache
 from train.data.corpus import Shard
-from train.tokenizer import Tokenizer, corpus_tokenizer
+from train.tokenizer import AnyTokenizer, configured_path, corpus_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class TextSource:
             chars = [np.zeros(0, np.int64) if s.role == "eval" else corpus.document_chars(s) for s in shards]
             return corpus.tokenizer_sample(shards, chars, eval_fraction, t.max_train_chars)
 
-        self.tokenizer: Tokenizer = corpus_tokenizer(
+        self.tokenizer: AnyTokenizer = corpus_tokenizer(
             workdir,
             cache,
             corpus_key,
@@ -131,10 +131,10 @@ class TextSource:
             vocab_size=t.vocab_size,
             model_type=t.model_type,
             max_chars=t.max_train_chars,
-            path=t.path,
+            path=configured_path(config),
         )
-        self.vocab_size = self.tokenizer.vocab_size
-        tok_hash = hashlib.sha256(self.tokenizer.model_proto).hexdigest()[:16]
+        self.vocab_size, self.specials = self.tokenizer.vocab_size, self.tokenizer.specials
+        tok_hash = self.tokenizer.fingerprint
         # v2: streamed build, narrow dtypes, one folder for both splits
         part = ""
         self._per_host = None
@@ -161,7 +161,8 @@ class TextSource:
         """The packed rows of each split: (tokens `[R, L]`, segment ids `[R, L]`), memory-mapped."""
         return {"train": self._train, "eval": self._eval}
 
-    def bytes_per_token(self) -> np.ndarray:
+    def bytes_per_token(self) -> np.ndarray | None:
+        """UTF-8 bytes per token id, or None where the tokenizer cannot tell (no bits per byte)."""
         return self.tokenizer.bytes_per_token()
 
     def train_iterator(self, process_index: int = 0, process_count: int = 1) -> GrainTrainIterator:

@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 
 from train.data.indexed import IndexedBatches
-from train.data.vocab import BOS_ID, EOS_ID, NUM_SPECIAL
+from train.data.vocab import BOS_ID, DEFAULT, EOS_ID, NUM_SPECIAL
 
 TASKS: tuple[str, ...] = ("copy", "reverse", "sort")
 _EVAL_STREAM = 0x5E02
@@ -83,6 +83,7 @@ class Seq2SeqTaskSource:
             raise ValueError(
                 f"seq2seq.eval_lengths={self.eval_lengths} must fit seq_len - 2={self.seq_len - 2}"
             )
+        self.specials = DEFAULT  # the corpus's symbols follow the default specials
         self.vocab_size = NUM_SPECIAL + self.num_symbols
 
     def train_batch(self, index: int) -> dict[str, np.ndarray]:

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from train.data.seq2seq_tasks import padded_row
-from train.data.vocab import BOS_ID, EOS_ID
 
 _EVAL_STREAM = 0x5BA2
 
@@ -68,7 +67,7 @@ class SpanCorruptionSource:
             )
         self.base, self.seq_len, self.seed = base, seq_len, seed
         self.noise_density, self.mean_span = noise_density, mean_span
-        self.first_sentinel = base.vocab_size
+        self.first_sentinel, self.specials = base.vocab_size, base.specials
         self.vocab_size = base.vocab_size + max_spans(seq_len, noise_density, mean_span)
         # Targets hold every noise token, a sentinel per span, BOS and EOS.
         self.target_len = (
@@ -86,7 +85,7 @@ class SpanCorruptionSource:
                 src, tgt = np.zeros(0, np.int32), np.zeros(0, np.int32)
             else:
                 inputs, targets = corrupt(real, rng, self.noise_density, self.mean_span, self.first_sentinel)
-                src, tgt = inputs, np.concatenate([[BOS_ID], targets, [EOS_ID]])
+                src, tgt = inputs, np.concatenate([[self.specials.bos], targets, [self.specials.eos]])
             rows.append(
                 {
                     **{f"src_{k}": v for k, v in padded_row(src, self.seq_len).items()},

@@ -33,7 +33,8 @@ import numpy as np
 from models.errors import ConfigError
 from train.data import corpus, packing, text
 from train.data.corpus import Shard
-from train.tokenizer import Tokenizer
+from train.data.vocab import Specials
+from train.tokenizer import AnyTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class _FileLock:
 # -- encode -------------------------------------------------------------------------------------
 
 
-def _encode_shard(shard: Shard, out: str, dtype: np.dtype, threads: int, tok: Tokenizer) -> None:
+def _encode_shard(shard: Shard, out: str, dtype: np.dtype, threads: int, tok: AnyTokenizer) -> None:
     docs, bad = corpus.read_documents(shard)
     tokens, lengths = tok.encode_arrays(docs, dtype, num_threads=threads)
     tmp = f"{out}.tmp-{os.getpid()}.npz"
@@ -104,7 +105,7 @@ def _shard_paths(build: str, n: int) -> list[str]:
     return [os.path.join(build, "shards", f"{i:05d}.npz") for i in range(n)]
 
 
-def encode_claimed(build: str, shards: list[Shard], tok: Tokenizer, threads: int, published: str) -> None:
+def encode_claimed(build: str, shards: list[Shard], tok: AnyTokenizer, threads: int, published: str) -> None:
     """Encodes here, one by one, each shard that no process has finished or holds; then waits for
     the shards others hold (a claim of a process that died is released, and the shard is encoded
     here). Run by every worker and builder alike: the locks make them share the work."""
@@ -131,7 +132,7 @@ def default_workers(config_workers: int, shards: list[Shard]) -> int:
     return config_workers if config_workers > 0 else (os.cpu_count() or 1)
 
 
-def _encode_all(build: str, shards: list[Shard], tok: Tokenizer, workers: int, published: str) -> None:
+def _encode_all(build: str, shards: list[Shard], tok: AnyTokenizer, workers: int, published: str) -> None:
     todo = [p for p in _shard_paths(build, len(shards)) if not os.path.exists(p)]
     if workers > 1 and len(todo) > 1:
         _run_workers(build, shards, tok, min(workers, len(todo)), published)
@@ -139,15 +140,19 @@ def _encode_all(build: str, shards: list[Shard], tok: Tokenizer, workers: int, p
     encode_claimed(build, shards, tok, os.cpu_count() or 1, published)
 
 
-def _run_workers(build: str, shards: list[Shard], tok: Tokenizer, n: int, published: str) -> None:
+def _run_workers(build: str, shards: list[Shard], tok: AnyTokenizer, n: int, published: str) -> None:
     """`n` worker processes (`python -m train.data.encode_worker`: a fresh interpreter, which
     never re-runs the caller's script as multiprocessing's spawn would) share the shards."""
-    plan = {"shards": [dataclasses.asdict(s) for s in shards], "published": published}
-    for name, data in (("plan.json", json.dumps(plan).encode()), ("tokenizer.model", tok.model_proto)):
-        tmp = os.path.join(build, f"{name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, os.path.join(build, name))
+    plan = {
+        "shards": [dataclasses.asdict(s) for s in shards],
+        "published": published,
+        "tokenizer": tok.filename,
+    }
+    tok.save(os.path.join(build, tok.filename))
+    tmp = os.path.join(build, f"plan.json.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(plan, f)
+    os.replace(tmp, os.path.join(build, "plan.json"))
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     logs = [os.path.join(build, f"worker-{os.getpid()}-{k}.log") for k in range(n)]
@@ -181,7 +186,9 @@ def _doc_count(path: str) -> int:
         return len(z["lengths"])
 
 
-def _pack(build: str, shards: list[Shard], seq_len: int, vocab_size: int, eval_fraction: float) -> dict:
+def _pack(
+    build: str, shards: list[Shard], seq_len: int, vocab_size: int, specials: Specials, eval_fraction: float
+) -> dict:
     out = os.path.join(build, f"out-{os.getpid()}")
     os.makedirs(out, exist_ok=True)
     tdt, sdt = token_dtype(vocab_size), segment_dtype(seq_len)
@@ -194,7 +201,9 @@ def _pack(build: str, shards: list[Shard], seq_len: int, vocab_size: int, eval_f
     def emitter(split: str) -> Callable[[np.ndarray, np.ndarray], None]:
         return lambda t, s: (writers[split, "tokens"].append(t), writers[split, "segment_ids"].append(s))
 
-    packers = {split: packing.StreamPacker(seq_len, emitter(split), tdt, sdt) for split in SPLITS}
+    packers = {
+        split: packing.StreamPacker(seq_len, emitter(split), tdt, sdt, specials=specials) for split in SPLITS
+    }
     files = _shard_paths(build, len(shards))
     n_docs = [s.docs if s.keep is not None else _doc_count(f) for s, f in zip(shards, files, strict=True)]
     split_docs = sum(n for n, s in zip(n_docs, shards, strict=True) if s.role == "split")
@@ -241,7 +250,7 @@ def _pack(build: str, shards: list[Shard], seq_len: int, vocab_size: int, eval_f
 def build(
     path: str,
     shards: list[Shard],
-    tokenizer: Tokenizer,
+    tokenizer: AnyTokenizer,
     seq_len: int,
     *,
     eval_fraction: float = 0.0,
@@ -256,7 +265,9 @@ def build(
         lock.acquire()
         try:
             if not os.path.isdir(path):
-                packed = _pack(build_dir, shards, seq_len, tokenizer.vocab_size, eval_fraction)
+                packed = _pack(
+                    build_dir, shards, seq_len, tokenizer.vocab_size, tokenizer.specials, eval_fraction
+                )
                 try:
                     os.rename(packed["out"], path)
                 except OSError:  # published meanwhile by a process the lock did not stop

@@ -1,11 +1,65 @@
-"""Special token ids shared by every dataset and tokenizer, so GPT and BERT runs share one vocab.
+"""Special tokens as data: which ids play which role, carried by every tokenizer and source.
 
-The order matches SentencePiece's reserved ids (pad, bos, eos, unk first), with the tokens that
-masked LM and fine-tuning need right after them. Real tokens start at `NUM_SPECIAL`.
+The project's own vocabularies (the HMM corpus, the seq2seq tasks, SentencePiece tokenizers it
+trains) put the specials first, in SentencePiece's reserved order (pad, bos, eos, unk) with the
+tokens masked LM and fine-tuning need right after them: `DEFAULT`, real tokens from
+`NUM_SPECIAL` on. An imported Hugging Face tokenizer brings its own ids (GPT-2's single
+`<|endoftext|>` at 50256 serves as bos, eos and pad; BERT's [CLS] [SEP] [MASK] [PAD] [UNK] sit at
+101, 102, 103, 0, 100), so code that needs a role asks the vocabulary's `Specials`, never a
+constant, and one code path serves both.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
+
 SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<unk>", "<mask>", "<cls>", "<sep>")
 PAD_ID, BOS_ID, EOS_ID, UNK_ID, MASK_ID, CLS_ID, SEP_ID = range(len(SPECIAL_TOKENS))
 NUM_SPECIAL = len(SPECIAL_TOKENS)
+ROLES: tuple[str, ...] = ("pad", "bos", "eos", "unk", "mask", "cls", "sep")
+
+
+@dataclasses.dataclass(frozen=True)
+class Specials:
+    """The id of each special role (None: the vocabulary has no such token) and every special id.
+
+    `bos` and `eos` frame each packed document; `pad` fills what no document does (its value is
+    never read: segment 0 marks padding); `mask` is what MLM writes; `ids` are never selected
+    by MLM, never drawn as MLM's random replacements, and stand for no bytes of text.
+    """
+
+    pad: int = PAD_ID
+    bos: int = BOS_ID
+    eos: int = EOS_ID
+    unk: int | None = UNK_ID
+    mask: int | None = MASK_ID
+    cls: int | None = CLS_ID
+    sep: int | None = SEP_ID
+    ids: tuple[int, ...] = tuple(range(NUM_SPECIAL))
+
+    def __post_init__(self):
+        roles = {r: getattr(self, r) for r in ROLES if getattr(self, r) is not None}
+        stray = {r: i for r, i in roles.items() if i not in self.ids}
+        if stray:
+            raise ValueError(f"special roles {stray} are not among the special ids {self.ids}")
+
+    def regular_ids(self, vocab_size: int) -> np.ndarray:
+        """The ids that are not special, ascending (what MLM may select or draw)."""
+        keep = np.ones(vocab_size, bool)
+        keep[[i for i in self.ids if i < vocab_size]] = False
+        return np.flatnonzero(keep).astype(np.int32)
+
+    def roles(self) -> dict[str, int | None]:
+        return {r: getattr(self, r) for r in ROLES}
+
+    def require(self, role: str, why: str) -> int:
+        """The id of `role`, or a ValueError saying the tokenizer lacks it and what needed it."""
+        value = getattr(self, role)
+        if value is None:
+            raise ValueError(f"the tokenizer has no {role} token, which {why} needs; {self.roles()}")
+        return value
+
+
+DEFAULT = Specials()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from train.data.vocab import DEFAULT, Specials
 from train.objectives.base import Batch, NextToken
 from train.objectives.language import CausalLM, HybridLM, MaskedLM, PrefixLM
 from train.objectives.seq2seq import Seq2Seq
@@ -38,7 +39,8 @@ OBJECTIVES: tuple[str, ...] = tuple(OBJECTIVE_CLASSES)
 OBJECTIVE_MASKS: dict[str, tuple[str, ...]] = {name: c.masks for name, c in OBJECTIVE_CLASSES.items()}
 
 
-def make_objective(config: Any, vocab_size: int) -> Objective:
+def make_objective(config: Any, vocab_size: int, specials: Specials = DEFAULT) -> Objective:
+    """The objective of `config` over a vocabulary of `vocab_size` ids whose specials are `specials`."""
     if config.objective not in OBJECTIVE_CLASSES:
         raise ValueError(f"objective={config.objective!r} is not one of {OBJECTIVES}")
-    return OBJECTIVE_CLASSES[config.objective].from_config(config, vocab_size)
+    return OBJECTIVE_CLASSES[config.objective].from_config(config, vocab_size, specials)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from models.masks import make_attention_mask
+from train.data.vocab import DEFAULT, Specials
 
 Batch = dict[str, jnp.ndarray]
 
@@ -56,7 +57,7 @@ class NextToken:
     mask_note: ClassVar[str]
 
     @classmethod
-    def from_config(cls, config: Any, vocab_size: int) -> NextToken:
+    def from_config(cls, config: Any, vocab_size: int, specials: Specials = DEFAULT) -> NextToken:
         return cls()  # the objectives with fields override this
 
     @staticmethod

@@ -9,8 +9,17 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
-from train.data.vocab import MASK_ID, NUM_SPECIAL
+from models.errors import ConfigError
+from train.data.vocab import DEFAULT, Specials
 from train.objectives.base import Batch, LanguageModel, NextToken, hidden_states, token_scores
+
+
+def _require_mask(specials: Specials, objective: str) -> None:
+    if specials.mask is None:
+        raise ConfigError(
+            f"objective={objective} writes a mask token, and the tokenizer has none (its specials: "
+            f"{specials.roles()}); use a tokenizer with one (tokenizer.path) or a causal objective"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,14 +41,16 @@ class MaskedLM:
     mask_frac: float = 0.8
     random_frac: float = 0.1
     oracle: str = "mlm"
+    specials: Specials = DEFAULT  # never selected, never drawn; `specials.mask` is written
     name: ClassVar[str] = "mlm"
     masks: ClassVar[tuple[str, ...]] = ("bidirectional", "causal")
     mask_note: ClassVar[str] = "the 'prefix' mask takes its per-row prefix from 'prefix_lm' or 'hybrid'"
 
     @classmethod
-    def from_config(cls, config: Any, vocab_size: int) -> MaskedLM:
+    def from_config(cls, config: Any, vocab_size: int, specials: Specials = DEFAULT) -> MaskedLM:
         m = config.mlm
-        return cls(vocab_size, rate=m.rate, mask_frac=m.mask_frac, random_frac=m.random_frac)
+        _require_mask(specials, config.objective)
+        return cls(vocab_size, m.rate, m.mask_frac, m.random_frac, specials=specials)
 
     def max_predictions(self, seq_len: int) -> int:
         return max(1, math.ceil(self.rate * seq_len))
@@ -54,7 +65,7 @@ class MaskedLM:
         K = self.max_predictions(L)
         select_rng, action_rng, random_rng = jax.random.split(rng, 3)
 
-        eligible_BL = (tokens >= NUM_SPECIAL) & (seg != 0)
+        eligible_BL = ~jnp.isin(tokens, jnp.asarray(self.specials.ids, tokens.dtype)) & (seg != 0)
         # Random scores rank the eligible tokens first; the top `n_select` of each row are chosen.
         score_BL = jnp.where(eligible_BL, jax.random.uniform(select_rng, (B, L)), -1.0)
         _, idx_BK = jax.lax.top_k(score_BL, K)
@@ -66,10 +77,11 @@ class MaskedLM:
 
         targets_BK = jnp.take_along_axis(tokens, idx_BK, axis=1)
         u_BK = jax.random.uniform(action_rng, (B, K))
-        random_BK = jax.random.randint(random_rng, (B, K), NUM_SPECIAL, self.vocab_size)
+        regular_R = jnp.asarray(self.specials.regular_ids(self.vocab_size))
+        random_BK = regular_R[jax.random.randint(random_rng, (B, K), 0, len(regular_R))]
         replaced_BK = jnp.where(
             u_BK < self.mask_frac,
-            MASK_ID,
+            self.specials.mask,
             jnp.where(u_BK < self.mask_frac + self.random_frac, random_BK, targets_BK),
         )
         new_BK = jnp.where(valid_BK, replaced_BK, targets_BK)
@@ -127,19 +139,23 @@ class HybridLM(NextToken):
     rate: float = 0.15
     mask_frac: float = 0.8
     random_frac: float = 0.1
+    specials: Specials = DEFAULT
     name: ClassVar[str] = "hybrid"
     masks: ClassVar[tuple[str, ...]] = ("prefix",)
     mask_note: ClassVar[str] = _PREFIX_NOTE.format("hybrid")
 
     @classmethod
-    def from_config(cls, config: Any, vocab_size: int) -> HybridLM:
+    def from_config(cls, config: Any, vocab_size: int, specials: Specials = DEFAULT) -> HybridLM:
         m = config.mlm
+        if config.hybrid.causal_fraction < 1.0:
+            _require_mask(specials, config.objective)
         return cls(
             vocab_size,
             causal_fraction=config.hybrid.causal_fraction,
             rate=m.rate,
             mask_frac=m.mask_frac,
             random_frac=m.random_frac,
+            specials=specials,
         )
 
     @property
@@ -164,7 +180,7 @@ class HybridLM(NextToken):
         rank_B = jnp.argsort(jnp.argsort(jax.random.uniform(rows_rng, (B,))))
         causal_B = rank_B < n_causal
 
-        mlm = MaskedLM(self.vocab_size, self.rate, self.mask_frac, self.random_frac)
+        mlm = MaskedLM(self.vocab_size, self.rate, self.mask_frac, self.random_frac, specials=self.specials)
         masked = mlm.transform(batch, mask_rng)
         selected_next_BL = jnp.pad(mlm.scored_tokens(masked)[:, 1:], ((0, 0), (0, 1)))
         return {

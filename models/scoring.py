@@ -13,7 +13,8 @@ of Salazar et al. (2020), "Masked Language Model Scoring":
 
     pseudo_log_likelihood(x) = sum_t log p(x_t | x_-t)
 
-where each real non-special token is replaced by `<mask>` in turn and scored from the rest.
+where each real non-special token is replaced by the mask token in turn and scored from the rest
+(the vocabulary's mask id and special ids are arguments: models/ knows no tokenizer).
 It is computed batched: the masked copies of all rows form one stream, run in fixed-size
 chunks through one jitted forward, and only each copy's masked position goes through the
 vocabulary projection (one `D x V` product per copy, not `L`).
@@ -27,7 +28,7 @@ is switched inside the jitted function; the caller's model is left as it is).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +36,6 @@ import numpy as np
 from flax import nnx
 
 from models.masks import make_attention_mask
-from train.data.vocab import MASK_ID, NUM_SPECIAL
 
 Rows = Mapping[str, np.ndarray]  # "tokens", "segment_ids", "positions": int32 [N, L]
 
@@ -67,13 +67,13 @@ def _causal_fn(graphdef: nnx.GraphDef) -> Callable:
 
 
 @functools.lru_cache(maxsize=32)
-def _masked_fn(graphdef: nnx.GraphDef) -> Callable:
+def _masked_fn(graphdef: nnx.GraphDef, mask_id: int) -> Callable:
     """Jitted `(state, tokens, seg, pos, at, target) -> [C]`: log p(target | copy with <mask> at `at`)."""
 
     def fn(state, tokens_CL, seg_CL, pos_CL, at_C, target_C):
         model = _eval_model(graphdef, state)
         C = tokens_CL.shape[0]
-        inputs_CL = tokens_CL.at[jnp.arange(C), at_C].set(MASK_ID)
+        inputs_CL = tokens_CL.at[jnp.arange(C), at_C].set(mask_id)
         h_CLD = model.hidden_states(inputs_CL, make_attention_mask("bidirectional", seg_CL), pos_CL)
         h_CD = h_CLD[jnp.arange(C), at_C]  # only the masked position reaches the vocab projection
         logp_CV = jax.nn.log_softmax(model.logits(h_CD), axis=-1)
@@ -134,22 +134,24 @@ def pseudo_log_likelihood(
     segment_ids_BL: np.ndarray,
     positions_BL: np.ndarray,
     *,
+    mask_id: int,
+    special_ids: Sequence[int],
     mask_kind: str = "bidirectional",
     chunk: int = DEFAULT_CHUNK,
 ) -> np.ndarray:
     """`[B]` float64: sum over real non-special tokens of log p(x_t | x_-t), x_t masked (Salazar et al.).
 
-    Every real token at or above `NUM_SPECIAL` (so not `<bos>`, `<eos>`, ...) is masked in its own
-    copy of its row; special and padding tokens are context only. The copies of all rows are run
+    Every real token not in `special_ids` (so not bos, eos, ...) is replaced by `mask_id` in its
+    own copy of its row; special and padding tokens are context only. The copies of all rows are run
     `chunk` at a time (the last chunk padded with copies that are discarded), so the result does
     not depend on `chunk` and one compile serves every batch of a given row length.
     """
     if mask_kind != "bidirectional":
         raise ValueError(f"pseudo-log-likelihood needs a bidirectional model, not mask_kind={mask_kind!r}")
     tokens_BL, seg_BL, pos_BL = _trimmed(tokens_BL, segment_ids_BL, positions_BL)
-    rows_M, at_M = np.nonzero((tokens_BL >= NUM_SPECIAL) & (seg_BL != 0))  # one masked copy each
+    rows_M, at_M = np.nonzero(~np.isin(tokens_BL, special_ids) & (seg_BL != 0))  # one masked copy each
     graphdef, state = nnx.split(model)
-    fn = _masked_fn(graphdef)
+    fn = _masked_fn(graphdef, int(mask_id))
     M = len(rows_M)
     out = []
     for start in range(0, M, chunk):
@@ -170,6 +172,8 @@ def score_sequences(
     segment_ids: np.ndarray,
     positions: np.ndarray,
     *,
+    mask_id: int | None = None,
+    special_ids: Sequence[int] = (),
     batch_size: int = DEFAULT_BATCH,
     chunk: int = DEFAULT_CHUNK,
 ) -> np.ndarray:
@@ -187,7 +191,11 @@ def score_sequences(
     if mask_kind in ("causal", "prefix"):
         return causal_log_likelihood(model, tokens, segment_ids, positions, batch_size=batch_size)
     if mask_kind == "bidirectional":
-        return pseudo_log_likelihood(model, tokens, segment_ids, positions, chunk=chunk)
+        if mask_id is None:
+            raise ValueError("scoring a bidirectional model needs the vocabulary's mask_id and special_ids")
+        return pseudo_log_likelihood(
+            model, tokens, segment_ids, positions, mask_id=mask_id, special_ids=special_ids, chunk=chunk
+        )
     raise ValueError(f"mask kind {mask_kind!r} is not one of ('causal', 'bidirectional', 'prefix')")
 
 
