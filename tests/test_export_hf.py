@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import run_command, train_command
 
+from configs import FILES as CONFIGS
 from models.masks import make_attention_mask
 from train.inference import load_trained
 
@@ -49,7 +50,8 @@ def test_an_exported_run_loads_in_hugging_face_with_the_same_logits(fam, tmp_pat
     result = _export(workdir, out)
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(os.listdir(out)) == ["README.md", "config.json", "model.safetensors"]
-    assert "final eval metrics" in open(os.path.join(out, "README.md")).read()
+    card = open(os.path.join(out, "README.md")).read()
+    assert "final eval metrics" in card and f"python -m train.main --config={CONFIGS[objective]}:tiny" in card
 
     ours = load_trained(workdir)
     cls = transformers.FlaxGPT2LMHeadModel if fam == "gpt2" else transformers.FlaxBertForMaskedLM

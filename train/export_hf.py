@@ -104,6 +104,10 @@ def _card(workdir: str, trained, fam: str) -> str:
     final = {k: v for k, v in evals[-1].items() if k not in ("step", "split")} if evals else {}
     cls = "GPT2LMHeadModel" if fam == "gpt2" else "BertForMaskedLM"
     config = trained.config.to_dict() if trained.config is not None else None
+    command = ""
+    if os.path.exists(os.path.join(workdir, "config.json")):
+        with open(os.path.join(workdir, "config.json")) as f:
+            command = json.load(f).get("resolved", {}).get("command", "")
     tok = _tokenizer_note(trained.tokenizer)
     return "\n".join(
         [
@@ -117,7 +121,8 @@ def _card(workdir: str, trained, fam: str) -> str:
             f"- final eval metrics: `{json.dumps(final)}`",
             f"- tokenizer: {tok}",
             "",
-            "Trained with `python -m train.main` and this config:",
+            *(["Trained with (its latest launch):", "", "```bash", command, "```", ""] if command else []),
+            "The training config:",
             "",
             "```json",
             json.dumps(config, indent=2, sort_keys=True),

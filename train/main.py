@@ -15,6 +15,7 @@ SIGTERM / SIGINT after checkpointing (docs/reliability.md).
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 
 from absl import app, flags
@@ -65,7 +66,7 @@ def main(argv: list[str]) -> None:
     initialize_distributed(_COORDINATOR.value, n, i, auto=_DISTRIBUTED_AUTO.value)
 
     try:
-        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        train_and_evaluate(_CONFIG.value, _WORKDIR.value, "python -m train.main " + shlex.join(sys.argv[1:]))
     except (ConfigError, CheckpointMismatch) as e:  # a second launcher too (train/workdir_lock.py)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

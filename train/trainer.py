@@ -36,8 +36,9 @@ from train.workdir_lock import workdir_lock
 log = logging.getLogger(__name__)
 
 
-def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
-    """Trains (or resumes) the run described by `config` in `workdir`; returns `summary.json`."""
+def train_and_evaluate(config: Any, workdir: str, command: str = "") -> dict[str, Any]:
+    """Trains (or resumes) the run described by `config` in `workdir`; returns `summary.json`.
+    `command`, the command line that launched it, is kept in `config.json` (model cards show it)."""
     validate(config)
     if config.compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
@@ -55,7 +56,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         process_count=jax.process_count(),
     )
     with workdir_lock(workdir, enabled=chief), preemption:  # before anything is built or written
-        return _train(config, workdir, platform, t_start, chief, preemption)
+        return _train(config, workdir, platform, t_start, chief, preemption, command)
 
 
 def verify_fingerprint(state: Any, progress: dict) -> str | None:
@@ -67,7 +68,13 @@ def verify_fingerprint(state: Any, progress: dict) -> str | None:
 
 
 def _train(
-    config: Any, workdir: str, platform: str, t_start: float, chief: bool, preemption: PreemptionHandler
+    config: Any,
+    workdir: str,
+    platform: str,
+    t_start: float,
+    chief: bool,
+    preemption: PreemptionHandler,
+    command: str,
 ) -> dict[str, Any]:
     run = build_run(config, workdir)
     source, mesh, data_sharding, identity = run.source, run.mesh, run.data_sharding, run.identity
@@ -100,7 +107,10 @@ def _train(
     if chief:
         write_json_atomic(
             os.path.join(workdir, "config.json"),
-            {**config.to_dict(), "resolved": {"vocab_size": source.vocab_size, "num_params": num_params}},
+            {
+                **config.to_dict(),
+                "resolved": {"vocab_size": source.vocab_size, "num_params": num_params, "command": command},
+            },
         )
     writer = MetricsWriter(workdir, resume_step=start_step, enabled=chief)
     evaluator = Evaluator(source, run.objective, run.graphdef, config.mask, data_sharding)
