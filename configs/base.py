@@ -152,6 +152,17 @@ def get_config() -> ml_collections.ConfigDict:
     c.max_skipped_in_a_row = 10
     # data x fsdp must equal the device count; data=-1 takes what fsdp leaves (train/mesh.py).
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+
+    # Seeing inside a run (docs/observability.md). MFU is measured against the device's peak:
+    # this figure per device if > 0, else the data sheet's dense bf16 figure for a known
+    # accelerator, else a measured float32 matmul (CPU).
+    c.peak_flops_per_device = 0.0
+    # A jax.profiler trace of steps start_step .. start_step + num_steps - 1 into WORKDIR/profile.
+    c.profile = ml_collections.ConfigDict(dict(start_step=0, num_steps=0))  # num_steps 0: off
+    c.log_layer_stats = False  # per block and parameter kind: norms, gradient norms, update ratios
+    c.eval_samples = 4  # prompts continued (or masks filled) at each eval, to TensorBoard text; 0: off
+    # Weights & Biases (pip install -e ".[wandb]"): off while project is "".
+    c.wandb = ml_collections.ConfigDict(dict(project="", entity="", mode="online"))
     return c
 
 

@@ -26,7 +26,9 @@ def finished(workdir: str, steps: int) -> bool:
 
 
 def train(workdir: str, objective: str, overrides: dict[str, Any], variant: str = "tiny") -> None:
-    """Runs (or resumes) one training process; its output goes to `workdir/log.txt`."""
+    """Runs (or resumes) one training process; its output goes to `workdir/log.txt`. Tables read
+    metrics, not samples: eval samples are off unless `overrides` turns them on."""
+    overrides = {"eval_samples": 0, **overrides}
     cmd = [sys.executable, "-m", "train.main", f"--config={configs.FILES[objective]}:{variant}"]
     cmd += [f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
     os.makedirs(workdir, exist_ok=True)
@@ -54,4 +56,21 @@ def collect(workdir: str) -> dict[str, Any]:
     out.update(
         train_loss=last_train["loss"], wall_seconds=summary["wall_seconds"], num_params=resolved["num_params"]
     )
+    return out
+
+
+def block_grad_norms(workdir: str) -> dict[str, list[list[float]]]:
+    """Per block (`blocks0`, ...): [step, gradient norm of all its parameters] at each log step,
+    from the run's `layer_stats.jsonl` (runs with `log_layer_stats=True`)."""
+    out: dict[str, list[list[float]]] = {}
+    with open(os.path.join(workdir, "layer_stats.jsonl")) as f:
+        for line in f:
+            record = json.loads(line)
+            squares: dict[str, float] = {}
+            for group, stats in record.items():
+                if group != "step" and "/" in group:
+                    block = group.split("/")[0]
+                    squares[block] = squares.get(block, 0.0) + stats["grad_norm"] ** 2
+            for block, sq in squares.items():
+                out.setdefault(block, []).append([record["step"], sq**0.5])
     return out

@@ -34,6 +34,7 @@ MICRO_OVERRIDES = {
     "eval_every_steps": 10,
     "checkpoint_every_steps": 10,
     "optim.warmup_steps": 5,
+    "eval_samples": 0,  # each eval would compile generation (~4 s a run); test_observability turns it on
 }
 
 
@@ -151,3 +152,27 @@ def write_hub_dir(path, tensors: dict, config: dict) -> str:
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(config, f)
     return str(path)
+
+
+def tensorboard_events(folder: str) -> list[tuple[str, int, object]]:
+    """(tag, step, value) of every scalar (a float) and text (a str) in the TensorBoard event
+    files under `folder`, read as TFRecords with tensorboardX's protos."""
+    import glob
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    for path in sorted(glob.glob(os.path.join(folder, "**", "events.out.tfevents.*"), recursive=True)):
+        data = open(path, "rb").read()
+        at = 0
+        while at + 12 <= len(data):
+            (length,) = struct.unpack("<Q", data[at : at + 8])
+            event = event_pb2.Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4
+            for v in event.summary.value:
+                if v.HasField("tensor") and v.tensor.string_val:
+                    out.append((v.tag, event.step, v.tensor.string_val[0].decode()))
+                elif v.HasField("simple_value"):
+                    out.append((v.tag, event.step, v.simple_value))
+    return out

@@ -61,6 +61,15 @@ def test_attention_scale_table_records_init_statistics(tmp_path):
     ablate.main(["attn_scale", "--preset", "cpu", "--seeds", "1", "--rows", "2", "--out", out, *FEW_STEPS])
     md = open(os.path.join(out, "attn_scale.md")).read()
     assert "init entropy" in md and "init max p" in md
+    # Gradient norms over training, from each run's layer statistics (log steps 3 and 6).
+    assert "Gradient norm of the first and the last block over training" in md
+    from experiments import runs
+
+    trajectory = runs.block_grad_norms(
+        os.path.join(out, "runs", "attn_scale", "clm_scale-sqrt_d_k-16", "seed0")
+    )
+    assert list(trajectory) == ["blocks0"] and [s for s, _ in trajectory["blocks0"]] == [3, 6]
+    assert all(v > 0 for _, v in trajectory["blocks0"])
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

@@ -7,6 +7,7 @@ every bad field at once.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from models import registry
@@ -16,6 +17,7 @@ from train import hf_import
 from train.data.seq2seq_tasks import TASKS
 from train.nonfinite import MODES as NONFINITE_MODES
 from train.objectives import OBJECTIVE_CLASSES, OBJECTIVE_MASKS, OBJECTIVES
+from train.wandb_log import MODES as WANDB_MODES
 
 # Model shapes are checked before the data (and so the vocabulary) exists; no model check reads it.
 _ANY_VOCAB = 1
@@ -143,5 +145,25 @@ def validate(config: Any) -> None:
             "hmm.num_states and hmm.num_symbols must be positive",
         )
 
+    _check_observability(config, need)
     if errors:
         raise ConfigError(errors)
+
+
+def _check_observability(config: Any, need) -> None:
+    p = config.profile
+    need(
+        p.start_step >= 0 and p.num_steps >= 0 and (p.num_steps == 0 or p.start_step >= 1),
+        f"profile.start_step={p.start_step}, profile.num_steps={p.num_steps}: the trace covers steps "
+        "start_step .. start_step + num_steps - 1; start_step >= 1 and num_steps >= 0 (0: no trace)",
+    )
+    need(config.peak_flops_per_device >= 0, "peak_flops_per_device must be >= 0 (0: data sheet or measured)")
+    need(config.eval_samples >= 0, f"eval_samples={config.eval_samples} must be >= 0 (0: none)")
+    w = config.wandb
+    need(w.mode in WANDB_MODES, f"wandb.mode={w.mode!r}: use one of {WANDB_MODES}")
+    if w.project:
+        need(
+            importlib.util.find_spec("wandb") is not None,
+            f"wandb.project={w.project!r} needs the wandb package: pip install -e '.[wandb]' "
+            "(or leave wandb.project empty)",
+        )

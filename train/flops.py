@@ -33,3 +33,57 @@ def train_flops_per_step(
     per_token = 2 * num_params_non_embedding + attention
     forward = B * (L * per_token + head_positions * 2 * m.d_model * vocab_size)
     return 3.0 * forward
+
+
+def step_flops(
+    config: Any, objective: Any, params: Any, vocab_size: int, *, causal_attention_halved: bool = False
+) -> float:
+    """Model FLOPs of one train step of `config` (the count MFU is defined by, in training, the
+    benchmark and the comparison alike): the masked LM projects only its selected positions."""
+    from train.objectives import MaskedLM
+
+    head = objective.max_predictions(config.seq_len) if isinstance(objective, MaskedLM) else config.seq_len
+    n = non_embedding_params(params)
+    return train_flops_per_step(config, n, vocab_size, head, causal_attention_halved=causal_attention_halved)
+
+
+# Dense bf16 peak FLOP/s per chip, from the vendors' data sheets.
+DEVICE_PEAKS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L4": 121e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+}
+
+
+def matmul_peak(dtype: Any = "float32", n: int = 2048, repeats: int = 10) -> float:
+    """Measured FLOP/s of a large square matmul on the default device (the best of `repeats`)."""
+    import time
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def device_peak(per_device: float = 0.0, *, matmul_n: int = 2048, repeats: int = 10) -> tuple[float, str]:
+    """(peak FLOP/s of all devices, where the figure comes from): `per_device` if given, else a
+    data-sheet figure for a known accelerator, else a measured matmul (float32 on CPU)."""
+    device, count = jax.devices()[0], jax.device_count()
+    if per_device > 0:
+        return per_device * count, f"set: {per_device:.3g} FLOP/s x {count}"
+    if device.platform == "cpu":
+        return matmul_peak("float32", matmul_n, repeats), f"measured float32 matmul ({matmul_n}^3)"
+    for kind, peak in DEVICE_PEAKS.items():
+        if kind.lower() in device.device_kind.lower():
+            return peak * count, f"{device.device_kind} bf16 data sheet x {count}"
+    return matmul_peak("bfloat16", 8192, repeats) * count, "measured bf16 matmul (8192^3)"

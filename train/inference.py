@@ -17,8 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -30,44 +28,12 @@ from models import registry
 from train import step as step_lib
 from train.checkpoint import CheckpointDamaged, CheckpointMismatch, identity_diff
 from train.data.sources import make_source
-from train.data.vocab import DEFAULT, NUM_SPECIAL, SPECIAL_TOKENS
+from train.data.vocab import SymbolTokenizer
 from train.evaluator import Evaluator
 from train.fingerprint import fingerprint, mismatches
 from train.objectives import Objective, make_objective
 from train.text_api import TextAPI
 from train.tokenizer import FILENAMES, AnyTokenizer, load_tokenizer
-
-
-class SymbolTokenizer:
-    """The embedded HMM corpus's "tokenizer": symbol k is written `s<k>` (token id k + NUM_SPECIAL)."""
-
-    specials = DEFAULT
-
-    def __init__(self, vocab_size: int):
-        self.vocab_size = vocab_size
-
-    def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        out = []
-        for text in texts:
-            ids = []
-            for word in text.split():
-                if word in SPECIAL_TOKENS:
-                    ids.append(SPECIAL_TOKENS.index(word))
-                elif re.fullmatch(r"s\d+", word) and int(word[1:]) + NUM_SPECIAL < self.vocab_size:
-                    ids.append(int(word[1:]) + NUM_SPECIAL)
-                else:
-                    raise ValueError(
-                        f"{word!r} is not a symbol of the HMM corpus: write symbols as s0 .. "
-                        f"s{self.vocab_size - NUM_SPECIAL - 1}, or special tokens {SPECIAL_TOKENS}"
-                    )
-            out.append(ids)
-        return out
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return " ".join(map(self.token, ids))
-
-    def token(self, i: int) -> str:
-        return SPECIAL_TOKENS[int(i)] if int(i) < NUM_SPECIAL else f"s{int(i) - NUM_SPECIAL}"
 
 
 @dataclasses.dataclass

@@ -111,6 +111,9 @@ def build_run(config: Any, workdir: str, *, vocab_size: int | None = None) -> Ru
             schedule,
             config.grad_accum_steps,
             config.nonfinite == "skip",
+            layer_stats_at=(config.log_every_steps, config.num_train_steps)
+            if config.log_layer_stats
+            else None,
         ),
         in_shardings=(state_sharding, data_sharding),
         out_shardings=(state_sharding, replicated(mesh)),

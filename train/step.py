@@ -18,6 +18,7 @@ import optax
 from flax import nnx, struct
 
 from models.registry import ModelConfig, make_model
+from train.layer_stats import at_log_steps
 from train.objectives import Batch, Objective
 
 
@@ -91,6 +92,7 @@ def make_train_step(
     schedule: optax.Schedule,
     grad_accum_steps: int = 1,
     skip_nonfinite: bool = False,
+    layer_stats_at: tuple[int, int] | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """`train_step(state, batch)`; with `grad_accum_steps = k` the batch runs as k micro-batches.
 
@@ -101,6 +103,9 @@ def make_train_step(
     `skip_nonfinite`: a step whose loss or gradient norm is not finite leaves parameters, model
     state and optimizer state as they were (a select on device, no host sync); the step count
     still advances, so data and RNG stay aligned with an uninterrupted run. Metric `skipped`.
+
+    `layer_stats_at=(every, last)`: metric `layer_stats` holds train/layer_stats.py's statistics
+    at the steps that log (every `every`-th and the `last`), zeros at the others.
     """
 
     def scores_and_grads(params, model_state, model_batch):
@@ -148,6 +153,10 @@ def make_train_step(
             "learning_rate": schedule(state.step),
             "predicted_tokens": scores["weight_sum"],
         }
+        if layer_stats_at is not None:
+            metrics["layer_stats"] = at_log_steps(
+                state.params, grads, updates, state.step + 1, *layer_stats_at
+            )
         if skip_nonfinite:
             finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
             params, model_state, opt_state = jax.tree.map(

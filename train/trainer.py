@@ -27,10 +27,12 @@ from train.device_memory import check_fits, device_limit_bytes, step_memory
 from train.evaluator import Evaluator
 from train.fingerprint import fingerprint, mismatches
 from train.mesh import coordination_client, state_bytes, to_global
-from train.metrics import MetricsWriter, Progress, write_json_atomic
+from train.metrics import MetricsWriter, write_json_atomic
 from train.nonfinite import NonFiniteError, NonFiniteWatch, failure_message
+from train.observe import Observer
 from train.preemption import Preempted, PreemptionHandler
 from train.setup import build_run
+from train.wandb_log import WandbLogger
 from train.workdir_lock import workdir_lock
 
 log = logging.getLogger(__name__)
@@ -112,7 +114,8 @@ def _train(
                 "resolved": {"vocab_size": source.vocab_size, "num_params": num_params, "command": command},
             },
         )
-    writer = MetricsWriter(workdir, resume_step=start_step, enabled=chief)
+    wandb = WandbLogger(config, workdir) if chief and config.wandb.project else None
+    writer = MetricsWriter(workdir, resume_step=start_step, enabled=chief, wandb=wandb)
     evaluator = Evaluator(source, run.objective, run.graphdef, config.mask, data_sharding)
 
     t_compile = time.perf_counter()
@@ -129,7 +132,8 @@ def _train(
     check_fits(memory, device_limit_bytes())
 
     tokens_per_step = config.batch_size * config.seq_len
-    progress_bar = Progress(start_step, config.num_train_steps, tokens_per_step)
+    observer = Observer(config, workdir, run, state.params, start_step, writer)
+    progress_bar = observer.progress
     # A checkpoint taken between log steps (preemption) carries its window's metrics.
     window: list[dict] = [{k: np.float32(v) for k, v in m.items()} for m in progress.get("window", [])]
     watch, unchecked = NonFiniteWatch(config.nonfinite, config.max_skipped_in_a_row), []
@@ -158,7 +162,7 @@ def _train(
         )
 
     def close() -> None:
-        progress_bar.close()
+        observer.close()
         checkpointer.wait()
         checkpointer.close()
         writer.close()
@@ -178,7 +182,9 @@ def _train(
     batch = first
     preemption.start(start_step)
     for step in range(start_step + 1, config.num_train_steps + 1):
+        observer.before_step(step)
         state, metrics = compiled_step(state, to_global(batch, data_sharding))
+        metrics = observer.after_step(step, state, metrics)
         data_state = train_iter.get_state()  # the position after every batch used so far
         window.append(metrics)
         unchecked.append((step, metrics))
@@ -201,10 +207,11 @@ def _train(
                 row["skipped_steps"] = float(sum(m["skipped"] for m in fetched))
             window = []
             writer.write(step, "train", row)
-            writer.scalars(step, "perf", progress_bar.update(step, row))
+            observer.at_log(step, row)
         if eval_now:
             eval_metrics = evaluator(state.params, state.model_state)
             writer.write(step, "eval", eval_metrics)
+            observer.at_eval(step, state.params, state.model_state)
             rounded = {k: round(v, 4) for k, v in eval_metrics.items()}
             progress_bar.message(f"eval step {step}: {json.dumps(rounded)}")
         saved = step % config.checkpoint_every_steps == 0 or last
@@ -223,7 +230,6 @@ def _train(
     train_seconds = time.perf_counter() - t_loop
     if not eval_metrics:  # the workdir already held the final step
         eval_metrics = evaluator(state.params, state.model_state)
-    close()
     summary = {
         "final_step": config.num_train_steps,
         "num_params": num_params,
@@ -238,7 +244,10 @@ def _train(
         "state_bytes": total_bytes,
         "state_bytes_per_device": device_bytes,
         "platform": platform,
+        **observer.summary(steps_run, train_seconds),
     }
+    writer.summary(summary)
+    close()
     if chief:
         write_json_atomic(os.path.join(workdir, "summary.json"), summary)
     return summary

@@ -40,8 +40,10 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     by_row: dict[str, dict[str, Any]] = {}
     for r in results:
         r = {**r, "train_minus_eval": r["train_loss"] - r["eval_loss"]}
-        entry = by_row.setdefault(r["row"].slug, {"row": r["row"], "values": {}, "seeds": []})
+        entry = by_row.setdefault(r["row"].slug, {"row": r["row"], "values": {}, "seeds": [], "grads": []})
         entry["seeds"].append(r["seed"])
+        if "grad_trajectory" in r:
+            entry["grads"].append(r["grad_trajectory"])
         for column in METRICS:
             if column.key in r:
                 entry["values"].setdefault(column.key, []).append(float(r[column.key]))
@@ -85,6 +87,12 @@ def write(
         ["objective", *settings, *(m.title for m in metrics)],
         [e["row"].cells + [cell(e["values"].get(m.key, []), m.decimals) for m in metrics] for e in rows],
     )
+    if any(e["grads"] for e in rows):
+        lines += [
+            "",
+            f"Gradient norm of the first and the last block over training, mean over seeds: the right "
+            f"panel of {table.name}.png (each run's `layer_stats.jsonl`, `log_layer_stats=True`).",
+        ]
     if timing:
         lines += ["", "Train step time (ms) and tokens/s at batch 8, by sequence length:", ""]
         lines += _timing_table(rows, timing, settings)
@@ -127,7 +135,7 @@ def _timing_table(rows: list[dict], timing: list[dict], settings: list[str]) -> 
 
 
 def _write_csv(path: str, results: list[dict], timing: list[dict], settings: list[str]) -> None:
-    keys = sorted({k for r in results for k in r} - {"row", "seed"})
+    keys = sorted({k for r in results for k in r} - {"row", "seed", "grad_trajectory"})
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
@@ -170,7 +178,9 @@ def _plot(path: str, table: Table, rows: list[dict], timing: list[dict]) -> None
     import matplotlib.pyplot as plt
 
     key = "eval_captured" if any("eval_captured" in e["values"] for e in rows) else "eval_loss"
-    fig, axes = plt.subplots(1, 2 if timing else 1, figsize=(12 if timing else 8, 4.5), squeeze=False)
+    grads = any(e["grads"] for e in rows)
+    two = bool(timing) or grads
+    fig, axes = plt.subplots(1, 2 if two else 1, figsize=(12 if two else 8, 4.5), squeeze=False)
     ax = axes[0, 0]
     labels = [
         f"{OBJECTIVE_NAMES[e['row'].objective]}\n" + "\n".join(map(str, e["row"].setting.values()))
@@ -194,6 +204,23 @@ def _plot(path: str, table: Table, rows: list[dict], timing: list[dict]) -> None
         ax.set_xlabel("sequence length")
         ax.set_ylabel("train step seconds (batch 8)")
         ax.legend(fontsize=7)
+    if grads:
+        _plot_grads(axes[0, 1], rows)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _plot_grads(ax, rows: list[dict]) -> None:
+    """Each row's gradient norm of its first and last block over training (mean over seeds)."""
+    for k, e in enumerate(rows):
+        blocks = sorted(e["grads"][0], key=lambda b: int(b.removeprefix("blocks")))
+        label = f"{OBJECTIVE_NAMES[e['row'].objective]} " + " ".join(map(str, e["row"].setting.values()))
+        for block, style in zip(dict.fromkeys([blocks[0], blocks[-1]]), ("-", "--"), strict=False):
+            per_seed = np.asarray([[v for _, v in g[block]] for g in e["grads"]])
+            steps = [s for s, _ in e["grads"][0][block]]
+            ax.plot(steps, per_seed.mean(0), style, color=f"C{k}", label=f"{label} {block}")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("gradient norm of the block")
+    ax.legend(fontsize=6, ncol=2)

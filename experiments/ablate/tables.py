@@ -45,7 +45,8 @@ class Table:
     claim: str
     rows: list[Row]
     # In-process measurements (experiments/ablate/measure.py): "init_attention", "step_timing",
-    # "eval_at_15", "by_length", "attention_kinds".
+    # "eval_at_15", "by_length", "attention_kinds"; "grad_norms": runs log per-layer statistics
+    # (train/layer_stats.py) and the plot adds each block's gradient norm over training.
     extra: tuple[str, ...] = ()
     preset_overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
@@ -84,7 +85,7 @@ def make_tables() -> dict[str, Table]:
                 for dk in (16, 64, 256)
                 for sc in ("sqrt", "one", "inv")
             ],
-            extra=("init_attention",),
+            extra=("init_attention", "grad_norms"),
             preset_overrides={
                 "cpu": {
                     "model.d_model": 256,
@@ -119,6 +120,7 @@ def make_tables() -> dict[str, Table]:
                 for p in ("pre", "post")
                 for w in (0, 100)
             ],
+            extra=("grad_norms",),
             preset_overrides={
                 "cpu": {
                     "model.num_layers": 8,
@@ -223,5 +225,6 @@ def run_overrides(table: Table, row: Row, preset: str, seed: int) -> dict[str, A
         **table.preset_overrides.get(preset, {}),
         **row.overrides,
         **row.preset_overrides.get(preset, {}),
+        **({"log_layer_stats": True} if "grad_norms" in table.extra else {}),
         "seed": seed,
     }

@@ -13,15 +13,14 @@ import numpy as np
 from flax import nnx
 
 from experiments.bench.hf_baseline import make_hf_runner
-from experiments.bench.peak import device_peak, timed
+from experiments.bench.peak import timed
 from models import registry
 from models.decode import SamplingConfig, generate
 from models.masks import make_attention_mask
 from train.data.vocab import BOS_ID, NUM_SPECIAL
 from train.device_memory import step_memory
-from train.flops import non_embedding_params, train_flops_per_step
+from train.flops import device_peak, step_flops
 from train.mesh import to_global
-from train.objectives import MaskedLM
 from train.setup import build_run
 
 
@@ -68,11 +67,9 @@ def train_benchmark(config: Any, vocab_size: int, steps: int, baseline: str = ""
             hf_times.append(timed(hf.run))
     median = statistics.median(times)
     L = config.seq_len
-    head = objective.max_predictions(L) if isinstance(objective, MaskedLM) else L
-    n = non_embedding_params(state.params)
-    flops = train_flops_per_step(config, n, vocab_size, head)
-    flops_causal = train_flops_per_step(config, n, vocab_size, head, causal_attention_halved=True)
-    peak, peak_source = device_peak()
+    flops = step_flops(config, objective, state.params, vocab_size)
+    flops_causal = step_flops(config, objective, state.params, vocab_size, causal_attention_halved=True)
+    peak, peak_source = device_peak(config.peak_flops_per_device)
     tokens = config.batch_size * L
     extra = {}
     if hf:

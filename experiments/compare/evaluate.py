@@ -20,7 +20,7 @@ from typing import Any
 
 from experiments import runs
 from experiments.common import cached_json
-from train.flops import non_embedding_params, train_flops_per_step
+from train.flops import step_flops
 
 # Sizes of the downstream evaluations. Rows are 64 tokens (BOS + 63 symbols).
 EVALS: dict[str, dict[str, int]] = {
@@ -53,21 +53,14 @@ def _evaluate(workdir: str, objective: str, preset: str, seed: int, cache: dict)
     from experiments.downstream.probes import hmm_state_probe
     from models.scoring import minimal_pair_accuracy
     from train.inference import load_run
-    from train.objectives import CausalLM, MaskedLM
+    from train.objectives import CausalLM
 
     t0 = time.perf_counter()
     sizes = EVALS[preset]
     run = load_run(workdir)
     config, model, mask_kind, source = run.config, run.trained.model, run.trained.mask_kind, run.source
     lines = runs.metrics_lines(workdir)
-    non_embedding = non_embedding_params(run.params)
-    train_objective = run.objective
-    head_positions = (
-        train_objective.max_predictions(config.seq_len)
-        if isinstance(train_objective, MaskedLM)
-        else config.seq_len
-    )
-    flops_per_step = train_flops_per_step(config, non_embedding, source.vocab_size, head_positions)
+    flops_per_step = step_flops(config, run.objective, run.params, source.vocab_size)
     out: dict[str, Any] = {
         "objective": objective,
         "seed": seed,
@@ -92,7 +85,7 @@ def _evaluate(workdir: str, objective: str, preset: str, seed: int, cache: dict)
     if objective == "mlm":
         out.update(masked_loss=out["eval_loss"], masked_captured=out["eval_captured"])
     if objective == "hybrid":
-        view(train_objective.masked_view(), "prefix", "masked")
+        view(run.objective.masked_view(), "prefix", "masked")
 
     hmm = source.hmm
     probe = hmm_state_probe(

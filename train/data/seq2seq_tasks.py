@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 
 from train.data.indexed import IndexedBatches
-from train.data.vocab import BOS_ID, DEFAULT, EOS_ID, NUM_SPECIAL
+from train.data.vocab import BOS_ID, DEFAULT, EOS_ID, NUM_SPECIAL, SymbolTokenizer
 
 TASKS: tuple[str, ...] = ("copy", "reverse", "sort")
 _EVAL_STREAM = 0x5E02
@@ -85,6 +85,7 @@ class Seq2SeqTaskSource:
             )
         self.specials = DEFAULT  # the corpus's symbols follow the default specials
         self.vocab_size = NUM_SPECIAL + self.num_symbols
+        self.tokenizer = SymbolTokenizer(self.vocab_size)
 
     def train_batch(self, index: int) -> dict[str, np.ndarray]:
         """Global batch `index`: a pure function of (run seed, index)."""

@@ -20,7 +20,7 @@ import numpy as np
 
 from train.data.hmm import HMM, HMMSpec
 from train.data.indexed import IndexedBatches
-from train.data.vocab import BOS_ID, DEFAULT, NUM_SPECIAL
+from train.data.vocab import BOS_ID, DEFAULT, NUM_SPECIAL, SymbolTokenizer
 
 # Shared by every run on the same HMM, so the eval set never depends on the training seed.
 _EVAL_STREAM = 0xE7A1
@@ -49,6 +49,7 @@ class HMMSource:
         self.hmm = HMM(self.spec)
         self.specials = DEFAULT  # the corpus's symbols follow the default specials
         self.vocab_size = NUM_SPECIAL + self.spec.num_symbols
+        self.tokenizer = SymbolTokenizer(self.vocab_size)
         self._eval_symbols = self.hmm.sample(
             np.random.default_rng([self.spec.seed, _EVAL_STREAM]), self.eval_sequences, self.seq_len - 1
         )

@@ -6,12 +6,15 @@ tokens masked LM and fine-tuning need right after them: `DEFAULT`, real tokens f
 `NUM_SPECIAL` on. An imported Hugging Face tokenizer brings its own ids (GPT-2's single
 `<|endoftext|>` at 50256 serves as bos, eos and pad; BERT's [CLS] [SEP] [MASK] [PAD] [UNK] sit at
 101, 102, 103, 0, 100), so code that needs a role asks the vocabulary's `Specials`, never a
-constant, and one code path serves both.
+constant, and one code path serves both. `SymbolTokenizer` writes the synthetic corpora's
+symbols as text (`s0`, `s1`, ...).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -63,3 +66,35 @@ class Specials:
 
 
 DEFAULT = Specials()
+
+
+class SymbolTokenizer:
+    """The embedded HMM corpus's "tokenizer": symbol k is written `s<k>` (token id k + NUM_SPECIAL)."""
+
+    specials = DEFAULT
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        out = []
+        for text in texts:
+            ids = []
+            for word in text.split():
+                if word in SPECIAL_TOKENS:
+                    ids.append(SPECIAL_TOKENS.index(word))
+                elif re.fullmatch(r"s\d+", word) and int(word[1:]) + NUM_SPECIAL < self.vocab_size:
+                    ids.append(int(word[1:]) + NUM_SPECIAL)
+                else:
+                    raise ValueError(
+                        f"{word!r} is not a symbol of the HMM corpus: write symbols as s0 .. "
+                        f"s{self.vocab_size - NUM_SPECIAL - 1}, or special tokens {SPECIAL_TOKENS}"
+                    )
+            out.append(ids)
+        return out
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return " ".join(map(self.token, ids))
+
+    def token(self, i: int) -> str:
+        return SPECIAL_TOKENS[int(i)] if int(i) < NUM_SPECIAL else f"s{int(i) - NUM_SPECIAL}"
