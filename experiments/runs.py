@@ -25,9 +25,13 @@ def finished(workdir: str, steps: int) -> bool:
     return os.path.exists(path) and json.load(open(path))["final_step"] == steps
 
 
-def train(workdir: str, objective: str, overrides: dict[str, Any], variant: str = "tiny") -> None:
+def train(
+    workdir: str, objective: str, overrides: dict[str, Any], variant: str = "tiny", jobs: int = 1
+) -> None:
     """Runs (or resumes) one training process; its output goes to `workdir/log.txt`. Tables read
-    metrics, not samples: eval samples are off unless `overrides` turns them on."""
+    metrics, not samples: eval samples are off unless `overrides` turns them on. With `jobs` > 1
+    processes at once, each may take 1/jobs of an accelerator's memory (on a CPU they share its
+    cores); the results do not depend on it."""
     overrides = {"eval_samples": 0, **overrides}
     cmd = [sys.executable, "-m", "train.main", f"--config={configs.FILES[objective]}:{variant}"]
     cmd += [f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
@@ -35,7 +39,10 @@ def train(workdir: str, objective: str, overrides: dict[str, Any], variant: str 
     with open(os.path.join(workdir, "log.txt"), "a") as log:
         log.write(" ".join(cmd) + "\n")
         log.flush()
-        result = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        env = dict(os.environ)
+        if jobs > 1:  # JAX would otherwise preallocate 75% of the device for the first process
+            env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / jobs:.3f}"
+        result = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
     if result.returncode:
         tail = open(os.path.join(workdir, "log.txt")).read()[-2000:]
         raise RuntimeError(f"run failed ({workdir}):\n{tail}")

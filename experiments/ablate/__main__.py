@@ -61,7 +61,7 @@ def run_table(
         if "init_attention" in table.extra:
             init = _measure("init_attention_stats", workdir, row.objective, overrides)
         if not runs.finished(workdir, overrides["num_train_steps"]):
-            runs.train(workdir, row.objective, overrides)
+            runs.train(workdir, row.objective, overrides, jobs=jobs)
         result = {"row": row, "seed": seed, **runs.collect(workdir)}
         if "eval_at_15" in table.extra:
             result.update(_measure("eval_at_15", workdir, row.objective, overrides))

@@ -12,7 +12,7 @@ donation, remat, dtype, gradient accumulation) and fed random tokens of `--vocab
 the dataset's), so the data pipeline is not in the measurement. Reported: tokens/s (and
 predicted tokens/s for the masked LM), median step time and its spread over `--steps` timed
 steps after two warm-up steps, compile seconds, model FLOPs per step counted two ways (every
-attention key, and causal attention halved), MFU against a peak (experiments/bench/peak.py: on CPU
+attention key, and causal attention halved), MFU against a peak (train/flops.py: on CPU
 a measured float32 matmul peak; on GPU/TPU the device's dense bf16 peak, from a table by device
 kind, or a measured bf16 matmul where the kind is unknown), and the step's memory per device.
 On CPU the process first sets glibc's malloc to reuse freed memory (train/host_memory.py:

@@ -1,11 +1,11 @@
 """The objectives compared: GPT, BERT, prefix LM and the hybrid, same block, data and compute.
 
     python -m experiments.compare --preset cpu --seeds 3 --out experiments/results
-    python -m experiments.compare --preset gpu --seeds 3 --out /results
+    python -m experiments.compare --preset gpu --seeds 3 --out /results --jobs 4
 
 Every (objective, seed) trains as an independent `python -m train.main` run in
 `OUT/runs/compare/OBJECTIVE/seedN` with the same model, batch, sequence length and steps, so
-parameters and tokens seen are equal; compute differs only by the vocabulary projection, which
+parameters and tokens seen are equal (`--jobs N` trains N at once); compute differs only by the vocabulary projection, which
 the masked LM pays on its ~15% scored positions alone (FLOPs are reported). Each finished run is
 then evaluated in this process, from its checkpoint (`train.inference.load_run`), and the result
 cached in the run's folder as `compare_eval.json`, so an interrupted comparison resumes: own
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from experiments import common, runs
@@ -49,8 +50,10 @@ def run_comparison(
     sets: dict[str, Any],
     command: str,
     objectives: tuple[str, ...] = OBJECTIVES,
+    jobs: int = 1,
 ) -> str:
-    """Trains (or resumes) and evaluates every (objective, seed); returns the path of compare.md."""
+    """Trains (or resumes) every (objective, seed), `jobs` runs at once, then evaluates each in
+    this process; returns the path of compare.md."""
     overrides_base = {**PRESETS[preset], **sets}
     if overrides_base.get("dataset", "hmm") != "hmm":
         raise SystemExit(
@@ -58,21 +61,29 @@ def run_comparison(
             "HMM ceilings, so it needs dataset=hmm; train on text with train.main and load the "
             "runs with train.inference.load_trained"
         )
+    todo = [(objective, seed) for objective in objectives for seed in range(seeds)]
+
+    def workdir_of(objective: str, seed: int) -> str:
+        return os.path.join(out, "runs", "compare", objective, f"seed{seed}")
+
+    def train(item: tuple[str, int]) -> None:
+        objective, seed = item
+        overrides = {**overrides_base, "seed": seed}
+        if not runs.finished(workdir_of(objective, seed), overrides["num_train_steps"]):
+            runs.train(workdir_of(objective, seed), objective, overrides, jobs=jobs)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(train, todo))
     results, cache = [], {}
-    for objective in objectives:
-        for seed in range(seeds):
-            overrides = {**overrides_base, "seed": seed}
-            workdir = os.path.join(out, "runs", "compare", objective, f"seed{seed}")
-            if not runs.finished(workdir, overrides["num_train_steps"]):
-                runs.train(workdir, objective, overrides)
-            result = evaluate_run(workdir, objective, preset, seed, cache)
-            results.append(result)
-            print(
-                f"[compare] {objective} seed {seed}: eval loss {result['eval_loss']:.4f}, probe "
-                f"{result['probe_best']:.3f}, pairs {result['pairs_accuracy']:.3f}, fine-tune "
-                f"{result['finetune_accuracy']:.3f}",
-                flush=True,
-            )
+    for objective, seed in todo:
+        result = evaluate_run(workdir_of(objective, seed), objective, preset, seed, cache)
+        results.append(result)
+        print(
+            f"[compare] {objective} seed {seed}: eval loss {result['eval_loss']:.4f}, probe "
+            f"{result['probe_best']:.3f}, pairs {result['pairs_accuracy']:.3f}, fine-tune "
+            f"{result['finetune_accuracy']:.3f}",
+            flush=True,
+        )
     return report.write(results, preset, seeds, out, command, overrides_base)
 
 
@@ -88,13 +99,15 @@ def main(argv: list[str] | None = None) -> None:
         "--objectives", default=",".join(OBJECTIVES), help=f"comma-separated subset of {OBJECTIVES}"
     )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override every run")
+    parser.add_argument("--jobs", type=int, default=1, help="training processes at once")
     args = parser.parse_args(argv)
     objectives = tuple(o for o in args.objectives.split(",") if o)
     unknown = set(objectives) - set(OBJECTIVES)
     if unknown:
         parser.error(f"--objectives: {sorted(unknown)} not in {OBJECTIVES}")
     command = "python -m experiments.compare " + " ".join(sys.argv[1:] if argv is None else argv)
-    print(run_comparison(args.preset, args.seeds, args.out, common.parse_set(args.set), command, objectives))
+    sets = common.parse_set(args.set)
+    print(run_comparison(args.preset, args.seeds, args.out, sets, command, objectives, args.jobs))
 
 
 if __name__ == "__main__":
