@@ -66,16 +66,19 @@ def collect(workdir: str) -> dict[str, Any]:
     return out
 
 
-def block_grad_norms(workdir: str) -> dict[str, list[list[float]]]:
-    """Per block (`blocks0`, ...): [step, gradient norm of all its parameters] at each log step,
-    from the run's `layer_stats.jsonl` (runs with `log_layer_stats=True`)."""
+def block_grad_norms(workdir: str, kinds: tuple[str, ...] = ()) -> dict[str, list[list[float]]]:
+    """Per block (`blocks0`, ...): [step, gradient norm of its parameters of `kinds` (all when
+    empty)] at each log step, from the run's `layer_stats.jsonl` (runs with `log_layer_stats=True`;
+    empty for a run without one)."""
     out: dict[str, list[list[float]]] = {}
+    if not os.path.exists(os.path.join(workdir, "layer_stats.jsonl")):
+        return out
     with open(os.path.join(workdir, "layer_stats.jsonl")) as f:
         for line in f:
             record = json.loads(line)
             squares: dict[str, float] = {}
             for group, stats in record.items():
-                if group != "step" and "/" in group:
+                if group != "step" and "/" in group and (not kinds or group.split("/")[1] in kinds):
                     block = group.split("/")[0]
                     squares[block] = squares.get(block, 0.0) + stats["grad_norm"] ** 2
             for block, sq in squares.items():

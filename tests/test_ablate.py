@@ -62,7 +62,7 @@ def test_attention_scale_table_records_init_statistics(tmp_path):
     md = open(os.path.join(out, "attn_scale.md")).read()
     assert "init entropy" in md and "init max p" in md
     # Gradient norms over training, from each run's layer statistics (log steps 3 and 6).
-    assert "Gradient norm of the first and the last block over training" in md
+    assert "Gradient norm of the first and the last block (attn_query, attn_key only) over training" in md
     from experiments import runs
 
     trajectory = runs.block_grad_norms(

@@ -70,7 +70,7 @@ def run_table(
         if "by_length" in table.extra:
             result.update(_measure("seq2seq_by_length", workdir, row.objective, overrides))
         if "grad_norms" in table.extra:
-            result["grad_trajectory"] = runs.block_grad_norms(workdir)
+            result["grad_trajectory"] = runs.block_grad_norms(workdir, table.grad_kinds)
         print(f"[{table.name}] {row.slug} seed {seed}: eval loss {result['eval_loss']:.4f}", flush=True)
         return result
 

@@ -42,7 +42,7 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         r = {**r, "train_minus_eval": r["train_loss"] - r["eval_loss"]}
         entry = by_row.setdefault(r["row"].slug, {"row": r["row"], "values": {}, "seeds": [], "grads": []})
         entry["seeds"].append(r["seed"])
-        if "grad_trajectory" in r:
+        if r.get("grad_trajectory"):
             entry["grads"].append(r["grad_trajectory"])
         for column in METRICS:
             if column.key in r:
@@ -88,10 +88,11 @@ def write(
         [e["row"].cells + [cell(e["values"].get(m.key, []), m.decimals) for m in metrics] for e in rows],
     )
     if any(e["grads"] for e in rows):
+        of = f" ({', '.join(table.grad_kinds)} only)" if table.grad_kinds else ""
         lines += [
             "",
-            f"Gradient norm of the first and the last block over training, mean over seeds: the right "
-            f"panel of {table.name}.png (each run's `layer_stats.jsonl`, `log_layer_stats=True`).",
+            f"Gradient norm of the first and the last block{of} over training, mean over seeds: the "
+            f"right panel of {table.name}.png (each run's `layer_stats.jsonl`, `log_layer_stats=True`).",
         ]
     if timing:
         lines += ["", "Train step time (ms) and tokens/s at batch 8, by sequence length:", ""]
@@ -205,13 +206,13 @@ def _plot(path: str, table: Table, rows: list[dict], timing: list[dict]) -> None
         ax.set_ylabel("train step seconds (batch 8)")
         ax.legend(fontsize=7)
     if grads:
-        _plot_grads(axes[0, 1], rows)
+        _plot_grads(axes[0, 1], rows, table.grad_kinds)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def _plot_grads(ax, rows: list[dict]) -> None:
+def _plot_grads(ax, rows: list[dict], kinds: tuple[str, ...]) -> None:
     """Each row's gradient norm of its first and last block over training (mean over seeds)."""
     for k, e in enumerate(rows):
         blocks = sorted(e["grads"][0], key=lambda b: int(b.removeprefix("blocks")))
@@ -222,5 +223,5 @@ def _plot_grads(ax, rows: list[dict]) -> None:
             ax.plot(steps, per_seed.mean(0), style, color=f"C{k}", label=f"{label} {block}")
     ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel("gradient norm of the block")
+    ax.set_ylabel("gradient norm of the block" + (f" ({', '.join(kinds)})" if kinds else ""))
     ax.legend(fontsize=6, ncol=2)

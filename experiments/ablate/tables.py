@@ -46,8 +46,10 @@ class Table:
     rows: list[Row]
     # In-process measurements (experiments/ablate/measure.py): "init_attention", "step_timing",
     # "eval_at_15", "by_length", "attention_kinds"; "grad_norms": runs log per-layer statistics
-    # (train/layer_stats.py) and the plot adds each block's gradient norm over training.
+    # (train/layer_stats.py) and the plot adds each block's gradient norm over training, of the
+    # parameter kinds in `grad_kinds` (all when empty).
     extra: tuple[str, ...] = ()
+    grad_kinds: tuple[str, ...] = ()
     preset_overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
@@ -86,6 +88,7 @@ def make_tables() -> dict[str, Table]:
                 for sc in ("sqrt", "one", "inv")
             ],
             extra=("init_attention", "grad_norms"),
+            grad_kinds=("attn_query", "attn_key"),  # what the logit scale acts on
             preset_overrides={
                 "cpu": {
                     "model.d_model": 256,

@@ -4,15 +4,16 @@
     python -m experiments.compare --preset gpu --seeds 3 --out /results --jobs 4
 
 Every (objective, seed) trains as an independent `python -m train.main` run in
-`OUT/runs/compare/OBJECTIVE/seedN` with the same model, batch, sequence length and steps, so
-parameters and tokens seen are equal (`--jobs N` trains N at once); compute differs only by the vocabulary projection, which
-the masked LM pays on its ~15% scored positions alone (FLOPs are reported). Each finished run is
-then evaluated in this process, from its checkpoint (`train.inference.load_run`), and the result
-cached in the run's folder as `compare_eval.json`, so an interrupted comparison resumes: own
-eval loss and the next-token and masked-token views, a linear probe for the hidden HMM state
-per layer, minimal pairs, and fine-tuning to tell two HMMs apart, each against its exact
-ceiling (experiments/compare/evaluate.py). Writes OUT/compare.md, OUT/compare.csv and
-OUT/compare.png (experiments/compare/report.py).
+`OUT/runs/compare/OBJECTIVE/seedN` (`--jobs N` of them at once) with the same model, batch,
+sequence length and steps, so parameters and tokens seen are equal; compute differs only by
+the vocabulary projection, which the masked LM pays on its ~15% scored positions alone (FLOPs
+are reported). Each finished run is then evaluated in this process, from its checkpoint
+(`train.inference.load_run`), and the result cached in the run's folder as
+`compare_eval.json`, so an interrupted comparison resumes: own eval loss and the next-token
+and masked-token views, a linear probe for the hidden HMM state per layer, minimal pairs, and
+fine-tuning to tell two HMMs apart, each against its exact ceiling
+(experiments/compare/evaluate.py). Writes OUT/compare.md, OUT/compare.csv and OUT/compare.png
+(experiments/compare/report.py).
 """
 
 from __future__ import annotations
