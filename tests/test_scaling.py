@@ -82,6 +82,10 @@ def test_the_report_writes_its_tables_and_plots(tmp_path):
     md = report.write(rows, "cpu", 2, str(tmp_path), "python -m experiments.scaling --test", samples=10)
     text = open(md).read()
     assert "E fixed at the exact optimum" in text and "E free" in text and "gap" in text
+    assert "## The observed frontier" in text
+    # The grid's own best point per compute bin moves to larger models as compute grows.
+    best = report.observed_frontier(rows, "clm")
+    assert len(best) >= 3 and best[-1]["N"] > best[0]["N"] and best[-1]["C"] > best[0]["C"]
     assert "| GPT | 2.3000 |" in text and "| BERT | 2.5000 |" in text
     for name in ("scaling.csv", "scaling.png", "scaling_frontier.png"):
         assert os.path.getsize(tmp_path / name) > 0

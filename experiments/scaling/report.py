@@ -59,6 +59,50 @@ def _captured(law: Law, C: np.ndarray, E: float, U: float) -> np.ndarray:
     return (U - law.loss(n, d)) / (U - E)
 
 
+def observed_frontier(
+    rows: list[dict[str, Any]], objective: str, bins: int = LEVELS
+) -> list[dict[str, float]]:
+    """Per log-spaced compute bin, the grid point (mean over seeds) with the lowest loss."""
+    points: dict[tuple[int, int], list[dict]] = {}
+    for r in rows:
+        if r["objective"] == objective:
+            points.setdefault((r["params"], r["tokens"]), []).append(r)
+    means = [
+        {"N": n, "D": d, "C": 6.0 * n * d, "loss": float(np.mean([r["eval_loss"] for r in rs]))}
+        for (n, d), rs in points.items()
+    ]
+    edges = np.geomspace(min(m["C"] for m in means), max(m["C"] for m in means) * (1 + 1e-9), bins + 1)
+    best = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        inside = [m for m in means if lo <= m["C"] < hi]
+        if inside:
+            best.append(min(inside, key=lambda m: m["loss"]))
+    return best
+
+
+def _observed_frontier(rows: list[dict[str, Any]], name: dict[str, str]) -> list[str]:
+    """The grid's own best (N, D) per compute bin, and the slopes of log N* and log D* in log C."""
+    lines = [
+        "",
+        "## The observed frontier: the best grid point per compute bin (a check on the fitted one)",
+        "",
+    ]
+    header = ["objective", "C bin best: (N, D, loss)", "N* ~ C^a (least squares)", "D* ~ C^b"]
+    body = []
+    for o in dict.fromkeys(r["objective"] for r in rows):
+        best = observed_frontier(rows, o)
+        logC = np.log([b["C"] for b in best])
+
+        def slope(ys: list[float], logC: np.ndarray = logC) -> float:
+            return float(np.polyfit(logC, np.log(ys), 1)[0]) if len(ys) > 1 else float("nan")
+
+        cells = "; ".join(f"{b['N']:,}, {b['D'] / 1e6:.2f}M, {b['loss']:.4f}" for b in best)
+        body.append(
+            [name[o], cells, f"{slope([b['N'] for b in best]):.2f}", f"{slope([b['D'] for b in best]):.2f}"]
+        )
+    return lines + markdown_table(header, body)
+
+
 def compute_levels(fits: dict[str, dict[str, Any]]) -> np.ndarray:
     """Compute levels inside every objective's grid."""
     lo = max(float(f["C"].min()) for f in fits.values())
@@ -155,6 +199,7 @@ def write(rows: list[dict[str, Any]], preset: str, seeds: int, out: str, command
             cells.append(f"{gap:+.3f} {_ci(gaps, '+.3f')}")
         body.append(cells)
     lines += markdown_table(header, body)
+    lines += _observed_frontier(rows, name)
     lines += ["", "## Every grid point: eval loss minus E (mean over seeds)", ""]
     for o in fits:
         lines += ["", f"{name[o]}:", ""]
