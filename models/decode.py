@@ -82,6 +82,17 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> dict[str, np.
     return {"tokens": tokens, "valid": valid, "positions": positions}
 
 
+def right_pad(rows: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+    """Whole rows left-aligned in one `[B, L]` batch (tokens, segment_ids, positions); padding
+    is segment 0, which no query attends to."""
+    L = max(len(r) for r in rows)
+    batch = {k: np.zeros((len(rows), L), np.int32) for k in ("tokens", "segment_ids", "positions")}
+    for i, r in enumerate(rows):
+        batch["tokens"][i, : len(r)], batch["segment_ids"][i, : len(r)] = r, 1
+        batch["positions"][i, : len(r)] = np.arange(len(r))
+    return batch
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "bidirectional_prompt"))
 def _generate(graphdef, state, tokens_BP, valid_BP, positions_BP, rng, cfg, bidirectional_prompt):
     model = nnx.merge(graphdef, state)

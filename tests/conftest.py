@@ -34,7 +34,7 @@ MICRO_OVERRIDES = {
     "eval_every_steps": 10,
     "checkpoint_every_steps": 10,
     "optim.warmup_steps": 5,
-    "eval_samples": 0,  # each eval would compile generation (~4 s a run); test_observability turns it on
+    "eval_samples": 0,  # generation would compile at the first eval (~4 s a run); test_observability turns it on
 }
 
 

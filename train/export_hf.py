@@ -28,8 +28,9 @@ from models import registry
 from models.hf_config import hf_config
 from models.hf_weights import export_errors, to_hf
 from models.transformer_config import TransformerConfig
+from train.data.vocab import SymbolTokenizer
 from train.hf_tokenizer import HFTokenizer
-from train.inference import SymbolTokenizer, load_trained
+from train.inference import load_trained
 from train.metrics import read_metrics
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "the run to export (its latest checkpoint unless --step)")
@@ -85,9 +86,8 @@ def _write_tokenizer(tok, folder: str) -> None:
         return
     tok.save(os.path.join(folder, tok.filename))
     if isinstance(tok, HFTokenizer):  # what transformers' AutoTokenizer reads beside tokenizer.json
-        roles = {f"{r}_token": tok.token(i) for r, i in tok.specials.roles().items() if i is not None}
         with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-            json.dump({"tokenizer_class": "PreTrainedTokenizerFast", **roles}, f, indent=2)
+            json.dump({"tokenizer_class": "PreTrainedTokenizerFast", **tok.role_tokens()}, f, indent=2)
 
 
 def _tokenizer_note(tok) -> str:

@@ -94,18 +94,19 @@ class HFTokenizer:
 
     def save(self, path: str) -> None:
         """`path` (a tokenizer.json) and its roles beside it, each written atomically."""
-        roles = {
-            f"{r}_token": self._tok.id_to_token(i) for r, i in self.specials.roles().items() if i is not None
-        }
         files = (
             (path, self.serialized),
-            (os.path.join(os.path.dirname(path), ROLE_FILE), json.dumps(roles).encode()),
+            (os.path.join(os.path.dirname(path), ROLE_FILE), json.dumps(self.role_tokens()).encode()),
         )
         for target, data in files:
             tmp = f"{target}.tmp-{os.getpid()}"
             with open(tmp, "wb") as f:
                 f.write(data)
             os.replace(tmp, target)
+
+    def role_tokens(self) -> dict[str, str]:
+        """The roles as the Hub's role files write them: {"bos_token": "<|endoftext|>", ...}."""
+        return {f"{r}_token": self.token(i) for r, i in self.specials.roles().items() if i is not None}
 
     @property
     def fingerprint(self) -> str:

@@ -33,7 +33,7 @@ from train.evaluator import Evaluator
 from train.fingerprint import fingerprint, mismatches
 from train.objectives import Objective, make_objective
 from train.text_api import TextAPI
-from train.tokenizer import FILENAMES, AnyTokenizer, load_tokenizer
+from train.tokenizer import FILENAMES, AnyTokenizer, find_tokenizer, load_tokenizer
 
 
 @dataclasses.dataclass
@@ -74,8 +74,12 @@ def _step_folder(path: str, step: int | None) -> str:
     return os.path.join(folder, str(steps[-1] if step is None else step))
 
 
+def _workdir(step_folder: str) -> str:
+    return os.path.dirname(os.path.dirname(step_folder))  # WORKDIR/checkpoints/<step>
+
+
 def _workdir_file(step_folder: str, name: str) -> str | None:
-    candidate = os.path.join(os.path.dirname(os.path.dirname(step_folder)), name)
+    candidate = os.path.join(_workdir(step_folder), name)
     return candidate if os.path.exists(candidate) else None
 
 
@@ -160,12 +164,12 @@ def load_hf(path: str) -> Trained:
 
     path = os.path.expanduser(path)
     model, identity = hf_import.load_model(path)
-    found = [os.path.join(path, n) for n in FILENAMES[::-1] if os.path.exists(os.path.join(path, n))]
+    found = find_tokenizer(path)
     return Trained(
         model=model,
         identity=identity,
         config=None,
-        tokenizer=load_tokenizer(found[0]) if found else None,
+        tokenizer=load_tokenizer(found) if found else None,
         step=0,
         checkpoint=os.path.abspath(path),
     )
@@ -175,14 +179,14 @@ def _tokenizer(identity: dict[str, Any], folder: str) -> AnyTokenizer | SymbolTo
     if identity["dataset"] in ("hmm", "span:hmm") or identity["dataset"].startswith("seq2seq:"):
         model = identity["model"]
         return SymbolTokenizer(model["vocab_size"] if "vocab_size" in model else model["stack"]["vocab_size"])
-    found = [p for p in (_workdir_file(folder, n) for n in FILENAMES) if p]
+    found = find_tokenizer(_workdir(folder))
     if not found:
         raise FileNotFoundError(
             f"{folder} was trained on {identity['dataset']!r} but its workdir has no tokenizer "
             f"({' or '.join(FILENAMES)}); copy the run's tokenizer two levels above the step folder "
             "(next to checkpoints/)"
         )
-    return load_tokenizer(found[0])
+    return load_tokenizer(found)
 
 
 @dataclasses.dataclass

@@ -64,18 +64,11 @@ class EvalSamples:
 
     def _fill_mask(self, model: nnx.Module) -> str:
         mask_id = self.specials.mask
-        L = max(map(len, self.prompts))
-        batch = {
-            k: np.zeros((len(self.prompts), L), np.int32) for k in ("tokens", "segment_ids", "positions")
-        }
-        for i, p in enumerate(self.prompts):
-            at = sorted({len(p) // 3, 2 * len(p) // 3} - {0})
-            row = list(p)
-            for t in at:
-                row[t] = mask_id
-            batch["tokens"][i, : len(p)], batch["segment_ids"][i, : len(p)] = row, 1
-            batch["positions"][i, : len(p)] = np.arange(len(p))
-        filled = decode.fill_mask(model, batch, mask_id=mask_id, top_k=TOP_K)
+        rows = []
+        for p in self.prompts:
+            masked = {len(p) // 3, 2 * len(p) // 3} - {0}
+            rows.append([mask_id if t in masked else token for t, token in enumerate(p)])
+        filled = decode.fill_mask(model, decode.right_pad(rows), mask_id=mask_id, top_k=TOP_K)
         lines = []
         for p, row in zip(self.prompts, filled, strict=True):
             guesses = "; ".join(

@@ -50,16 +50,6 @@ def _hidden_fn(graphdef: nnx.GraphDef, mask_kind: str):
     return jax.jit(fn)
 
 
-def _right_padded(rows: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
-    L = max(len(r) for r in rows)
-    tokens = np.zeros((len(rows), L), np.int32)
-    seg = np.zeros_like(tokens)
-    for i, r in enumerate(rows):
-        tokens[i, : len(r)], seg[i, : len(r)] = r, 1
-    positions = np.where(seg > 0, np.arange(L)[None], 0).astype(np.int32)
-    return {"tokens": tokens, "segment_ids": seg, "positions": positions}
-
-
 class TextAPI:
     """String-level inference; needs `model`, `tokenizer`, `mask_kind` and `objective`."""
 
@@ -151,7 +141,7 @@ class TextAPI:
             raise ValueError(f"every text needs at least one {self.mask_token}")
         kind = "bidirectional" if self.mask_kind == "bidirectional" else "causal"
         filled = decode.fill_mask(
-            self.model, _right_padded(rows), mask_id=mask_id, top_k=top_k, mask_kind=kind
+            self.model, decode.right_pad(rows), mask_id=mask_id, top_k=top_k, mask_kind=kind
         )
         return [
             [[Prediction(tok.token(i), i, p) for i, p in zip(f.token_ids, f.probs, strict=True)] for f in row]
@@ -162,7 +152,7 @@ class TextAPI:
         """`[N]` log-likelihood of each text's tokens given bos (causal, prefix LM, hybrid), or
         their pseudo-log-likelihood (bidirectional): see models/scoring.py."""
         sp = self._checked_tokenizer().specials
-        batch = _right_padded(self._rows(texts, whole=True))
+        batch = decode.right_pad(self._rows(texts, whole=True))
         return scoring.score_sequences(
             self.model,
             self.mask_kind,
@@ -179,7 +169,7 @@ class TextAPI:
         if pooling not in POOLINGS:
             raise ValueError(f"pooling={pooling!r} is not one of {POOLINGS}")
         rows = self._rows(texts, whole=True)
-        batch = _right_padded(rows)
+        batch = decode.right_pad(rows)
         kind = "bidirectional" if self.mask_kind == "bidirectional" else "causal"
         graphdef, state = nnx.split(self.model)
         h_BLD = np.asarray(
@@ -202,7 +192,7 @@ class TextAPI:
     def attention_maps(self, text: str) -> tuple[list[str], list[np.ndarray]]:
         """(the tokens of `text` framed as `embed` frames it, each layer's `[heads, L, L]` weights)."""
         rows = self._rows([text], whole=True)
-        batch = _right_padded(rows)
+        batch = decode.right_pad(rows)
         kind = "bidirectional" if self.mask_kind == "bidirectional" else "causal"
         tokens, seg, pos = (jnp.asarray(batch[k]) for k in ("tokens", "segment_ids", "positions"))
         maps = self.model.attention_maps(tokens, make_attention_mask(kind, seg), pos)

@@ -104,7 +104,12 @@ class Tokenizer:
 
 
 AnyTokenizer = Tokenizer | HFTokenizer
-FILENAMES = (Tokenizer.filename, HFTokenizer.filename)
+FILENAMES = (HFTokenizer.filename, Tokenizer.filename)  # the order `find_tokenizer` prefers
+
+
+def find_tokenizer(folder: str) -> str | None:
+    """The tokenizer file in `folder` (a workdir or a Hugging Face directory), if any."""
+    return next((p for p in (os.path.join(folder, n) for n in FILENAMES) if os.path.exists(p)), None)
 
 
 def load_tokenizer(path: str) -> AnyTokenizer:
@@ -121,9 +126,7 @@ def configured_path(config) -> str:
     """`tokenizer.path`, else the tokenizer of an `init_from=hf:DIR` directory, else "" (train one)."""
     if config.tokenizer.path or not config.get("init_from", "").startswith("hf:"):
         return config.tokenizer.path
-    folder = os.path.expanduser(config.init_from[len("hf:") :])
-    found = [os.path.join(folder, n) for n in (HFTokenizer.filename, Tokenizer.filename)]
-    return next((p for p in found if os.path.exists(p)), "")
+    return find_tokenizer(os.path.expanduser(config.init_from[len("hf:") :])) or ""
 
 
 def _sentences(documents: Iterable[str], max_chars: int) -> Iterable[str]:
@@ -197,9 +200,9 @@ def corpus_tokenizer(
     path: str = "",
 ) -> AnyTokenizer:
     """The run's tokenizer: the workdir's copy, else `path`, else the corpus cache, else trained."""
-    for name in FILENAMES:
-        if os.path.exists(os.path.join(workdir, name)):
-            return load_tokenizer(os.path.join(workdir, name))
+    in_workdir = find_tokenizer(workdir)
+    if in_workdir:
+        return load_tokenizer(in_workdir)
     if path:
         if not os.path.exists(path):
             raise ConfigError(f"tokenizer.path={path!r} does not exist")

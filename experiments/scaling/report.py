@@ -29,6 +29,11 @@ def _ci(values, fmt: str) -> str:
     return f"[{lo:{fmt}}, {hi:{fmt}}]"
 
 
+def _estimate(law: Law, resampled: list[Law], field: str, fmt: str) -> str:
+    """A fitted quantity and its bootstrap interval: "0.878 [0.688, 1.199]"."""
+    return f"{getattr(law, field):{fmt}} {_ci([getattr(b, field) for b in resampled], fmt)}"
+
+
 def analyse(rows: list[dict[str, Any]], samples: int) -> dict[str, dict[str, Any]]:
     """Per objective: the data, both fits and their bootstrap resamplings, E and U."""
     out = {}
@@ -146,12 +151,8 @@ def write(rows: list[dict[str, Any]], preset: str, seeds: int, out: str, command
             [
                 name[o],
                 f"{f['E']:.4f}",
-                f"{law.A:.3g} {_ci([b.A for b in bs], '.3g')}",
-                f"{law.alpha:.3f} {_ci([b.alpha for b in bs], '.3f')}",
-                f"{law.B:.3g} {_ci([b.B for b in bs], '.3g')}",
-                f"{law.beta:.3f} {_ci([b.beta for b in bs], '.3f')}",
-                f"{law.a:.3f} {_ci([b.a for b in bs], '.3f')}",
-                f"{law.b:.3f} {_ci([b.b for b in bs], '.3f')}",
+                *(_estimate(law, bs, k, fmt) for k, fmt in (("A", ".3g"), ("alpha", ".3f"), ("B", ".3g"))),
+                *(_estimate(law, bs, k, ".3f") for k in ("beta", "a", "b")),
             ]
         )
     lines += markdown_table(header, body)
@@ -164,12 +165,9 @@ def write(rows: list[dict[str, Any]], preset: str, seeds: int, out: str, command
             [
                 name[o],
                 f"{f['E']:.4f}",
-                f"{law.E:.4f} {_ci([b.E for b in bs], '.4f')}",
+                _estimate(law, bs, "E", ".4f"),
                 f"{law.E - f['E']:+.4f} {_ci([b.E - f['E'] for b in bs], '+.4f')}",
-                f"{law.alpha:.3f} {_ci([b.alpha for b in bs], '.3f')}",
-                f"{law.beta:.3f} {_ci([b.beta for b in bs], '.3f')}",
-                f"{law.a:.3f} {_ci([b.a for b in bs], '.3f')}",
-                f"{law.b:.3f} {_ci([b.b for b in bs], '.3f')}",
+                *(_estimate(law, bs, k, ".3f") for k in ("alpha", "beta", "a", "b")),
             ]
         )
     lines += markdown_table(header, body)

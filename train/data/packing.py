@@ -3,8 +3,8 @@
 Each document becomes `[bos] + ids + [eos]` (the ids of the vocabulary's `Specials`). A
 document longer than a row is cut into row-sized chunks (nothing is dropped); each chunk is its
 own segment with positions from 0. Chunks are placed in order, a new row starting when the next
-chunk does not fit. Segment ids number the
-chunks of a row from 1 (0 is padding), so attention never crosses a document boundary.
+chunk does not fit. Segment ids number the chunks of a row from 1 (0 is padding), so attention
+never crosses a document boundary.
 """
 
 from __future__ import annotations
