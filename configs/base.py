@@ -40,7 +40,7 @@ VARIANTS: dict[str, dict] = {
 }
 # Architecture presets: the shapes of `base` and every option that makes the block exactly GPT-2
 # 124M or BERT-base (vocab 50257 / 30522 come with their tokenizers), so their Hugging Face
-# weights map one to one (models/hf_weights.py). Either trains with either objective.
+# weights map one to one (train/hf/weights.py). Either trains with either objective.
 _EXACT = dict(position="learned", norm="layernorm", attn_scale="sqrt")
 VARIANTS["gpt2"] = override_dict(
     VARIANTS["base"],
@@ -87,7 +87,7 @@ def get_config() -> ml_collections.ConfigDict:
         dict(path="", vocab_size=8192, model_type="unigram", max_train_chars=20_000_000)
     )
     c.data_cache_dir = ""  # tokenizers and packed rows; "" means ~/.cache/gptbert
-    # "hf:DIR": start (not resume) from a local Hugging Face GPT-2 / BERT directory (train/hf_import.py)
+    # "hf:DIR": start (not resume) from a local Hugging Face GPT-2 / BERT directory (train/hf/reader.py)
     c.init_from = ""
     c.data_workers = 0  # processes that encode a text corpus into the cache; 0 means one per core
     # Hosts of a multi-process run that share no filesystem: each builds and reads only its part
@@ -147,10 +147,10 @@ def get_config() -> ml_collections.ConfigDict:
     )
     c.keep_checkpoints = 3
     # A NaN or Inf loss or gradient norm: "stop" the run (exit status 3), or "skip" the step
-    # (state unchanged) and stop after max_skipped_in_a_row in a row (train/nonfinite.py).
+    # (state unchanged) and stop after max_skipped_in_a_row in a row (train/checkpoint/nonfinite.py).
     c.nonfinite = "stop"
     c.max_skipped_in_a_row = 10
-    # data x fsdp must equal the device count; data=-1 takes what fsdp leaves (train/mesh.py).
+    # data x fsdp must equal the device count; data=-1 takes what fsdp leaves (train/devices/mesh.py).
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
 
     # Seeing inside a run (docs/observability.md). MFU is measured against the device's peak:

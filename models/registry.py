@@ -1,7 +1,7 @@
 """The model zoo in one table: `arch` -> (config class, module class, how a run config builds it).
 
 Adding an architecture touches this file (and the model's own): the trainer, the config checks,
-the benchmark and `train.inference.load_trained` all choose a model through it. A model config
+the benchmark and `train.inference.load.load_trained` all choose a model through it. A model config
 is built from a run config (`model_config`) or from the `model` section of a checkpoint's run
 identity (`config_from_identity`), and `make_model` builds the module a config describes.
 

@@ -10,9 +10,9 @@ import pytest
 
 import configs
 from experiments.tools.make_text_corpus import write_corpus  # noqa: F401  (re-exported for tests)
-from train.host_memory import retain_freed_memory
+from train.devices.host_memory import retain_freed_memory
 
-# As every entry point does, before any test starts JAX's CPU client (train/host_memory.py).
+# As every entry point does, before any test starts JAX's CPU client (train/devices/host_memory.py).
 retain_freed_memory()
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +34,8 @@ MICRO_OVERRIDES = {
     "eval_every_steps": 10,
     "checkpoint_every_steps": 10,
     "optim.warmup_steps": 5,
-    "eval_samples": 0,  # generation would compile at the first eval (~4 s a run); test_observability turns it on
+    # Generation would compile at the first eval (~4 s a run); test_observability turns it on.
+    "eval_samples": 0,
 }
 
 
@@ -76,6 +77,16 @@ def start_processes(workdir: str, count: int = 2, **overrides) -> list:
         )
         for cmd in process_commands(train_command(workdir, **overrides), count)
     ]
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory) -> str:
+    """The workdir of an uninterrupted micro GPT run (`train_command` defaults), for every test
+    that only reads it or copies it."""
+    workdir = str(tmp_path_factory.mktemp("micro_run") / "run")
+    result = run_command(train_command(workdir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,8 @@ from models import registry
 from models.masks import make_attention_mask
 from models.positions import apply_rotary
 from models.transformer import Transformer, TransformerConfig
-from train import step as step_lib
 from train.data.sources import make_source
+from train.loop import step as step_lib
 from train.objectives import make_objective
 
 L = 10

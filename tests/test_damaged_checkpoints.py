@@ -11,8 +11,8 @@ import subprocess
 import pytest
 from conftest import REPO, subprocess_env, train_command
 
-from train.checkpoint import CheckpointDamaged
-from train.inference import load_trained
+from train.checkpoint.restore import CheckpointDamaged
+from train.inference.load import load_trained
 
 
 def _run(workdir: str) -> subprocess.CompletedProcess:
@@ -39,12 +39,9 @@ def _damage(step_folder: str, how: str, path: str | None = None) -> None:
         os.truncate(path, size // 2)
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("damaged") / "reference")
-    result = _run(workdir)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return workdir
+@pytest.fixture
+def finished(micro_run):
+    return micro_run
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""`python -m train.export_hf` on trained runs: a learned-position GPT loads in Hugging Face's
+"""`python -m train.hf.export` on trained runs: a learned-position GPT loads in Hugging Face's
 `FlaxGPT2LMHeadModel`, a BERT-option BERT in `FlaxBertForMaskedLM`, each with the project's
 logits within 1e-4; a rotary run is refused naming `model.position`, and nothing is written."""
 
@@ -15,7 +15,7 @@ from conftest import run_command, train_command
 
 from configs import FILES as CONFIGS
 from models.masks import make_attention_mask
-from train.inference import load_trained
+from train.inference.load import load_trained
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ RUNS = {
 
 
 def _export(workdir: str, out: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "train.export_hf", f"--workdir={workdir}", f"--out={out}"]
+    cmd = [sys.executable, "-m", "train.hf.export", f"--workdir={workdir}", f"--out={out}"]
     return run_command(cmd)
 
 

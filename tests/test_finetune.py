@@ -14,8 +14,8 @@ from experiments.downstream.finetune import Classifier, finetune, hmm_pair_task
 from models.errors import ConfigError
 from models.registry import make_model, model_config
 from train.data.hmm import HMM, PAIR_STRENGTH, HMMSpec, perturbed
-from train.data.vocab import BOS_ID, NUM_SPECIAL, PAD_ID
-from train.tokenizer import train_tokenizer
+from train.tokenizer.sentencepiece import train_tokenizer
+from train.tokenizer.vocab import BOS_ID, NUM_SPECIAL, PAD_ID
 
 MARKER = NUM_SPECIAL  # the token whose presence is the label of the synthetic task
 

@@ -23,13 +23,13 @@ from flax import nnx
 
 from models import registry
 from models.errors import ConfigError
-from models.hf_config import hf_config
-from models.hf_weights import to_hf
 from models.masks import make_attention_mask
-from train import hf_import
 from train.config_checks import validate
-from train.inference import load_hf
-from train.setup import build_run
+from train.hf import reader as hf_reader
+from train.hf.config import hf_config
+from train.hf.weights import to_hf
+from train.inference.load import load_hf
+from train.loop.build import build_run
 
 transformers = pytest.importorskip("transformers")
 
@@ -62,9 +62,9 @@ def test_init_from_places_the_weights_and_load_hf_loads_them(tmp_path):
     )
 
     run = build_run(micro_config(**GPT2_OPTIONS, init_from=f"hf:{path}"), str(tmp_path / "w"))
-    assert hf_import.mismatches(path, run.model_config) == []
-    state = hf_import.with_params(
-        run.init_state(), hf_import.read_params(path, cfg), run.tx, run.state_sharding
+    assert hf_reader.config_differences(path, run.model_config) == []
+    state = hf_reader.with_params(
+        run.init_state(), hf_reader.read_params(path, cfg), run.tx, run.state_sharding
     )
     model = nnx.merge(run.graphdef, jax.device_get(state.params), jax.device_get(state.model_state) or {})
     np.testing.assert_allclose(_logits(model, tokens), want, atol=1e-4, rtol=1e-4)

@@ -19,10 +19,10 @@ from conftest import run_command, train_command, write_corpus
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from train.data import packing
-from train.hf_tokenizer import HFTokenizer
-from train.inference import load_trained
+from train.inference.load import load_trained
 from train.objectives import MaskedLM
-from train.tokenizer import load_tokenizer
+from train.tokenizer.files import load_tokenizer
+from train.tokenizer.hf import HFTokenizer
 
 EOT = "<|endoftext|>"
 BERT_SPECIALS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103}
@@ -201,9 +201,9 @@ def test_continued_pretraining_from_a_gpt2_directory_uses_its_tokenizer_and_expo
     from conftest import micro_config, param_dict, random_transformer, write_hub_dir
 
     from models import registry
-    from models.hf_config import hf_config
-    from models.hf_weights import to_hf
-    from train.inference import load_hf
+    from train.hf.config import hf_config
+    from train.hf.weights import to_hf
+    from train.inference.load import load_hf
 
     transformers = pytest.importorskip("transformers")
     options = {"model.position": "learned", "model.norm_eps": 1e-5}
@@ -228,7 +228,7 @@ def test_continued_pretraining_from_a_gpt2_directory_uses_its_tokenizer_and_expo
     with open(os.path.join(workdir, "tokenizer.json"), "rb") as a, open(tokenizers_["gpt2"], "rb") as b:
         assert a.read() == b.read()
 
-    exported = run_command([sys.executable, "-m", "train.export_hf", f"--workdir={workdir}", f"--out={out}"])
+    exported = run_command([sys.executable, "-m", "train.hf.export", f"--workdir={workdir}", f"--out={out}"])
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert {"tokenizer.json", "special_tokens_map.json", "tokenizer_config.json"} <= _files(out)
     theirs = transformers.AutoTokenizer.from_pretrained(out)

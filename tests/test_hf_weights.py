@@ -1,5 +1,5 @@
 """The shared block is exactly GPT-2 and exactly BERT: weights written in the Hub's PyTorch layout
-(models/hf_weights.py) load in Hugging Face's own Flax classes, through their PyTorch-name
+(train/hf/weights.py) load in Hugging Face's own Flax classes, through their PyTorch-name
 conversion, with the same logits; HF tensors with every parameter drawn at random (non-zero key
 biases and token-type embeddings included) import with the HF model's logits."""
 
@@ -12,10 +12,10 @@ import pytest
 from conftest import param_dict, random_transformer, transformer_with, write_hub_dir
 from flax import nnx
 
-from models.hf_config import hf_config, model_fields
-from models.hf_weights import export_errors, family, from_hf, to_hf
 from models.masks import make_attention_mask
 from models.transformer import Transformer, TransformerConfig
+from train.hf.config import hf_config, model_fields
+from train.hf.weights import export_errors, family, from_hf, to_hf
 
 transformers = pytest.importorskip("transformers")
 

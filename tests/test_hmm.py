@@ -8,7 +8,7 @@ import pytest
 from configs import bert, gpt
 from train.data.hmm import HMM, HMMSpec
 from train.data.sources import make_source
-from train.evaluator import fixed_eval_set
+from train.loop.evaluator import fixed_eval_set
 from train.objectives import CausalLM, make_objective
 
 T = 4

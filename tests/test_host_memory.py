@@ -1,4 +1,4 @@
-"""train/host_memory.py: with glibc's malloc told to keep freed memory, a jitted step stops
+"""train/devices/host_memory.py: with glibc's malloc told to keep freed memory, a jitted step stops
 page-faulting its temporary buffer in anew on every call; without it (the default) it does."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from tests.conftest import REPO, subprocess_env
 # page faults of a call and that buffer's size in 4 KiB pages.
 _PROBE = """
 import json, resource, sys
-from train.host_memory import retain_freed_memory
+from train.devices.host_memory import retain_freed_memory
 tuned = retain_freed_memory() if sys.argv[1] == "tune" else False
 import jax, jax.numpy as jnp
 keys = jax.random.split(jax.random.PRNGKey(0), 9)
@@ -88,7 +88,7 @@ def test_default_malloc_faults_the_temporary_buffer_in_every_step():
 @needs_glibc
 def test_opt_out_and_accelerators_leave_malloc_alone():
     assert not _probe("tune", GPTBERT_HOST_MALLOC="default")["tuned"]
-    script = "from train.host_memory import retain_freed_memory; print(retain_freed_memory())"
+    script = "from train.devices.host_memory import retain_freed_memory; print(retain_freed_memory())"
     for env in ({"JAX_PLATFORMS": "cuda"}, {"JAX_PLATFORMS": "tpu,cpu"}):
         cmd = [sys.executable, "-c", script]
         out = subprocess.run(cmd, cwd=REPO, env={**subprocess_env(), **env}, capture_output=True, text=True)
@@ -98,7 +98,7 @@ def test_opt_out_and_accelerators_leave_malloc_alone():
 def test_too_late_is_refused_with_a_warning():
     script = (
         "import jax; jax.devices()\n"
-        "from train.host_memory import retain_freed_memory\n"
+        "from train.devices.host_memory import retain_freed_memory\n"
         "print(retain_freed_memory())\n"
     )
     out = subprocess.run(

@@ -12,13 +12,14 @@ import pytest
 from conftest import REPO, micro_config, subprocess_env, train_command
 
 from models import registry
-from train import step as step_lib
-from train.checkpoint import CheckpointMismatch
+from train.checkpoint.restore import CheckpointMismatch
 from train.data.sources import make_source
-from train.evaluator import Evaluator
-from train.inference import SymbolTokenizer, load_trained
+from train.inference.load import load_trained
+from train.loop import step as step_lib
+from train.loop.build import run_identity
+from train.loop.evaluator import Evaluator
 from train.objectives import make_objective
-from train.setup import run_identity
+from train.tokenizer.vocab import SymbolTokenizer
 
 
 @pytest.fixture(scope="module")

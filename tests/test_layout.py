@@ -80,6 +80,40 @@ def test_layers_import_only_downwards():
     assert not bad, "\n".join(bad)
 
 
+# train/'s packages, top to bottom: a package imports only those below it (and models). The
+# commands sit above all of them.
+TRAIN_LAYERS = (
+    ("train.inference",),
+    ("train.loop",),
+    ("train.config_checks",),
+    ("train.checkpoint", "train.observe", "train.hf", "train.devices"),
+    ("train.objectives", "train.data"),
+    ("train.tokenizer",),
+)
+TRAIN_COMMANDS = ("train.main", "train.hf.export", "train.data.encode_worker")
+
+
+def _train_package(module: str) -> str:
+    return ".".join(module.split(".")[:2])
+
+
+def test_train_packages_import_only_downwards():
+    rank = {pkg: i for i, layer in enumerate(TRAIN_LAYERS) for pkg in layer}
+    assert set(rank) | {"train.main", "train"} == {
+        _train_package(m) for m in MODULES if m.startswith("train")
+    }
+    bad = []
+    for name, targets in _graph().items():
+        if not name.startswith("train.") or name in TRAIN_COMMANDS:
+            continue
+        here = _train_package(name)
+        for target in targets:
+            there = _train_package(target)
+            if target.startswith("train.") and there != here and rank[there] <= rank[here]:
+                bad.append(f"{name} imports {target}")
+    assert not bad, "\n".join(bad)
+
+
 def test_no_import_cycles():
     graph, state, cycles = _graph(), {}, []
 
@@ -142,8 +176,9 @@ def test_the_layout_test_sees_a_violation(tmp_path):
     """The checks above are not vacuous: the graph holds the known edges, and a planted cycle
     and a private import are found by the same functions."""
     graph = _graph()
-    assert "models.registry" in graph["train.setup"] and "train.setup" in graph["train.trainer"]
+    assert "models.registry" in graph["train.loop.build"]
+    assert "train.loop.build" in graph["train.loop.trainer"]
     assert not any(m.startswith(("train", "experiments")) for m in graph["models.registry"])
     planted = tmp_path / "planted.py"
-    planted.write_text("from train.step import _private\nimport models.masks as mm\nmm._x\n")
-    assert ("train.step", "_private", 1) in _imports(str(planted))
+    planted.write_text("from train.loop.step import _private\nimport models.masks as mm\nmm._x\n")
+    assert ("train.loop.step", "_private", 1) in _imports(str(planted))

@@ -7,7 +7,7 @@ from conftest import micro_config
 from jax.sharding import PartitionSpec as P
 
 from models.errors import ConfigError
-from train.mesh import MIN_SHARDED_SIZE, mesh_shape, param_spec
+from train.devices.mesh import MIN_SHARDED_SIZE, mesh_shape, param_spec
 
 
 def test_param_spec_shards_the_largest_divisible_dimension_or_nothing():

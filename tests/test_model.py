@@ -10,7 +10,7 @@ from configs import bert, gpt
 from models import registry
 from models.masks import make_attention_mask
 from models.transformer import Transformer, TransformerConfig
-from train import step as step_lib
+from train.loop import step as step_lib
 from train.objectives import make_objective
 
 L = 12

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from conftest import micro_config, run_command, train_command
 
-from train import step as step_lib
+from train.checkpoint.nonfinite import NonFiniteWatch
 from train.data.sources import make_source
-from train.inference import load_trained
-from train.nonfinite import NonFiniteWatch
+from train.inference.load import load_trained
+from train.loop import step as step_lib
+from train.loop.build import build_run
 from train.objectives import CausalLM
-from train.setup import build_run
 
 POISON = 2  # a special token id the data never puts first in a row (rows start with BOS)
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from models.masks import make_attention_mask
-from train.data.vocab import BOS_ID, MASK_ID, NUM_SPECIAL, PAD_ID
 from train.objectives import CausalLM, HybridLM, MaskedLM, PrefixLM
+from train.tokenizer.vocab import BOS_ID, MASK_ID, NUM_SPECIAL, PAD_ID
 
 V = 100
 

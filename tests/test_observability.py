@@ -18,7 +18,7 @@ from conftest import micro_config, run_command, subprocess_env, tensorboard_even
 from flax import nnx
 
 from train.data.sources import make_source
-from train.setup import build_run
+from train.loop.build import build_run
 
 PEAK = 2e9  # FLOP/s per device, set so that MFU is reproducible from the logged timing
 
@@ -207,7 +207,7 @@ def test_samples_appear_in_tensorboard(observed_run):
 
 
 def test_a_masked_model_writes_fill_mask_samples(tmp_path):
-    from train.samples import EvalSamples
+    from train.observe.samples import EvalSamples
 
     config = micro_config("mlm")
     run = build_run(config, str(tmp_path))

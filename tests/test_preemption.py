@@ -62,7 +62,7 @@ def test_a_signal_checkpoints_the_step_in_flight_and_the_same_command_resumes_id
 def test_a_second_sigint_exits_at_once():
     code = (
         "import os, signal, time\n"
-        "from train.preemption import PreemptionHandler\n"
+        "from train.checkpoint.preemption import PreemptionHandler\n"
         "with PreemptionHandler() as handler:\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
         "    time.sleep(0.2)\n"

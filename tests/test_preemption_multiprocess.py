@@ -14,7 +14,7 @@ import time
 import pytest
 from conftest import start_processes
 
-from train.preemption import PreemptionHandler
+from train.checkpoint.preemption import PreemptionHandler
 
 STEPS = 40  # the micro config's default: the uninterrupted run is shared (conftest)
 

@@ -19,7 +19,7 @@ from experiments.downstream.probes import (
 from models.registry import make_model, model_config
 from train.data.hmm import HMM, HMMSpec
 from train.data.sources import hmm_rows
-from train.data.vocab import NUM_SPECIAL
+from train.tokenizer.vocab import NUM_SPECIAL
 
 T = 4
 TINY = HMMSpec(num_states=3, num_symbols=4, transition_support=2, emission_support=3, concentration=1.0)

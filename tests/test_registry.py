@@ -16,8 +16,8 @@ from models.errors import ConfigError
 from models.masks import MASK_KINDS
 from models.transformer_config import TransformerConfig
 from train.config_checks import validate
+from train.loop.build import run_identity
 from train.objectives import OBJECTIVE_MASKS
-from train.setup import run_identity
 
 SEQ2SEQ_MICRO = {"seq2seq.max_len": 14, "seq2seq.min_len": 4, "seq2seq.eval_lengths": (8, 14), "seq_len": 16}
 # One run config per architecture: the objective whose config file it belongs to, and overrides.
@@ -98,7 +98,7 @@ def test_fields_added_later_stay_out_of_the_identity_at_their_defaults():
     """A checkpoint written before `norm_eps`, `activation`, `embed_norm` and `head` existed has
     none of them in its identity: at their defaults a run still matches it and loads it."""
     from models.transformer_config import LATER_FIELDS
-    from train.setup import run_identity
+    from train.loop.build import run_identity
 
     config = configs.get_config("clm", "tiny", {})
     identity = run_identity(config, registry.model_config(config, 20))["model"]

@@ -24,7 +24,7 @@ from models.scoring import (
     score_sequences,
 )
 from train.data.hmm import HMM, HMMSpec
-from train.data.vocab import BOS_ID, DEFAULT, EOS_ID, MASK_ID, NUM_SPECIAL
+from train.tokenizer.vocab import BOS_ID, DEFAULT, EOS_ID, MASK_ID, NUM_SPECIAL
 
 IDS = {"mask_id": MASK_ID, "special_ids": DEFAULT.ids}
 

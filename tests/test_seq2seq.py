@@ -16,10 +16,10 @@ from models.lstm_seq2seq import LSTMSeq2Seq, LSTMSeq2SeqConfig
 from models.masks import make_attention_mask, make_cross_mask
 from models.seq2seq_decode import greedy_decode
 from models.transformer import TransformerConfig
-from train import step as step_lib
 from train.data.seq2seq_tasks import make_examples
-from train.data.vocab import BOS_ID, EOS_ID
+from train.loop import step as step_lib
 from train.objectives import Seq2Seq
+from train.tokenizer.vocab import BOS_ID, EOS_ID
 
 V, S, T = 48, 10, 9
 

@@ -14,11 +14,11 @@ import pytest
 
 from configs import base, seq2seq
 from models import registry
-from train import step as step_lib
 from train.data.seq2seq_tasks import make_examples
 from train.data.span_corruption import corrupt
-from train.data.vocab import BOS_ID, EOS_ID, NUM_SPECIAL
+from train.loop import step as step_lib
 from train.objectives import Seq2Seq
+from train.tokenizer.vocab import BOS_ID, EOS_ID, NUM_SPECIAL
 
 
 @pytest.mark.parametrize("task", ["copy", "reverse", "sort"])
@@ -115,7 +115,7 @@ def test_span_corruption_noise_does_not_depend_on_the_process_count(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["seq2seq:sort", "span:hmm"])
 def test_seq2seq_run_resumes_to_the_same_result(dataset, tmp_path, capsys):
-    from train.trainer import train_and_evaluate
+    from train.loop.trainer import train_and_evaluate
 
     overrides = {
         "dataset": dataset,

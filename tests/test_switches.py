@@ -16,12 +16,12 @@ from models import registry
 from models.errors import ConfigError
 from models.layer_scan import stack_layer_params
 from models.masks import make_attention_mask
-from train import step as step_lib
 from train.config_checks import validate
 from train.data.sources import make_source
-from train.device_memory import check_fits, step_memory
+from train.devices.memory import check_fits, step_memory
+from train.loop import step as step_lib
+from train.loop.trainer import train_and_evaluate
 from train.objectives import make_objective
-from train.trainer import train_and_evaluate
 
 
 def _setup(micro, tmp_path, objective="clm", adam=False, **overrides):
@@ -105,7 +105,7 @@ def test_scan_over_layers_computes_the_same_loss_gradients_and_statistics(overri
 
 
 def test_a_scanned_run_refuses_a_looped_runs_checkpoint(micro, tmp_path):
-    from train.checkpoint import CheckpointMismatch
+    from train.checkpoint.restore import CheckpointMismatch
 
     train_and_evaluate(
         micro("clm", num_train_steps=10, checkpoint_every_steps=10, log_every_steps=5), str(tmp_path)

@@ -13,8 +13,8 @@ from flax import nnx
 from models import decode, scoring
 from models.masks import make_attention_mask
 from models.registry import make_model, model_config
-from train.data.vocab import BOS_ID, DEFAULT, EOS_ID, MASK_ID, NUM_SPECIAL
-from train.inference import SymbolTokenizer, Trained
+from train.inference.load import SymbolTokenizer, Trained
+from train.tokenizer.vocab import BOS_ID, DEFAULT, EOS_ID, MASK_ID, NUM_SPECIAL
 
 V = 23  # the micro config's 16 HMM symbols and 7 special ids
 

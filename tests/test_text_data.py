@@ -13,7 +13,7 @@ from models.errors import ConfigError
 from models.masks import make_attention_mask
 from train.data import packing, text
 from train.data.pipeline import text_source, tfds_source
-from train.data.vocab import BOS_ID, EOS_ID
+from train.tokenizer.vocab import BOS_ID, EOS_ID
 
 
 def test_packing_keeps_every_token_once_and_splits_long_documents():

@@ -10,8 +10,8 @@ from configs import bert, gpt
 from models.errors import ConfigError
 from train.data import text
 from train.data.pipeline import text_source
-from train.data.vocab import SPECIAL_TOKENS
-from train.tokenizer import train_tokenizer
+from train.tokenizer.sentencepiece import train_tokenizer
+from train.tokenizer.vocab import SPECIAL_TOKENS
 
 
 @pytest.fixture(scope="module")

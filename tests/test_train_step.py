@@ -8,12 +8,12 @@ import pytest
 
 from models import registry
 from models.errors import ConfigError
-from train import step as step_lib
 from train.config_checks import validate
 from train.data.sources import make_source
-from train.evaluator import fixed_eval_set
+from train.loop import step as step_lib
+from train.loop.evaluator import fixed_eval_set
+from train.loop.trainer import train_and_evaluate
 from train.objectives import make_objective
-from train.trainer import train_and_evaluate
 
 
 # MLM sees a fresh mask every step, so memorising all positions of the batch takes longer.

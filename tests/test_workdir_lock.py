@@ -11,7 +11,7 @@ import time
 import pytest
 from conftest import REPO, run_command, subprocess_env, train_command
 
-from train.workdir_lock import WorkdirBusy, workdir_lock
+from train.checkpoint.workdir_lock import WorkdirBusy, workdir_lock
 
 
 def test_the_lock_is_exclusive_and_released_on_exit(tmp_path):

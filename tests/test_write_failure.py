@@ -19,7 +19,7 @@ import time
 import pytest
 from conftest import REPO, run_command, subprocess_env, train_command
 
-from train.checkpoint import WRITE_FAILED_EXIT
+from train.checkpoint.manager import WRITE_FAILED_EXIT
 
 pytestmark = pytest.mark.slow
 

@@ -13,11 +13,11 @@ from typing import Any
 from models import registry
 from models.errors import ConfigError
 from models.masks import MASK_KINDS
-from train import hf_import
+from train.checkpoint.nonfinite import MODES as NONFINITE_MODES
 from train.data.seq2seq_tasks import TASKS
-from train.nonfinite import MODES as NONFINITE_MODES
+from train.hf import reader as hf_reader
 from train.objectives import OBJECTIVE_CLASSES, OBJECTIVE_MASKS, OBJECTIVES
-from train.wandb_log import MODES as WANDB_MODES
+from train.observe.wandb_log import MODES as WANDB_MODES
 
 # Model shapes are checked before the data (and so the vocabulary) exists; no model check reads it.
 _ANY_VOCAB = 1
@@ -50,7 +50,7 @@ def validate(config: Any) -> None:
     )
     if config.get("init_from"):  # the directory's files and config.json; its shapes once the vocab is known
         try:
-            hf_import.read_config(hf_import.directory(config.init_from))
+            hf_reader.read_config(hf_reader.directory(config.init_from))
         except ConfigError as e:
             errors.extend(e.errors)
     need(config.objective in OBJECTIVES, f"objective={config.objective!r}: use one of {OBJECTIVES}")

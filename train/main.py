@@ -23,11 +23,12 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from models.errors import ConfigError
-from train.checkpoint import WRITE_FAILED_EXIT, CheckpointMismatch, CheckpointWriteError
-from train.host_memory import retain_freed_memory
-from train.nonfinite import EXIT_STATUS as NONFINITE_EXIT
-from train.nonfinite import NonFiniteError
-from train.preemption import Preempted
+from train.checkpoint.manager import WRITE_FAILED_EXIT, CheckpointWriteError
+from train.checkpoint.nonfinite import EXIT_STATUS as NONFINITE_EXIT
+from train.checkpoint.nonfinite import NonFiniteError
+from train.checkpoint.preemption import Preempted
+from train.checkpoint.restore import CheckpointMismatch
+from train.devices.host_memory import retain_freed_memory
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py:<variant>", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, TensorBoard.")
@@ -45,7 +46,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    retain_freed_memory()  # before JAX starts its CPU client (train/host_memory.py)
+    retain_freed_memory()  # before JAX starts its CPU client (train/devices/host_memory.py)
     # Orbax and JAX log every checkpoint at INFO through absl; keep the run's own lines readable.
     absl_logging.set_verbosity(absl_logging.WARNING)
     handler = logging.StreamHandler()
@@ -55,8 +56,8 @@ def main(argv: list[str]) -> None:
     project_log.setLevel(logging.INFO)
     project_log.propagate = False
     # Imported here so `--help` and flag errors do not pay for JAX start-up.
-    from train.mesh import initialize_distributed
-    from train.trainer import train_and_evaluate
+    from train.devices.mesh import initialize_distributed
+    from train.loop.trainer import train_and_evaluate
 
     n, i = _NUM_PROCESSES.value, _PROCESS_ID.value
     if _COORDINATOR.value and not (n > 0 and 0 <= i < n):
@@ -67,7 +68,7 @@ def main(argv: list[str]) -> None:
 
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value, "python -m train.main " + shlex.join(sys.argv[1:]))
-    except (ConfigError, CheckpointMismatch) as e:  # a second launcher too (train/workdir_lock.py)
+    except (ConfigError, CheckpointMismatch) as e:  # a second launcher too (train/checkpoint/workdir_lock.py)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except (CheckpointWriteError, OSError) as e:  # disk full, permissions: on checkpoints or logs

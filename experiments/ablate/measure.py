@@ -26,10 +26,10 @@ import numpy as np
 from flax import nnx
 
 from models.masks import make_attention_mask, make_cross_mask
-from train import step as step_lib
-from train.inference import load_run
-from train.mesh import to_global
-from train.setup import build_run
+from train.devices.mesh import to_global
+from train.inference.load import load_run
+from train.loop import step as step_lib
+from train.loop.build import build_run
 
 
 def init_attention_stats(config: Any, workdir: str) -> dict[str, float]:

@@ -46,7 +46,7 @@ class Table:
     rows: list[Row]
     # In-process measurements (experiments/ablate/measure.py): "init_attention", "step_timing",
     # "eval_at_15", "by_length", "attention_kinds"; "grad_norms": runs log per-layer statistics
-    # (train/layer_stats.py) and the plot adds each block's gradient norm over training, of the
+    # (train/observe/layer_stats.py) and the plot adds each block's gradient norm over training, of the
     # parameter kinds in `grad_kinds` (all when empty).
     extra: tuple[str, ...] = ()
     grad_kinds: tuple[str, ...] = ()

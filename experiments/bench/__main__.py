@@ -12,10 +12,10 @@ donation, remat, dtype, gradient accumulation) and fed random tokens of `--vocab
 the dataset's), so the data pipeline is not in the measurement. Reported: tokens/s (and
 predicted tokens/s for the masked LM), median step time and its spread over `--steps` timed
 steps after two warm-up steps, compile seconds, model FLOPs per step counted two ways (every
-attention key, and causal attention halved), MFU against a peak (train/flops.py: on CPU
+attention key, and causal attention halved), MFU against a peak (train/observe/flops.py: on CPU
 a measured float32 matmul peak; on GPU/TPU the device's dense bf16 peak, from a table by device
 kind, or a measured bf16 matmul where the kind is unknown), and the step's memory per device.
-On CPU the process first sets glibc's malloc to reuse freed memory (train/host_memory.py:
+On CPU the process first sets glibc's malloc to reuse freed memory (train/devices/host_memory.py:
 without it XLA:CPU page-faults its whole working set in again every step); "host_malloc" says
 whether it did, and `GPTBERT_HOST_MALLOC=default` measures without it.
 `--baseline hf` also times Hugging Face's FlaxGPT2LMHeadModel / FlaxBertForMaskedLM at the same
@@ -49,7 +49,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from train.config_checks import validate
     from train.data.sources import make_source
-    from train.host_memory import retain_freed_memory
+    from train.devices.host_memory import retain_freed_memory
 
     # Both models of a --baseline run share this process, so both get it.
     host_malloc_tuned = retain_freed_memory()

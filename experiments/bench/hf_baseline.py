@@ -4,7 +4,7 @@ otherwise train, at identical shapes, batch, objective transform and optimizer.
 `FlaxGPT2LMHeadModel` for the causal LM and `FlaxBertForMaskedLM` for the masked LM, from
 transformers 4.57.x (the last release with Flax models: `pip install -e ".[hf]"`), with dropout
 off as in our model. The batch goes through the same objective transform and the loss is the
-same token-weighted cross-entropy; the optimizer is `train.step.make_optimizer(config)`. What
+same token-weighted cross-entropy; the optimizer is `train.loop.step.make_optimizer(config)`. What
 differs is the model code: HF's BERT computes vocabulary logits at every position and the loss
 then reads the masked ones, where ours gathers the masked positions first; HF's positions are
 learned absolute embeddings (benchmark ours with `--config.model.position=learned` for parity).
@@ -75,7 +75,7 @@ def make_hf_runner(config: Any, vocab_size: int, batch: dict) -> HFRunner:
         raise SystemExit(
             "--baseline hf needs Hugging Face transformers 4.57.x with Flax: pip install -e '.[hf]'"
         ) from e
-    from train import step as step_lib
+    from train.loop import step as step_lib
     from train.objectives import make_objective
 
     m = config.model

@@ -29,7 +29,7 @@ from ml_collections import config_flags
 
 from train.data import text
 from train.data.sources import make_source
-from train.mesh import batch_sharding, make_mesh, to_global
+from train.devices.mesh import batch_sharding, make_mesh, to_global
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py:<variant>")
 _BATCHES = flags.DEFINE_integer("batches", 2000, "Batches to time after 20 of warm-up.")

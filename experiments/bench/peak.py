@@ -1,4 +1,4 @@
-"""Timing one call; the peak FLOP/s MFU is measured against lives in train/flops.py."""
+"""Timing one call; the peak FLOP/s MFU is measured against lives in train/observe/flops.py."""
 
 from __future__ import annotations
 

@@ -17,11 +17,11 @@ from experiments.bench.peak import timed
 from models import registry
 from models.decode import SamplingConfig, generate
 from models.masks import make_attention_mask
-from train.data.vocab import BOS_ID, NUM_SPECIAL
-from train.device_memory import step_memory
-from train.flops import device_peak, step_flops
-from train.mesh import to_global
-from train.setup import build_run
+from train.devices.memory import step_memory
+from train.devices.mesh import to_global
+from train.loop.build import build_run
+from train.observe.flops import device_peak, step_flops
+from train.tokenizer.vocab import BOS_ID, NUM_SPECIAL
 
 
 def random_batch(config: Any, vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -8,7 +8,7 @@ Every (objective, seed) trains as an independent `python -m train.main` run in
 sequence length and steps, so parameters and tokens seen are equal; compute differs only by
 the vocabulary projection, which the masked LM pays on its ~15% scored positions alone (FLOPs
 are reported). Each finished run is then evaluated in this process, from its checkpoint
-(`train.inference.load_run`), and the result cached in the run's folder as
+(`train.inference.load.load_run`), and the result cached in the run's folder as
 `compare_eval.json`, so an interrupted comparison resumes: own eval loss and the next-token
 and masked-token views, a linear probe for the hidden HMM state per layer, minimal pairs, and
 fine-tuning to tell two HMMs apart, each against its exact ceiling
@@ -27,7 +27,7 @@ from typing import Any
 from experiments import common, runs
 from experiments.compare import report
 from experiments.compare.evaluate import evaluate_run
-from train.host_memory import retain_freed_memory
+from train.devices.host_memory import retain_freed_memory
 
 OBJECTIVES: tuple[str, ...] = ("clm", "mlm", "prefix_lm", "hybrid")
 
@@ -60,7 +60,7 @@ def run_comparison(
         raise SystemExit(
             "experiments.compare evaluates probes, minimal pairs and fine-tuning against the exact "
             "HMM ceilings, so it needs dataset=hmm; train on text with train.main and load the "
-            "runs with train.inference.load_trained"
+            "runs with train.inference.load.load_trained"
         )
     todo = [(objective, seed) for objective in objectives for seed in range(seeds)]
 
@@ -89,7 +89,7 @@ def run_comparison(
 
 
 def main(argv: list[str] | None = None) -> None:
-    retain_freed_memory()  # before JAX starts its CPU client (train/host_memory.py)
+    retain_freed_memory()  # before JAX starts its CPU client (train/devices/host_memory.py)
     parser = argparse.ArgumentParser(
         prog="python -m experiments.compare", description=__doc__.splitlines()[0]
     )

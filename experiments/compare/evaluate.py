@@ -20,7 +20,7 @@ from typing import Any
 
 from experiments import runs
 from experiments.common import cached_json
-from train.flops import step_flops
+from train.observe.flops import step_flops
 
 # Sizes of the downstream evaluations. Rows are 64 tokens (BOS + 63 symbols).
 EVALS: dict[str, dict[str, int]] = {
@@ -52,7 +52,7 @@ def _evaluate(workdir: str, objective: str, preset: str, seed: int, cache: dict)
     from experiments.downstream.minimal_pairs import hmm_minimal_pairs, hmm_unigram_accuracy
     from experiments.downstream.probes import hmm_state_probe
     from models.scoring import minimal_pair_accuracy
-    from train.inference import load_run
+    from train.inference.load import load_run
     from train.objectives import CausalLM
 
     t0 = time.perf_counter()

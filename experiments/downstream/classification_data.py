@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from models.errors import ConfigError
-from train.data.vocab import BOS_ID, PAD_ID
+from train.tokenizer.vocab import BOS_ID, PAD_ID
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,8 +108,9 @@ def load_task(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
     """(train rows, eval rows, number of classes) of task `name` ("sst2" or "imdb").
 
-    `tokenizer` is a `train.tokenizer.Tokenizer` (anything with `encode(texts) -> list of id
-    lists`); `max_train` / `max_eval` keep the first examples of a split, for quick runs.
+    `tokenizer` is a `train.tokenizer.sentencepiece.SentencePieceTokenizer` (anything with
+    `encode(texts) -> list of id lists`); `max_train` / `max_eval` keep the first examples of a
+    split, for quick runs.
     """
     if name not in TASKS:
         raise ConfigError(f"classification task {name!r} is not one of {sorted(TASKS)}")

@@ -23,7 +23,7 @@ import numpy as np
 from models.errors import ConfigError
 from train.data.hmm import HMM
 from train.data.sources import hmm_rows
-from train.data.vocab import BOS_ID, NUM_SPECIAL
+from train.tokenizer.vocab import BOS_ID, NUM_SPECIAL
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ _PAIRS_STREAM = 0xB1A1
 
 
 class Encoder(Protocol):
-    """What BLiMP needs of a tokenizer (`train.tokenizer.Tokenizer` provides it)."""
+    """What BLiMP needs of a tokenizer (every tokenizer in train/tokenizer/ provides it)."""
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]: ...
 

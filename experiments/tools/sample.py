@@ -10,9 +10,9 @@ Prompts are text for runs on real text and space-separated symbols (`s0` .. `s12
 such as `<mask>`) for the embedded HMM corpus; the mask token is the tokenizer's (`<mask>`, or
 `[MASK]` for a BERT tokenizer.json). Causal, prefix-LM and hybrid runs generate (the prefix LM
 reads its prompt as its bidirectional prefix); BERT runs fill masks: both through the string API
-of the loaded model (train/text_api.py). Seq2seq runs read each prompt as a source (no `<bos>`)
+of the loaded model (train/inference/text_api.py). Seq2seq runs read each prompt as a source (no `<bos>`)
 and decode greedily (the Transformer with its decoder and encoder caches). Loads on CPU whatever
-trained the model (train.inference.load_trained), or a Hugging Face directory (--hf).
+trained the model (train.inference.load.load_trained), or a Hugging Face directory (--hf).
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ import sys
 
 import numpy as np
 
-from train.data.vocab import BOS_ID, EOS_ID
-from train.host_memory import retain_freed_memory
-from train.inference import load_hf, load_trained
+from train.devices.host_memory import retain_freed_memory
+from train.inference.load import load_hf, load_trained
+from train.tokenizer.vocab import BOS_ID, EOS_ID
 
 
 def main(argv: list[str] | None = None) -> None:
-    retain_freed_memory()  # before JAX starts its CPU client (train/host_memory.py)
+    retain_freed_memory()  # before JAX starts its CPU client (train/devices/host_memory.py)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--workdir", help="run folder, checkpoints/ or one step folder")

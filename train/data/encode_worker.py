@@ -14,7 +14,7 @@ import sys
 
 from train.data import token_cache
 from train.data.corpus import Shard
-from train.tokenizer import load_tokenizer
+from train.tokenizer.files import load_tokenizer
 
 
 def main(build: str) -> None:

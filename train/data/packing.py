@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from train.data.vocab import DEFAULT, Specials
+from train.tokenizer.vocab import DEFAULT, Specials
 
 
 def pack(

@@ -24,7 +24,7 @@ import numpy as np
 from models.errors import ConfigError
 from train.data import corpus, packing, token_cache
 from train.data.corpus import Shard
-from train.tokenizer import AnyTokenizer, configured_path, corpus_tokenizer
+from train.tokenizer.files import AnyTokenizer, configured_path, corpus_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 
 from train.data.indexed import IndexedBatches
-from train.data.vocab import BOS_ID, DEFAULT, EOS_ID, NUM_SPECIAL, SymbolTokenizer
+from train.tokenizer.vocab import BOS_ID, DEFAULT, EOS_ID, NUM_SPECIAL, SymbolTokenizer
 
 TASKS: tuple[str, ...] = ("copy", "reverse", "sort")
 _EVAL_STREAM = 0x5E02

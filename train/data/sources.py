@@ -20,7 +20,7 @@ import numpy as np
 
 from train.data.hmm import HMM, HMMSpec
 from train.data.indexed import IndexedBatches
-from train.data.vocab import BOS_ID, DEFAULT, NUM_SPECIAL, SymbolTokenizer
+from train.tokenizer.vocab import BOS_ID, DEFAULT, NUM_SPECIAL, SymbolTokenizer
 
 # Shared by every run on the same HMM, so the eval set never depends on the training seed.
 _EVAL_STREAM = 0xE7A1

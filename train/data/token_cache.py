@@ -33,8 +33,8 @@ import numpy as np
 from models.errors import ConfigError
 from train.data import corpus, packing, text
 from train.data.corpus import Shard
-from train.data.vocab import Specials
-from train.tokenizer import AnyTokenizer
+from train.tokenizer.files import AnyTokenizer
+from train.tokenizer.vocab import Specials
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from train.data.vocab import DEFAULT, Specials
 from train.objectives.base import Batch, NextToken
 from train.objectives.language import CausalLM, HybridLM, MaskedLM, PrefixLM
 from train.objectives.seq2seq import Seq2Seq
+from train.tokenizer.vocab import DEFAULT, Specials
 
 __all__ = ["Batch", "CausalLM", "HybridLM", "MaskedLM", "NextToken", "Objective", "PrefixLM", "Seq2Seq"]
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from models.masks import make_attention_mask
-from train.data.vocab import DEFAULT, Specials
+from train.tokenizer.vocab import DEFAULT, Specials
 
 Batch = dict[str, jnp.ndarray]
 

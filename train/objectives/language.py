@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 
 from models.errors import ConfigError
-from train.data.vocab import DEFAULT, Specials
 from train.objectives.base import Batch, LanguageModel, NextToken, hidden_states, token_scores
+from train.tokenizer.vocab import DEFAULT, Specials
 
 
 def _require_mask(specials: Specials, objective: str) -> None:

@@ -3,8 +3,8 @@
 statistics and samples at eval. docs/observability.md says what each is and costs.
 
 MFU is model FLOPs per second over the peak: the FLOPs of a step are counted by
-`train.flops.step_flops` (the count `experiments.bench` reports), the peak comes from
-`train.flops.device_peak` (`peak_flops_per_device`, else a data sheet, else measured; on CPU a
+`train.observe.flops.step_flops` (the count `experiments.bench` reports), the peak comes from
+`train.observe.flops.device_peak` (`peak_flops_per_device`, else a data sheet, else measured; on CPU a
 smaller matmul than the benchmark's, so that starting a run stays quick). Timing never enters
 `metrics.jsonl`, which stays deterministic.
 """
@@ -16,10 +16,11 @@ from typing import Any
 
 import jax
 
-from train.flops import device_peak, step_flops
-from train.metrics import MetricsWriter, Progress
-from train.profiling import ProfileWindow
-from train.samples import EvalSamples
+from train.observe.flops import device_peak, step_flops
+from train.observe.metrics import MetricsWriter
+from train.observe.profiling import ProfileWindow
+from train.observe.progress_bar import ProgressBar
+from train.observe.samples import EvalSamples
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class Observer:
         self.flops_per_step = step_flops(config, run.objective, params, run.vocab_size)
         self.peak, self.peak_source = device_peak(config.peak_flops_per_device, matmul_n=1024, repeats=3)
         tokens_per_step = config.batch_size * config.seq_len
-        self.progress = Progress(
+        self.progress_bar = ProgressBar(
             start_step,
             config.num_train_steps,
             tokens_per_step,
@@ -63,7 +64,7 @@ class Observer:
         return metrics
 
     def at_log(self, step: int, row: dict[str, float]) -> None:
-        self.writer.scalars(step, "perf", self.progress.update(step, row))
+        self.writer.scalars(step, "perf", self.progress_bar.update(step, row))
         if self._layer_stats is not None:
             stats = jax.device_get(self._layer_stats)
             self.writer.layer_stats(step, {g: {k: float(v) for k, v in s.items()} for g, s in stats.items()})
@@ -85,5 +86,5 @@ class Observer:
         }
 
     def close(self) -> None:
-        self.progress.close()
+        self.progress_bar.close()
         self.profile.close()

@@ -8,7 +8,7 @@ step folder copied on its own (to Drive, for Colab) still loads; the workdir's `
 and tokenizer (`tokenizer.model` or `tokenizer.json`) are used when they are there.
 
     trained = load_trained("runs/gpt")
-    trained.generate(["The river"]), trained.score(["..."])   # train/text_api.py
+    trained.generate(["The river"]), trained.score(["..."])   # train/inference/text_api.py
     trained.model, trained.tokenizer.encode(["..."]), trained.config.objective
 """
 
@@ -21,25 +21,24 @@ from typing import Any
 
 import jax
 import ml_collections
-import orbax.checkpoint as ocp
 from flax import nnx
 
 from models import registry
-from train import step as step_lib
-from train.checkpoint import CheckpointDamaged, CheckpointMismatch, identity_diff
+from train.checkpoint.format import is_step_folder
+from train.checkpoint.restore import CheckpointDamaged, read_identity, restore_step
 from train.data.sources import make_source
-from train.data.vocab import SymbolTokenizer
-from train.evaluator import Evaluator
-from train.fingerprint import fingerprint, mismatches
+from train.inference.text_api import TextAPI
+from train.loop import step as step_lib
+from train.loop.evaluator import Evaluator
 from train.objectives import Objective, make_objective
-from train.text_api import TextAPI
-from train.tokenizer import FILENAMES, AnyTokenizer, find_tokenizer, load_tokenizer
+from train.tokenizer.files import FILENAMES, AnyTokenizer, find_tokenizer, load_tokenizer
+from train.tokenizer.vocab import SymbolTokenizer
 
 
 @dataclasses.dataclass
 class Trained(TextAPI):
     """A loaded model, its tokenizer and where it came from; `generate`, `fill_mask`, `score` and
-    `embed` take and give strings (train/text_api.py)."""
+    `embed` take and give strings (train/inference/text_api.py)."""
 
     model: nnx.Module  # in eval mode
     identity: dict[str, Any]  # model config, objective, mask, dataset (as the checkpoint stores it)
@@ -59,10 +58,9 @@ class Trained(TextAPI):
 
 def _step_folder(path: str, step: int | None) -> str:
     path = os.path.abspath(path)
-    if os.path.isdir(os.path.join(path, "state")) and os.path.isdir(os.path.join(path, "identity")):
+    if is_step_folder(path):
         return path
     folder = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
-    # A step folder exists only once complete: Orbax writes into a temporary name, then renames.
     steps = sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
     if not steps:
         raise FileNotFoundError(
@@ -92,49 +90,24 @@ def load_trained(
 ) -> Trained:
     """The trained model at `path` (workdir, checkpoints folder or step folder), on `device`.
 
-    `expect`: a run identity (`train.setup.run_identity(config, model_cfg)`) the checkpoint
+    `expect`: a run identity (`train.loop.build.run_identity(config, model_cfg)`) the checkpoint
     must match; a mismatch raises `CheckpointMismatch` listing every field that differs.
     """
     folder = _step_folder(path, step)
-    identity = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(folder, "identity"))
-    if expect is not None:
-        diff = identity_diff(identity, expect)
-        if diff:
-            raise CheckpointMismatch(
-                f"the checkpoint {folder} is from a different model:\n  - " + "\n  - ".join(diff)
-            )
+    identity = read_identity(folder)
     model_cfg = registry.config_from_identity(identity["model"])
     graphdef, abstract_params, abstract_rest = step_lib.split_model(
         nnx.eval_shape(lambda: registry.make_model(model_cfg, nnx.Rngs(0)))
     )
-
-    device = device or jax.devices("cpu")[0]
-    sharding = jax.sharding.SingleDeviceSharding(device)
-    abstract = jax.tree.map(
+    sharding = jax.sharding.SingleDeviceSharding(device or jax.devices("cpu")[0])
+    target = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
         {"params": abstract_params, "model_state": abstract_rest, "step": jax.ShapeDtypeStruct((), "int32")},
     )
-    restore_args = jax.tree.map(
-        lambda a: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=a.shape, dtype=a.dtype), abstract
-    )
     try:
-        restored = ocp.PyTreeCheckpointer().restore(
-            os.path.join(folder, "state"),
-            args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True),
-        )
-    except (ValueError, KeyError) as e:
-        raise CheckpointMismatch(
-            f"the parameters in {folder} do not fit the model its identity describes (written by "
-            f"another version of models/?): {str(e)[:500]}"
-        ) from e
-    if os.path.isdir(os.path.join(folder, "progress")):  # fingerprints: checkpoints since issue 14
-        saved = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(folder, "progress"))
-        bad = mismatches(saved.get("fingerprint", {}), fingerprint(restored))
-        if bad:
-            raise CheckpointDamaged(
-                f"the checkpoint {folder} is damaged: {len(bad)} arrays differ from the checksums saved "
-                f"with them ({', '.join(bad[:3])} ...); load an older step (step=...)"
-            )
+        restored = restore_step(folder, target, expect=expect, partial=True).state
+    except CheckpointDamaged as e:
+        raise CheckpointDamaged(folder, e.problem, f"{e}; load an older step (step=...)") from e
     model = nnx.merge(graphdef, restored["params"], restored["model_state"] or {})
     model.eval()
 
@@ -160,10 +133,10 @@ def load_hf(path: str) -> Trained:
     """A local Hugging Face GPT-2 / BERT directory (config.json + model.safetensors) as the same
     object `load_trained` returns, for inference without a run. Its tokenizer is its
     `tokenizer.json` (or a SentencePiece `tokenizer.model`); None when it has neither."""
-    from train import hf_import
+    from train.hf import reader as hf_reader
 
     path = os.path.expanduser(path)
-    model, identity = hf_import.load_model(path)
+    model, identity = hf_reader.load_model(path)
     found = find_tokenizer(path)
     return Trained(
         model=model,
@@ -204,7 +177,7 @@ class LoadedRun:
 
     def evaluate(self, objective: Objective | None = None, mask_kind: str | None = None, **kw) -> dict:
         """The fixed eval set's metrics under `objective` and `mask_kind` (default: the run's);
-        keywords go to `train.evaluator.Evaluator` (e.g. `eval_form=False`)."""
+        keywords go to `train.loop.evaluator.Evaluator` (e.g. `eval_form=False`)."""
         sharding = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
         evaluator = Evaluator(
             self.source,

@@ -46,6 +46,6 @@ def fingerprint(tree: Any) -> dict[str, int]:
     }
 
 
-def mismatches(saved: dict[str, int], restored: dict[str, int]) -> list[str]:
+def changed_arrays(saved: dict[str, int], restored: dict[str, int]) -> list[str]:
     """The arrays whose checksum differs from the saved one (only those both sides have)."""
     return sorted(k for k in restored if k in saved and saved[k] != restored[k])

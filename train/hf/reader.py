@@ -4,7 +4,7 @@ DIR is a local Hugging Face model directory in the layout the Hub serves for `GP
 `BertForMaskedLM`: `config.json` and `model.safetensors`. Only safetensors are read; a directory
 holding only a pickled `pytorch_model.bin` is refused with the command that converts it (a pickle
 can run code when loaded). The HF config is checked against the run's model config field by
-field before anything compiles, and every tensor is accounted for (models/hf_weights.py).
+field before anything compiles, and every tensor is accounted for (train/hf/weights.py).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import numpy as np
 from flax import nnx
 
 from models.errors import ConfigError
-from models.hf_config import model_fields
-from models.hf_weights import from_hf
 from models.transformer_config import TransformerConfig
+from train.hf.config import model_fields
+from train.hf.weights import from_hf
 
 PREFIX = "hf:"
 _NAMES = {  # model.* field -> what config.json calls it, per family (for the messages)
@@ -65,7 +65,7 @@ def read_config(path: str) -> tuple[str, dict[str, Any]]:
             raise ConfigError(f"init_from: {path}/config.json: {e}") from e
 
 
-def mismatches(path: str, cfg: TransformerConfig) -> list[str]:
+def config_differences(path: str, cfg: TransformerConfig) -> list[str]:
     """Every field in which the run's model config differs from the directory's, named both ways."""
     fam, fields = read_config(path)
     names = _NAMES[fam]

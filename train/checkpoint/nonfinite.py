@@ -6,7 +6,7 @@ inspected, in order, before anything is logged, evaluated or saved:
 - `nonfinite = "stop"`: the first step whose loss or gradient norm is NaN or Inf ends the run
   (exit status 3) with the step, the values, the newest checkpoint (whose parameters are finite,
   since none is saved past a bad step) and the usual causes;
-- `nonfinite = "skip"`: the step already left the state as it was (`train.step`, on device);
+- `nonfinite = "skip"`: the step already left the state as it was (`train.loop.step`, on device);
   the run ends the same way after `max_skipped_in_a_row` consecutive skipped steps.
 """
 

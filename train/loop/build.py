@@ -20,11 +20,11 @@ from jax.sharding import Mesh, NamedSharding
 
 from models import registry
 from models.transformer_config import LATER_FIELDS
-from train import step as step_lib
 from train.data.sources import make_source
-from train.data.vocab import DEFAULT
-from train.mesh import batch_sharding, make_mesh, replicated, state_shardings
+from train.devices.mesh import batch_sharding, make_mesh, replicated, state_shardings
+from train.loop import step as step_lib
 from train.objectives import Objective, make_objective
+from train.tokenizer.vocab import DEFAULT
 
 # Model fields that change how, not what, is computed: a run may resume with other values.
 EXECUTION_FIELDS = ("remat", "attention_impl")

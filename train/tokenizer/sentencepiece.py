@@ -1,13 +1,8 @@
-"""One tokenizer per corpus, shared by GPT and BERT runs so their numbers compare.
+"""SentencePiece tokenizers trained by this project: identity normalisation, no dummy prefix,
+byte fallback, the project's special tokens at the ids of `train.tokenizer.vocab.DEFAULT`.
 
-A SentencePiece model trained once per (corpus, vocab size, model type) into the data cache, or
-the file `tokenizer.path` names (a SentencePiece `.model`, or a Hugging Face `tokenizer.json`:
-train/hf_tokenizer.py); copied into the workdir and reused from there on resume. The special
-tokens of the ones trained here sit at the ids of `train.data.vocab.DEFAULT`.
-
-Text is not normalised and no dummy prefix is added, with byte fallback on: decoding the ids of
-a string gives the string back exactly, and the UTF-8 bytes of a document equal the sum of its
-tokens' byte lengths (`bytes_per_token`), which is what bits per byte needs.
+Decoding the ids of a string gives the string back exactly, and the UTF-8 bytes of a document
+equal the sum of its tokens' byte lengths (`bytes_per_token`), which is what bits per byte needs.
 """
 
 from __future__ import annotations
@@ -24,8 +19,7 @@ import numpy as np
 import sentencepiece as spm
 
 from models.errors import ConfigError
-from train.data.vocab import DEFAULT, NUM_SPECIAL, SPECIAL_TOKENS
-from train.hf_tokenizer import HFTokenizer
+from train.tokenizer.vocab import DEFAULT, NUM_SPECIAL, SPECIAL_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +29,7 @@ _ENCODE_BATCH_CHARS = 4 * 2**20  # bounds the Python lists SentencePiece returns
 _MAX_SENTENCE_BYTES = 4096
 
 
-class Tokenizer:
+class SentencePieceTokenizer:
     filename = "tokenizer.model"
     specials = DEFAULT
 
@@ -47,7 +41,7 @@ class Tokenizer:
                 raise ValueError(f"tokenizer id {i} is {self._sp.id_to_piece(i)!r}, expected {piece!r}")
 
     @classmethod
-    def load(cls, path: str) -> Tokenizer:
+    def load(cls, path: str) -> SentencePieceTokenizer:
         with open(path, "rb") as f:
             return cls(f.read())
 
@@ -103,32 +97,6 @@ class Tokenizer:
         return out
 
 
-AnyTokenizer = Tokenizer | HFTokenizer
-FILENAMES = (HFTokenizer.filename, Tokenizer.filename)  # the order `find_tokenizer` prefers
-
-
-def find_tokenizer(folder: str) -> str | None:
-    """The tokenizer file in `folder` (a workdir or a Hugging Face directory), if any."""
-    return next((p for p in (os.path.join(folder, n) for n in FILENAMES) if os.path.exists(p)), None)
-
-
-def load_tokenizer(path: str) -> AnyTokenizer:
-    """A SentencePiece model, or a Hugging Face tokenizer.json (told apart by the name's end)."""
-    if path.endswith(".json"):
-        try:
-            return HFTokenizer.load(path)
-        except ValueError as e:
-            raise ConfigError(f"tokenizer {path}: {e}") from e
-    return Tokenizer.load(path)
-
-
-def configured_path(config) -> str:
-    """`tokenizer.path`, else the tokenizer of an `init_from=hf:DIR` directory, else "" (train one)."""
-    if config.tokenizer.path or not config.get("init_from", "").startswith("hf:"):
-        return config.tokenizer.path
-    return find_tokenizer(os.path.expanduser(config.init_from[len("hf:") :])) or ""
-
-
 def _sentences(documents: Iterable[str], max_chars: int) -> Iterable[str]:
     total = 0
     for doc in documents:
@@ -141,7 +109,9 @@ def _sentences(documents: Iterable[str], max_chars: int) -> Iterable[str]:
                     return
 
 
-def train_tokenizer(documents: Iterable[str], vocab_size: int, model_type: str, max_chars: int) -> Tokenizer:
+def train_tokenizer(
+    documents: Iterable[str], vocab_size: int, model_type: str, max_chars: int
+) -> SentencePieceTokenizer:
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
@@ -185,38 +155,4 @@ def train_tokenizer(documents: Iterable[str], vocab_size: int, model_type: str, 
         else:
             message = f"training the tokenizer failed: {e}"
         raise ConfigError(message) from e
-    return Tokenizer(model.getvalue())
-
-
-def corpus_tokenizer(
-    workdir: str,
-    cache_dir: str,
-    corpus_key: str,
-    documents: Iterable[str],
-    *,
-    vocab_size: int,
-    model_type: str,
-    max_chars: int,
-    path: str = "",
-) -> AnyTokenizer:
-    """The run's tokenizer: the workdir's copy, else `path`, else the corpus cache, else trained."""
-    in_workdir = find_tokenizer(workdir)
-    if in_workdir:
-        return load_tokenizer(in_workdir)
-    if path:
-        if not os.path.exists(path):
-            raise ConfigError(f"tokenizer.path={path!r} does not exist")
-        tok = load_tokenizer(path)
-    else:
-        key = hashlib.sha256(f"{corpus_key}|{vocab_size}|{model_type}|{max_chars}".encode()).hexdigest()[:16]
-        cached = os.path.join(cache_dir, "tokenizers", f"{key}.model")
-        if os.path.exists(cached):
-            tok = Tokenizer.load(cached)
-        else:
-            log.info("training a %d-token %s tokenizer on the corpus", vocab_size, model_type)
-            tok = train_tokenizer(documents, vocab_size, model_type, max_chars)
-            os.makedirs(os.path.dirname(cached), exist_ok=True)
-            tok.save(cached)
-    os.makedirs(workdir, exist_ok=True)
-    tok.save(os.path.join(workdir, tok.filename))  # the bytes it was loaded from, written atomically
-    return tok
+    return SentencePieceTokenizer(model.getvalue())

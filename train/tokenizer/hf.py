@@ -1,7 +1,7 @@
 """A Hugging Face `tokenizer.json` (the `tokenizers` library) as a run's tokenizer.
 
-Offers what `train.tokenizer.Tokenizer` (SentencePiece) offers, so the data pipeline, the
-evaluator and inference take either. The special roles come from the tokenizer: from a
+Offers what `train.tokenizer.sentencepiece.SentencePieceTokenizer` offers, so the data
+pipeline, the evaluator and inference take either. The special roles come from the tokenizer: from a
 `special_tokens_map.json` or `tokenizer_config.json` beside the file when there is one (the
 layout the Hub serves), else from the names of its special tokens (GPT-2's `<|endoftext|>` is
 bos, eos and pad; BERT's [CLS] and [SEP] frame a document as its bos and eos). Saving writes the
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from train.data.vocab import ROLES, Specials
+from train.tokenizer.vocab import ROLES, Specials
 
 ROLE_FILE = "special_tokens_map.json"
 _NAMES: dict[str, tuple[str, ...]] = {  # role -> token names that play it, in order of preference

@@ -12,20 +12,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from typing import Any
 
 import orbax.checkpoint as ocp
 
+from train.checkpoint.fingerprint import fingerprint
+from train.checkpoint.format import ITEMS, LoopState, with_format
+from train.checkpoint.restore import CheckpointDamaged, Restored, restore_step
+
 log = logging.getLogger(__name__)
-
-
-class CheckpointMismatch(ValueError):
-    """The workdir's checkpoint was written by a different model or objective."""
-
-
-class CheckpointDamaged(CheckpointMismatch):
-    """No checkpoint in the workdir restores and verifies (each was moved to `damaged/`)."""
 
 
 WRITE_FAILED_EXIT = 4  # the run's exit status when it cannot write its files
@@ -44,19 +39,11 @@ class CheckpointWriteError(RuntimeError):
         )
 
 
-def identity_diff(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
-    """Fields that differ between two nested identity dicts, as 'a.b: saved -> current'."""
-    out = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += identity_diff(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: {a!r} in the checkpoint, {b!r} now")
-    return out
-
-
 class Checkpointer:
+    """A run's `checkpoints/` folder: asynchronous atomic saves of the train state, the data
+    position, the run's identity and the loop's position (train/checkpoint/format.py), and the
+    resume from the newest step that restores and verifies (train/checkpoint/restore.py)."""
+
     def __init__(self, workdir: str, keep: int):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self._manager = ocp.CheckpointManager(
@@ -67,16 +54,18 @@ class Checkpointer:
                 cleanup_tmp_directories=True,
                 enable_async_checkpointing=True,
             ),
-            item_names=("state", "data", "identity", "progress"),
+            item_names=ITEMS,
         )
         self._pending: int | None = None  # a save handed to Orbax and not known to be committed
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def save(self, step: int, state: Any, data_state: dict, identity: dict, progress: dict) -> None:
-        """`progress`: the loop's host-side position (metrics of the log window in progress, the
-        non-finite watch's count), so a run resumed from any step logs exactly the same lines."""
+    def step_folder(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    def save(self, step: int, state: Any, data_state: dict, identity: dict, loop_state: LoopState) -> None:
+        """Hands step `step` to Orbax; it is committed in the background (`wait` to be sure)."""
         self.wait()  # Orbax would wait here anyway (one save at a time); this names a failed one
         try:
             self._manager.save(
@@ -84,70 +73,38 @@ class Checkpointer:
                 args=ocp.args.Composite(
                     state=ocp.args.StandardSave(state),
                     data=ocp.args.JsonSave(data_state),
-                    identity=ocp.args.JsonSave(identity),
-                    progress=ocp.args.JsonSave(progress),
+                    identity=ocp.args.JsonSave(with_format(identity)),
+                    progress=ocp.args.JsonSave(loop_state.to_json(fingerprint(state))),
                 ),
             )
         except Exception as e:
             raise self._write_failed(step, e) from e
         self._pending = step
 
-    def read_identity(self, step: int) -> dict:
-        return self._manager.restore(step, args=ocp.args.Composite(identity=ocp.args.JsonRestore()))[
-            "identity"
-        ]
-
-    def _check_identity(self, step: int, saved: dict, identity: dict) -> None:
-        diff = identity_diff(saved, identity)
-        if diff:
-            raise CheckpointMismatch(
-                f"the checkpoint in {self.directory} (step {step}) is from a different run:\n  - "
-                + "\n  - ".join(diff)
-                + "\nuse a new --workdir, or the config that wrote it"
-            )
-
-    def _restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
-        """Restores onto the shardings of `abstract_state` (the identity is checked by the caller)."""
-        items = dict(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
-        # Checkpoints written before `progress` existed are log-aligned: an empty window.
-        has_progress = os.path.isdir(os.path.join(self.directory, str(step), "progress"))
-        if has_progress:
-            items["progress"] = ocp.args.JsonRestore()
-        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-        return restored["state"], restored["data"], restored["progress"] if has_progress else {}
-
-    def restore_newest_intact(
-        self, abstract_state: Any, identity: dict, verify: Callable[[Any, dict], str | None]
-    ) -> tuple[int, Any, dict, dict] | None:
-        """(step, state, data position, progress) of the newest checkpoint that restores and that
-        `verify(state, progress)` accepts (None: no problem). Each one that fails is moved,
-        never deleted, to `checkpoints/damaged/<step>` with a warning, and the next older one is
-        tried. None if the workdir holds no checkpoint; `CheckpointDamaged` if none is intact."""
+    def restore_newest_intact(self, target: Any, identity: dict) -> Restored | None:
+        """The newest checkpoint that restores onto `target` and verifies. Each damaged one is
+        moved, never deleted, to `checkpoints/damaged/<step>` with a warning, and the next older
+        one is tried. None if the workdir holds no checkpoint; `CheckpointMismatch` if the newest
+        is another run's; `CheckpointDamaged` if none is intact."""
         tried = []
         while (step := self.latest_step()) is not None:
             try:
-                saved_identity = self.read_identity(step)
-            except Exception as e:  # an unreadable identity is damage, not another run
-                problem = f"the identity does not read: {type(e).__name__}: {str(e)[:300]}"
-            else:
-                self._check_identity(step, saved_identity, identity)  # another run: not damage
-                try:
-                    state, data, progress = self._restore(step, abstract_state)
-                    problem = verify(state, progress)
-                except Exception as e:
-                    problem = f"it does not restore: {type(e).__name__}: {str(e)[:300]}"
-                if problem is None:
-                    return step, state, data, progress
+                return restore_step(self.step_folder(step), target, expect=identity)
+            except CheckpointDamaged as e:
+                problem = e.problem
             tried.append(f"step {step}: {problem}")
             where = self._move_aside(step)
             log.warning(
                 "checkpoint step %d is damaged (%s); moved to %s, trying the one before", step, problem, where
             )
         if tried:
+            damaged = os.path.join(self.directory, "damaged")
             raise CheckpointDamaged(
-                f"no checkpoint in {self.directory} restores and verifies; each was moved to "
-                f"{os.path.join(self.directory, 'damaged')}:\n  - " + "\n  - ".join(tried) + "\nthe run does "
-                "not start from scratch over them: restore a copy, or use a new --workdir"
+                self.directory,
+                "no intact step",
+                f"no checkpoint in {self.directory} restores and verifies; each was moved to {damaged}:"
+                "\n  - " + "\n  - ".join(tried) + "\nthe run does not start from scratch over them: "
+                "restore a copy, or use a new --workdir",
             )
         return None
 

@@ -1,6 +1,6 @@
 """Strings in, strings out: `generate`, `fill_mask`, `score`, `embed` on a loaded model.
 
-The object `train.inference.load_trained` and `load_hf` return has these methods (this mixin):
+The object `train.inference.load.load_trained` and `load_hf` return has these methods (this mixin):
 
     trained = load_hf("gpt2")                       # or load_trained("runs/gpt")
     trained.generate(["The river"], max_new_tokens=20, temperature=0.8, top_p=0.95)

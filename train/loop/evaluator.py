@@ -14,8 +14,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from train import step as step_lib
-from train.mesh import to_global
+from train.devices.mesh import to_global
+from train.loop import step as step_lib
 from train.objectives import Objective
 
 _EVAL_MASK_KEY = 0x5EED

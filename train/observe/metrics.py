@@ -1,4 +1,4 @@
-"""Where a run reports: `metrics.jsonl`, TensorBoard event files, and progress on the terminal.
+"""Where a run reports: `metrics.jsonl` and TensorBoard event files (the terminal: progress_bar.py).
 
 `metrics.jsonl` holds only deterministic values (losses, accuracies, learning rate, counts), so
 the same config and seed give the same file on CPU, also across a kill and a resume: resuming
@@ -8,15 +8,11 @@ Timing goes to TensorBoard, the progress display and `summary.json`.
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import os
-import sys
-import time
 from typing import Any
 
-import tqdm
 from tensorboardX import SummaryWriter
 
 log = logging.getLogger(__name__)
@@ -74,7 +70,7 @@ class _JsonLines:
 
 class MetricsWriter:
     """Process 0's outputs: `metrics.jsonl`, `layer_stats.jsonl` (deterministic), TensorBoard
-    (those plus timing and text samples) and, when given, a W&B logger (train/wandb_log.py)."""
+    (those plus timing and text samples) and, when given, a W&B logger (train/observe/wandb_log.py)."""
 
     def __init__(self, workdir: str, resume_step: int, enabled: bool = True, wandb: Any = None):
         self.enabled, self._wandb = enabled, wandb
@@ -99,7 +95,7 @@ class MetricsWriter:
                 self._wandb.log(step, split, metrics)
 
     def layer_stats(self, step: int, stats: dict[str, dict[str, float]]) -> None:
-        """`{group: {stat: value}}` (train/layer_stats.py) to `layer_stats.jsonl` and TensorBoard."""
+        """`{group: {stat: value}}` (train/observe/layer_stats.py) to `layer_stats.jsonl` and TensorBoard."""
         if self.enabled:
             self._layers.write({"step": step, **stats})
             for group, values in stats.items():
@@ -121,73 +117,3 @@ class MetricsWriter:
             self._tb.close()
             if self._wandb is not None:
                 self._wandb.close()
-
-
-class Progress:
-    """A tqdm bar on a terminal; plain log lines (with the same numbers) anywhere else."""
-
-    def __init__(
-        self,
-        start_step: int,
-        total_steps: int,
-        tokens_per_step: int,
-        flops_per_step: float = 0.0,
-        peak_flops_per_sec: float = 0.0,
-        devices: int = 1,
-    ):
-        self.tokens_per_step, self.total, self.devices = tokens_per_step, total_steps, devices
-        self.flops_per_step, self.peak = flops_per_step, peak_flops_per_sec
-        self._interactive = sys.stderr.isatty()
-        self._bar = tqdm.tqdm(
-            total=total_steps,
-            initial=start_step,
-            unit="step",
-            dynamic_ncols=True,
-            disable=not self._interactive,
-        )
-        self._last_step, self._last_time = start_step, time.perf_counter()
-
-    def update(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
-        """Call at log steps. Returns the timing since the previous call: steps and tokens per
-        second, tokens per second per device, and MFU (model FLOPs per second over the peak)."""
-        now = time.perf_counter()
-        steps_per_sec = (step - self._last_step) / max(now - self._last_time, 1e-9)
-        self._last_step, self._last_time = step, now
-        tokens_per_sec = steps_per_sec * self.tokens_per_step
-        timing = {
-            "steps_per_sec": steps_per_sec,
-            "tokens_per_sec": tokens_per_sec,
-            "tokens_per_sec_per_device": tokens_per_sec / self.devices,
-        }
-        if self.peak > 0:
-            timing["mfu"] = steps_per_sec * self.flops_per_step / self.peak
-        mfu = f"  MFU {100 * timing['mfu']:.2f}%" if "mfu" in timing else ""
-        eta = (self.total - step) / max(steps_per_sec, 1e-9)
-        if self._interactive:
-            self._bar.update(step - self._bar.n)
-            self._bar.set_postfix(
-                loss=f"{metrics.get('loss', float('nan')):.4f}",
-                tok_s=f"{timing['tokens_per_sec']:,.0f}",
-                **({"mfu": f"{100 * timing['mfu']:.2f}%"} if "mfu" in timing else {}),
-            )
-        else:
-            log.info(
-                "step %d/%d  loss %.4f  %.2f steps/s  %.0f tokens/s%s  ETA %s",
-                step,
-                self.total,
-                metrics.get("loss", float("nan")),
-                steps_per_sec,
-                timing["tokens_per_sec"],
-                mfu,
-                datetime.timedelta(seconds=round(eta)),
-            )
-        return timing
-
-    def message(self, text: str) -> None:
-        if self._interactive:
-            self._bar.write(text)
-        else:
-            log.info("%s", text)
-
-    def close(self) -> None:
-        self._bar.close()

@@ -1,5 +1,5 @@
 """config.json of Hugging Face's GPT-2 (`GPT2LMHeadModel`) and BERT (`BertForMaskedLM`), to and
-from the shared Transformer's `model.*` fields (the weights: models/hf_weights.py)."""
+from the shared Transformer's `model.*` fields (the weights: train/hf/weights.py)."""
 
 from __future__ import annotations
 

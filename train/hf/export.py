@@ -1,13 +1,13 @@
 """A trained run as a Hugging Face model directory, for people who use PyTorch.
 
-    python -m train.export_hf --workdir runs/gpt --out exported/gpt [--step 1500]
+    python -m train.hf.export --workdir runs/gpt --out exported/gpt [--step 1500]
 
 Writes `config.json`, `model.safetensors` (PyTorch names and layouts of `GPT2LMHeadModel` or
 `BertForMaskedLM`), the run's tokenizer (a Hugging Face `tokenizer.json` with its special-token
 files, or a SentencePiece `tokenizer.model`) when it has one, and a model card (`README.md`:
 objective, mask, data, step, final eval metrics, the training config).
 A causal run of the GPT-2 architecture exports as GPT-2, a bidirectional run of the BERT one as
-BERT (models/hf_weights.py); any other run is refused before anything is written, naming each
+BERT (train/hf/weights.py); any other run is refused before anything is written, naming each
 field and the value that would export. The directory appears whole or not at all.
 """
 
@@ -25,13 +25,13 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 from models import registry
-from models.hf_config import hf_config
-from models.hf_weights import export_errors, to_hf
 from models.transformer_config import TransformerConfig
-from train.data.vocab import SymbolTokenizer
-from train.hf_tokenizer import HFTokenizer
-from train.inference import load_trained
-from train.metrics import read_metrics
+from train.hf.config import hf_config
+from train.hf.weights import export_errors, to_hf
+from train.inference.load import load_trained
+from train.observe.metrics import read_metrics
+from train.tokenizer.hf import HFTokenizer
+from train.tokenizer.vocab import SymbolTokenizer
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "the run to export (its latest checkpoint unless --step)")
 _STEP = flags.DEFINE_integer("step", None, "the checkpoint step to export")
@@ -113,7 +113,7 @@ def _card(workdir: str, trained, fam: str) -> str:
         [
             f"# {os.path.basename(os.path.abspath(workdir))}",
             "",
-            f"Exported by `python -m train.export_hf` from step {trained.step} of `{workdir}`; loads as "
+            f"Exported by `python -m train.hf.export` from step {trained.step} of `{workdir}`; loads as "
             f"`transformers.{cls}` (PyTorch) or `Flax{cls}`.",
             "",
             f"- objective: `{trained.identity['objective']}`, mask: `{trained.identity['mask']}`",

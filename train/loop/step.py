@@ -18,8 +18,8 @@ import optax
 from flax import nnx, struct
 
 from models.registry import ModelConfig, make_model
-from train.layer_stats import at_log_steps
 from train.objectives import Batch, Objective
+from train.observe.layer_stats import at_log_steps
 
 
 @struct.dataclass
@@ -104,7 +104,7 @@ def make_train_step(
     state and optimizer state as they were (a select on device, no host sync); the step count
     still advances, so data and RNG stay aligned with an uninterrupted run. Metric `skipped`.
 
-    `layer_stats_at=(every, last)`: metric `layer_stats` holds train/layer_stats.py's statistics
+    `layer_stats_at=(every, last)`: metric `layer_stats` holds train/observe/layer_stats.py's statistics
     at the steps that log (every `every`-th and the `last`), zeros at the others.
     """
 
