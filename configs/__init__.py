@@ -4,6 +4,7 @@ commands and the tests (`--config configs/gpt.py:tiny` on a command line is the 
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 import ml_collections
@@ -24,3 +25,13 @@ def get_config(objective: str, variant: str = "tiny", overrides: dict[str, Any] 
     module = importlib.import_module(FILES[objective].removesuffix(".py").replace("/", "."))
     config: ml_collections.ConfigDict = module.get_config(variant)
     return base.override(config, overrides or {})
+
+
+def train_command(
+    objective: str, workdir: str, overrides: dict[str, Any] | None = None, variant: str = "tiny"
+) -> list[str]:
+    """The `python -m train.main` command line of that config in `workdir` (run from the repo
+    root): what the experiment commands launch and the tests run."""
+    flags = [f"--config.{k}={v}" for k, v in (overrides or {}).items()]
+    config = f"--config={FILES[objective]}:{variant}"
+    return [sys.executable, "-m", "train.main", config, f"--workdir={workdir}", *flags]

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs.sizes import SIZES
+
 
 # Each variant is shaped like the config tree and applied by `override`, as a command line's
-# `--config.key=value` would be. `tiny` trains to near the HMM optimum on a 2-core CPU in minutes;
-# `small` is a single-accelerator size; `base` has the GPT-2 124M / BERT-base 110M block shapes.
-def _variant(
-    layers: int, width: int, heads: int, length: int, batch: int, steps: int, lr: float, warmup: int
-):
+# `--config.key=value` would be; its model shape comes from configs/sizes.py. `tiny` trains to
+# near the HMM optimum on a 2-core CPU in minutes; `small` is a single-accelerator size; `base`
+# has the GPT-2 124M / BERT-base 110M block shapes.
+def _variant(size: str, length: int, batch: int, steps: int, lr: float, warmup: int):
     return dict(
-        model=dict(num_layers=layers, d_model=width, num_heads=heads, mlp_dim=4 * width, max_len=length),
+        model=dict(**SIZES[size].fields(), max_len=length),
         optim=dict(learning_rate=lr, warmup_steps=warmup),
         seq_len=length,
         batch_size=batch,
@@ -34,9 +35,9 @@ def override_dict(variant: dict, **sections: dict) -> dict:
 
 
 VARIANTS: dict[str, dict] = {
-    "tiny": _variant(4, 128, 4, length=128, batch=32, steps=1500, lr=3e-3, warmup=100),
-    "small": _variant(6, 512, 8, length=512, batch=64, steps=20_000, lr=1e-3, warmup=1000),
-    "base": _variant(12, 768, 12, length=1024, batch=256, steps=100_000, lr=6e-4, warmup=2000),
+    "tiny": _variant("tiny", length=128, batch=32, steps=1500, lr=3e-3, warmup=100),
+    "small": _variant("small", length=512, batch=64, steps=20_000, lr=1e-3, warmup=1000),
+    "base": _variant("base", length=1024, batch=256, steps=100_000, lr=6e-4, warmup=2000),
 }
 # Architecture presets: the shapes of `base` and every option that makes the block exactly GPT-2
 # 124M or BERT-base (vocab 50257 / 30522 come with their tokenizers), so their Hugging Face
@@ -49,7 +50,7 @@ VARIANTS["gpt2"] = override_dict(
     ),
 )
 VARIANTS["bert_base"] = override_dict(
-    _variant(12, 768, 12, length=512, batch=256, steps=100_000, lr=1e-4, warmup=10_000),
+    _variant("base", length=512, batch=256, steps=100_000, lr=1e-4, warmup=10_000),
     model=dict(
         **_EXACT, norm_position="post", norm_eps=1e-12, activation="gelu", embed_norm=True, head="bert"
     ),
@@ -57,7 +58,15 @@ VARIANTS["bert_base"] = override_dict(
 
 
 def get_config() -> ml_collections.ConfigDict:
+    """Every field a run reads, at its default; the sections' meanings are in docs/running.md."""
     c = ml_collections.ConfigDict()
+    for section in (_run, _data, _model, _optimizer, _training, _observability):
+        section(c)
+    return c
+
+
+def _run(c: ml_collections.ConfigDict) -> None:
+    """Seed, objective and attention mask (the two fields GPT and BERT differ in)."""
     c.seed = 0
     # "clm" (GPT), "mlm" (BERT), "prefix_lm", "hybrid" or "seq2seq" (train/objectives/)
     c.objective = "clm"
@@ -67,6 +76,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.seq_len = 128
     c.batch_size = 32  # global, over all devices and processes
 
+
+def _data(c: ml_collections.ConfigDict) -> None:
+    """The dataset, its batch shape, the tokenizer and the data cache."""
     c.hmm = ml_collections.ConfigDict(
         dict(
             num_states=32,
@@ -95,15 +107,16 @@ def get_config() -> ml_collections.ConfigDict:
     c.data_cache_per_host = False
     c.eval_max_rows = 1024  # real text: eval on the first rows of the eval split
     c.mlm = ml_collections.ConfigDict(dict(rate=0.15, mask_frac=0.8, random_frac=0.1))
+
+
+def _model(c: ml_collections.ConfigDict) -> None:
+    """The shared block's shape and options (models/transformer_config.py)."""
     c.model = ml_collections.ConfigDict(
         dict(
             # "transformer" or "lstm" (models/lstm.py: d_model and num_layers only) for language
             # models; "encdec", "lstm_seq2seq" or "lstm_attention" for objective "seq2seq".
             arch="transformer",
-            num_layers=4,
-            d_model=128,
-            num_heads=4,
-            mlp_dim=512,
+            **SIZES["tiny"].fields(),
             max_len=128,
             position="rotary",
             norm="layernorm",
@@ -122,6 +135,9 @@ def get_config() -> ml_collections.ConfigDict:
         )
     )
 
+
+def _optimizer(c: ml_collections.ConfigDict) -> None:
+    """AdamW with warmup and cosine decay (train/loop/step.py)."""
     c.optim = ml_collections.ConfigDict(
         dict(
             learning_rate=3e-3,
@@ -135,6 +151,9 @@ def get_config() -> ml_collections.ConfigDict:
         )
     )
 
+
+def _training(c: ml_collections.ConfigDict) -> None:
+    """Steps, logging, evaluation, checkpoints, the non-finite guard and the mesh."""
     c.grad_accum_steps = 1  # micro-batches per step: batch_size / grad_accum_steps rows each
     c.compilation_cache_dir = ""  # persistent XLA compilation cache ("" = off)
 
@@ -153,6 +172,9 @@ def get_config() -> ml_collections.ConfigDict:
     # data x fsdp must equal the device count; data=-1 takes what fsdp leaves (train/devices/mesh.py).
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
 
+
+def _observability(c: ml_collections.ConfigDict) -> None:
+    """What a run shows besides its metrics (docs/observability.md)."""
     # Seeing inside a run (docs/observability.md). MFU is measured against the device's peak:
     # this figure per device if > 0, else the data sheet's dense bf16 figure for a known
     # accelerator, else a measured float32 matmul (CPU).
@@ -163,7 +185,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_samples = 4  # prompts continued (or masks filled) at each eval, to TensorBoard text; 0: off
     # Weights & Biases (pip install -e ".[wandb]"): off while project is "".
     c.wandb = ml_collections.ConfigDict(dict(project="", entity="", mode="online"))
-    return c
 
 
 def apply_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_collections.ConfigDict:

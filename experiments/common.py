@@ -17,14 +17,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from configs.sizes import SIZES
+
 # Overrides shared by every run of a preset, on top of configs/<objective>.py:tiny. The `cpu`
-# preset trains on a 2-core CPU in minutes; `gpu` uses the `small` shapes for one accelerator.
+# preset trains on a 2-core CPU in minutes; `gpu` uses the `small` shapes for one accelerator
+# (configs/sizes.py).
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
-        "model.num_layers": 2,
-        "model.d_model": 64,
-        "model.num_heads": 4,
-        "model.mlp_dim": 256,
+        **SIZES["cpu"].overrides(),
         "seq_len": 128,
         "batch_size": 32,
         "num_train_steps": 400,
@@ -34,10 +34,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "checkpoint_every_steps": 100,
     },
     "gpu": {
-        "model.num_layers": 6,
-        "model.d_model": 512,
-        "model.num_heads": 8,
-        "model.mlp_dim": 2048,
+        **SIZES["small"].overrides(),
         "seq_len": 128,
         "batch_size": 128,
         "num_train_steps": 5000,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from typing import Any
 
 import configs
@@ -33,8 +32,7 @@ def train(
     processes at once, each may take 1/jobs of an accelerator's memory (on a CPU they share its
     cores); the results do not depend on it."""
     overrides = {"eval_samples": 0, **overrides}
-    cmd = [sys.executable, "-m", "train.main", f"--config={configs.FILES[objective]}:{variant}"]
-    cmd += [f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
+    cmd = configs.train_command(objective, workdir, overrides, variant)
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "log.txt"), "a") as log:
         log.write(" ".join(cmd) + "\n")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 
 import pytest
 
 import configs
+from configs.sizes import SIZES
 from experiments.tools.make_text_corpus import write_corpus  # noqa: F401  (re-exported for tests)
 from train.devices.host_memory import retain_freed_memory
 
@@ -19,10 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Small enough that a real `train.main` process runs 40 steps in a few seconds on 2 cores.
 MICRO_OVERRIDES = {
-    "model.num_layers": 2,
-    "model.d_model": 32,
-    "model.num_heads": 2,
-    "model.mlp_dim": 64,
+    **SIZES["micro"].overrides(),
     "model.max_len": 32,
     "seq_len": 32,
     "batch_size": 8,
@@ -44,9 +41,8 @@ def micro_config(objective: str = "clm", **overrides):
 
 
 def train_command(workdir: str, objective: str = "clm", **overrides) -> list[str]:
-    config = f"{configs.FILES[objective]}:tiny"
-    flags = [f"--config.{k}={v}" for k, v in {**MICRO_OVERRIDES, **overrides}.items()]
-    return [sys.executable, "-m", "train.main", f"--config={config}", f"--workdir={workdir}", *flags]
+    """The command line of a micro run (`MICRO_OVERRIDES`, then `overrides`)."""
+    return configs.train_command(objective, workdir, {**MICRO_OVERRIDES, **overrides})
 
 
 def process_commands(cmd: list[str], count: int = 2) -> list[list[str]]:

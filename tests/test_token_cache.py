@@ -18,7 +18,7 @@ from conftest import REPO, subprocess_env, write_corpus
 import configs.bert as bert
 import configs.gpt as gpt
 from models.errors import ConfigError
-from train.data import corpus, packing, text, token_cache
+from train.data import corpus, npy_rows, packing, text, token_cache
 from train.data.pipeline import text_source, tfds_source
 
 
@@ -118,15 +118,15 @@ def test_held_out_documents_drawn_in_parts_equal_drawing_them_at_once(total, fra
 
 
 def test_narrow_storage_round_trips(tmp_path):
-    assert token_cache.token_dtype(2**16) == np.uint16 and token_cache.token_dtype(2**16 + 1) == np.uint32
-    assert token_cache.segment_dtype(255) == np.uint8 and token_cache.segment_dtype(256) == np.uint16
+    assert npy_rows.token_dtype(2**16) == np.uint16 and npy_rows.token_dtype(2**16 + 1) == np.uint32
+    assert npy_rows.segment_dtype(255) == np.uint8 and npy_rows.segment_dtype(256) == np.uint16
     for dtype, rows in (
         (np.uint16, [[0, 65535, 7]]),
         (np.uint32, [[70000, 1, 2], [3, 4, 5]]),
         (np.uint8, []),
     ):
         path = str(tmp_path / f"{np.dtype(dtype).name}.npy")
-        w = token_cache.NpyRows(path, np.dtype(dtype), 3)
+        w = npy_rows.NpyRows(path, np.dtype(dtype), 3)
         for row in rows:
             w.append(np.asarray([row], dtype))
         w.close()

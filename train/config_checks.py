@@ -8,6 +8,7 @@ every bad field at once.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from typing import Any
 
 from models import registry
@@ -22,21 +23,36 @@ from train.observe.wandb_log import MODES as WANDB_MODES
 # Model shapes are checked before the data (and so the vocabulary) exists; no model check reads it.
 _ANY_VOCAB = 1
 
+Need = Callable[[bool, str], None]  # records `message` unless `ok`
+
+
+class Problems(list):
+    """The config's errors, collected so that one `ConfigError` lists every bad field at once."""
+
+    def need(self, ok: bool, message: str) -> None:
+        if not ok:
+            self.append(message)
+
 
 def validate(config: Any) -> None:
-    errors: list[str] = []
+    """Raises one `ConfigError` naming every bad field (and its fix); returns if there is none."""
+    problems = Problems()
+    for check in CHECKS:
+        check(config, problems.need)
+    if problems:
+        raise ConfigError(list(problems))
 
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            errors.append(message)
 
+def _check_model(config: Any, need: Need) -> None:
+    """The model's own checks (its config class), and the model against the objective and data."""
     m = config.model
     seq2seq_archs = registry.SEQ2SEQ_ARCHS
     try:  # an encoder-decoder arch in a config without a seq2seq section is refused below
         if m.arch not in seq2seq_archs or "seq2seq" in config:
             registry.model_config(config, _ANY_VOCAB)
     except ConfigError as e:
-        errors.extend(e.errors)
+        for error in e.errors:
+            need(False, error)
     seq2seq_data = config.dataset.startswith(("seq2seq:", "span:"))
     need(
         (config.objective == "seq2seq") == (m.arch in seq2seq_archs) == seq2seq_data,
@@ -52,7 +68,11 @@ def validate(config: Any) -> None:
         try:
             hf_reader.read_config(hf_reader.directory(config.init_from))
         except ConfigError as e:
-            errors.extend(e.errors)
+            for error in e.errors:
+                need(False, error)
+
+
+def _check_objective(config: Any, need: Need) -> None:
     need(config.objective in OBJECTIVES, f"objective={config.objective!r}: use one of {OBJECTIVES}")
     need(config.mask in MASK_KINDS, f"mask={config.mask!r}: use one of {MASK_KINDS}")
     if config.objective in OBJECTIVES and config.mask in MASK_KINDS:
@@ -68,6 +88,8 @@ def validate(config: Any) -> None:
             f"hybrid.causal_fraction={config.hybrid.causal_fraction} must be in [0, 1]",
         )
 
+
+def _check_dataset(config: Any, need: Need) -> None:
     kind, _, arg = config.dataset.partition(":")
     span = kind == "span"
     if span:  # span corruption of a language-modelling dataset
@@ -90,7 +112,17 @@ def validate(config: Any) -> None:
             len(s.eval_lengths) > 0 and max(s.eval_lengths) + 2 <= config.seq_len,
             f"seq2seq.eval_lengths={tuple(s.eval_lengths)} must be non-empty and at most seq_len - 2",
         )
+    if config.dataset == "hmm":
+        need(config.hmm.eval_sequences > 0, "hmm.eval_sequences must be positive")
+        need(
+            config.hmm.num_states > 0 and config.hmm.num_symbols > 0,
+            "hmm.num_states and hmm.num_symbols must be positive",
+        )
 
+
+def _check_batch(config: Any, need: Need) -> None:
+    """Sequence length, batch, gradient accumulation and the MLM corruption rates."""
+    m = config.model
     need(
         m.max_len >= config.seq_len,
         f"model.max_len={m.max_len} is shorter than seq_len={config.seq_len}; raise "
@@ -110,6 +142,9 @@ def validate(config: Any) -> None:
         "sum to at most 1 (the rest of the selected tokens stay unchanged)",
     )
 
+
+def _check_schedule(config: Any, need: Need) -> None:
+    """Steps, logging, evaluation and checkpointing, the non-finite guard and the optimizer."""
     for field in (
         "num_train_steps",
         "batch_size",
@@ -138,19 +173,9 @@ def validate(config: Any) -> None:
         f"optim.warmup_steps={o.warmup_steps} must be in [0, num_train_steps)",
     )
     need(0.0 <= o.min_lr_ratio <= 1.0, f"optim.min_lr_ratio={o.min_lr_ratio} must be in [0, 1]")
-    if config.dataset == "hmm":
-        need(config.hmm.eval_sequences > 0, "hmm.eval_sequences must be positive")
-        need(
-            config.hmm.num_states > 0 and config.hmm.num_symbols > 0,
-            "hmm.num_states and hmm.num_symbols must be positive",
-        )
-
-    _check_observability(config, need)
-    if errors:
-        raise ConfigError(errors)
 
 
-def _check_observability(config: Any, need) -> None:
+def _check_observability(config: Any, need: Need) -> None:
     p = config.profile
     need(
         p.start_step >= 0 and p.num_steps >= 0 and (p.num_steps == 0 or p.start_step >= 1),
@@ -167,3 +192,13 @@ def _check_observability(config: Any, need) -> None:
             f"wandb.project={w.project!r} needs the wandb package: pip install -e '.[wandb]' "
             "(or leave wandb.project empty)",
         )
+
+
+CHECKS: tuple[Callable[[Any, Need], None], ...] = (
+    _check_model,
+    _check_objective,
+    _check_dataset,
+    _check_batch,
+    _check_schedule,
+    _check_observability,
+)

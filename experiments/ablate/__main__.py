@@ -53,61 +53,68 @@ def run_table(
     returns the path of TABLE.md."""
     root = os.path.join(out, "runs", table.name)
     todo = [(row, seed) for row in rows for seed in range(seeds)]
-
-    def one(item: tuple[Row, int]) -> dict[str, Any]:
-        row, seed = item
-        overrides = {**run_overrides(table, row, preset, seed), **sets}
-        workdir = os.path.join(root, row.slug, f"seed{seed}")
-        if "init_attention" in table.extra:
-            init = _measure("init_attention_stats", workdir, row.objective, overrides)
-        if not runs.finished(workdir, overrides["num_train_steps"]):
-            runs.train(workdir, row.objective, overrides, jobs=jobs)
-        result = {"row": row, "seed": seed, **runs.collect(workdir)}
-        if "eval_at_15" in table.extra:
-            result.update(_measure("eval_at_15", workdir, row.objective, overrides))
-        if "init_attention" in table.extra:
-            result.update(init)
-        if "by_length" in table.extra:
-            result.update(_measure("seq2seq_by_length", workdir, row.objective, overrides))
-        if "grad_norms" in table.extra:
-            result["grad_trajectory"] = runs.block_grad_norms(workdir, table.grad_kinds)
-        print(f"[{table.name}] {row.slug} seed {seed}: eval loss {result['eval_loss']:.4f}", flush=True)
-        return result
-
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        results = list(pool.map(one, todo))
-    timing = []
-    if "step_timing" in table.extra:
-        for row in rows:
-            for length in TIMING_LENGTHS[preset]:
-                overrides = {
-                    **run_overrides(table, row, preset, 0),
-                    **sets,
-                    "seq_len": length,
-                    "model.max_len": length,
-                    "batch_size": 8,
-                }
-                workdir = os.path.join(root, "timing", f"{row.slug}_len{length}")
-                timing.append(
-                    {
-                        "row": row,
-                        "seq_len": length,
-                        **_measure("step_timing", workdir, row.objective, overrides),
-                    }
-                )
-                print(f"[{table.name}] timing {row.slug} L={length}: {timing[-1]['step_seconds']:.4f}s")
-    attention = None
-    if "attention_kinds" in table.extra:
-        # The first encoder-decoder row, seed 0: one trained Transformer, one eval example.
-        row = next(r for r in rows if r.overrides.get("model.arch") == "encdec")
-        overrides = {**run_overrides(table, row, preset, 0), **sets}
-        attention = _measure(
-            "attention_kinds", os.path.join(root, row.slug, "seed0"), row.objective, overrides
-        )
-        attention["caption"] = (
-            f"{row.slug} seed 0, eval source of length {attention['length']}, mean over heads"
-        )
+        results = list(pool.map(lambda item: _one_run(table, preset, sets, jobs, root, *item), todo))
+    timing = _step_timing(table, preset, sets, root, rows) if "step_timing" in table.extra else []
+    attention = (
+        _attention_kinds(table, preset, sets, root, rows) if "attention_kinds" in table.extra else None
+    )
     return report.write(table, preset, seeds, out, results, timing, command, attention)
+
+
+def _one_run(
+    table: Table, preset: str, sets: dict[str, Any], jobs: int, root: str, row: Row, seed: int
+) -> dict[str, Any]:
+    """One (row, seed): trained unless finished, collected, with the table's measurements."""
+    overrides = {**run_overrides(table, row, preset, seed), **sets}
+    workdir = os.path.join(root, row.slug, f"seed{seed}")
+    if "init_attention" in table.extra:  # measured at initialisation: before training
+        init = _measure("init_attention_stats", workdir, row.objective, overrides)
+    if not runs.finished(workdir, overrides["num_train_steps"]):
+        runs.train(workdir, row.objective, overrides, jobs=jobs)
+    result = {"row": row, "seed": seed, **runs.collect(workdir)}
+    if "eval_at_15" in table.extra:
+        result.update(_measure("eval_at_15", workdir, row.objective, overrides))
+    if "init_attention" in table.extra:
+        result.update(init)
+    if "by_length" in table.extra:
+        result.update(_measure("seq2seq_by_length", workdir, row.objective, overrides))
+    if "grad_norms" in table.extra:
+        result["grad_trajectory"] = runs.block_grad_norms(workdir, table.grad_kinds)
+    print(f"[{table.name}] {row.slug} seed {seed}: eval loss {result['eval_loss']:.4f}", flush=True)
+    return result
+
+
+def _step_timing(
+    table: Table, preset: str, sets: dict[str, Any], root: str, rows: list[Row]
+) -> list[dict[str, Any]]:
+    """The compiled step's time of each row over the preset's sequence lengths."""
+    timing = []
+    for row in rows:
+        for length in TIMING_LENGTHS[preset]:
+            overrides = {
+                **run_overrides(table, row, preset, 0),
+                **sets,
+                "seq_len": length,
+                "model.max_len": length,
+                "batch_size": 8,
+            }
+            workdir = os.path.join(root, "timing", f"{row.slug}_len{length}")
+            measured = _measure("step_timing", workdir, row.objective, overrides)
+            timing.append({"row": row, "seq_len": length, **measured})
+            print(f"[{table.name}] timing {row.slug} L={length}: {timing[-1]['step_seconds']:.4f}s")
+    return timing
+
+
+def _attention_kinds(
+    table: Table, preset: str, sets: dict[str, Any], root: str, rows: list[Row]
+) -> dict[str, Any]:
+    """The first encoder-decoder row, seed 0: one trained Transformer, one eval example."""
+    row = next(r for r in rows if r.overrides.get("model.arch") == "encdec")
+    overrides = {**run_overrides(table, row, preset, 0), **sets}
+    attention = _measure("attention_kinds", os.path.join(root, row.slug, "seed0"), row.objective, overrides)
+    attention["caption"] = f"{row.slug} seed 0, eval source of length {attention['length']}, mean over heads"
+    return attention
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,6 +20,41 @@ import threading
 import time
 
 
+class PeakMemory:
+    """Context manager: the peak resident memory of this process and its children, sampled every
+    20 ms while inside (`peak` bytes; `before`: this process's at entry)."""
+
+    def __init__(self) -> None:
+        self.peak, self.before = 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(0.02)
+
+    def __enter__(self) -> PeakMemory:
+        import psutil
+
+        self.before = psutil.Process().memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", required=True, help="a glob of text files")
@@ -28,8 +63,6 @@ def main() -> None:
     parser.add_argument("--repo", default=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     args = parser.parse_args()
     sys.path.insert(0, os.path.abspath(args.repo))
-    import psutil
-
     import configs.gpt as gpt
     from train.data import text
     from train.data.sources import make_source
@@ -40,28 +73,10 @@ def main() -> None:
         c.tokenizer.vocab_size, c.seq_len = 4096, 128
         if "data_workers" in c:
             c.data_workers = args.workers
-        peak, stop = [0], threading.Event()
-
-        def sample() -> None:
-            me = psutil.Process()
-            while not stop.is_set():
-                total = 0
-                for p in [me, *me.children(recursive=True)]:
-                    try:
-                        total += p.memory_info().rss
-                    except psutil.Error:
-                        pass
-                peak[0] = max(peak[0], total)
-                time.sleep(0.02)
-
-        before = psutil.Process().memory_info().rss
-        thread = threading.Thread(target=sample, daemon=True)
-        thread.start()
-        start = time.perf_counter()
-        source = make_source(c, f"{tmp}/workdir")
-        seconds = time.perf_counter() - start
-        stop.set()
-        thread.join()
+        with PeakMemory() as memory:
+            start = time.perf_counter()
+            source = make_source(c, f"{tmp}/workdir")
+            seconds = time.perf_counter() - start
         mb = sum(os.path.getsize(p) for p in text.list_files(args.corpus)) / 2**20
         # Commits before the streamed cache have no `rows`: read their two attributes instead.
         rows = source.rows if hasattr(source, "rows") else {"train": source._train, "eval": source._eval}
@@ -73,8 +88,8 @@ def main() -> None:
             "workers": args.workers,
             "seconds": round(seconds, 2),
             "mb_per_sec": round(mb / seconds, 2),
-            "peak_rss_gb": round(peak[0] / 2**30, 3),
-            "rss_before_gb": round(before / 2**30, 3),
+            "peak_rss_gb": round(memory.peak / 2**30, 3),
+            "rss_before_gb": round(memory.before / 2**30, 3),
             "rows": sum(len(t) for t, _ in rows.values()),
             "cache_disk_mb": round(disk / 2**20, 1),
         }

@@ -33,43 +33,13 @@ import numpy as np
 from models.errors import ConfigError
 from train.data import corpus, packing, text
 from train.data.corpus import Shard
+from train.data.npy_rows import NpyRows, segment_dtype, token_dtype
 from train.tokenizer.files import AnyTokenizer
 from train.tokenizer.vocab import Specials
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "eval")
-_HEADER_BYTES = 128  # .npy header written first with room for the final shape
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
-
-
-def segment_dtype(seq_len: int) -> np.dtype:
-    return np.dtype(np.uint8 if seq_len < 2**8 else np.uint16 if seq_len < 2**16 else np.uint32)
-
-
-class NpyRows:
-    """A 2-D .npy file written row block by row block; the header gets its shape at `close`."""
-
-    def __init__(self, path: str, dtype: np.dtype, row_len: int):
-        self.path, self.dtype, self.row_len, self.rows = path, dtype, row_len, 0
-        self._file = open(path, "wb")
-        self._file.write(b"\0" * _HEADER_BYTES)
-
-    def append(self, rows: np.ndarray) -> None:
-        self._file.write(np.ascontiguousarray(rows, self.dtype).tobytes())
-        self.rows += len(rows)
-
-    def close(self) -> None:
-        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False}
-        text_ = repr({**header, "shape": (self.rows, self.row_len)}).encode("latin1")
-        pad = _HEADER_BYTES - 10 - len(text_) - 1
-        self._file.seek(0)
-        self._file.write(b"\x93NUMPY\x01\x00" + (_HEADER_BYTES - 10).to_bytes(2, "little"))
-        self._file.write(text_ + b" " * pad + b"\n")
-        self._file.close()
 
 
 class _FileLock:
@@ -186,6 +156,28 @@ def _doc_count(path: str) -> int:
         return len(z["lengths"])
 
 
+def _held_out_draws(shards: list[Shard], files: list[str], eval_fraction: float) -> text.HeldOut | None:
+    """The held-out draws over every document of the shards that are split by `eval_fraction`
+    (None when no shard is)."""
+    n_docs = [s.docs if s.keep is not None else _doc_count(f) for s, f in zip(shards, files, strict=True)]
+    split_docs = sum(n for n, s in zip(n_docs, shards, strict=True) if s.role == "split")
+    if split_docs == 0 and any(s.role == "split" for s in shards):
+        raise ConfigError(text.no_text_message(sum(len(s.spec) - 1 for s in shards)))
+    return text.HeldOut(split_docs, eval_fraction) if split_docs else None
+
+
+def _held_out(shard: Shard, path: str, held_out: text.HeldOut | None, n: int) -> np.ndarray:
+    """Which of the shard's `n` documents go to the eval split (advancing the draws past it)."""
+    if shard.role == "split" and shard.keep is not None:  # another host's: its held-out docs
+        held_there = held_out.take(shard.docs)  # advances the draws past the whole shard
+        if not held_there[list(shard.keep)].all():
+            raise RuntimeError(f"shard {path}: its kept documents are not the held-out ones")
+        return np.ones(n, bool)
+    if shard.role == "split":
+        return held_out.take(n)
+    return np.full(n, shard.role == "eval")
+
+
 def _pack(
     build: str, shards: list[Shard], seq_len: int, vocab_size: int, specials: Specials, eval_fraction: float
 ) -> dict:
@@ -205,24 +197,12 @@ def _pack(
         split: packing.StreamPacker(seq_len, emitter(split), tdt, sdt, specials=specials) for split in SPLITS
     }
     files = _shard_paths(build, len(shards))
-    n_docs = [s.docs if s.keep is not None else _doc_count(f) for s, f in zip(shards, files, strict=True)]
-    split_docs = sum(n for n, s in zip(n_docs, shards, strict=True) if s.role == "split")
-    if split_docs == 0 and any(s.role == "split" for s in shards):
-        raise ConfigError(text.no_text_message(sum(len(s.spec) - 1 for s in shards)))
-    held_out = text.HeldOut(split_docs, eval_fraction) if split_docs else None
+    held_out = _held_out_draws(shards, files, eval_fraction)
     docs, bad = {"train": 0, "eval": 0}, 0
     for shard, path in zip(shards, files, strict=True):
         with np.load(path) as z:
             tokens, lengths, bad = z["tokens"], z["lengths"], bad + int(z["bad"])
-        if shard.role == "split" and shard.keep is not None:  # another host's: its held-out docs
-            held_there = held_out.take(shard.docs)  # advances the draws past the whole shard
-            if not held_there[list(shard.keep)].all():
-                raise RuntimeError(f"shard {path}: its kept documents are not the held-out ones")
-            held = np.ones(len(lengths), bool)
-        elif shard.role == "split":
-            held = held_out.take(len(lengths))
-        else:
-            held = np.full(len(lengths), shard.role == "eval")
+        held = _held_out(shard, path, held_out, len(lengths))
         per_token = np.repeat(held, lengths)
         for split, mask, tok_mask in (("train", ~held, ~per_token), ("eval", held, per_token)):
             if mask.any():

@@ -14,6 +14,7 @@ Parameters are the pure dict of `nnx.state(model, nnx.Param)`; tensors are numpy
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 
@@ -53,66 +54,68 @@ def _t(w: np.ndarray) -> np.ndarray:
 
 def to_hf(params: dict, cfg: TransformerConfig, fam: str) -> dict[str, np.ndarray]:
     """Our parameters -> HF tensors (`fam` must be `family(cfg)`)."""
-    p, out = params, {}
-    D = cfg.d_model
-    if fam == "gpt2":
-        out["transformer.wte.weight"] = p["embed"]["embedding"]
-        out["transformer.wpe.weight"] = p["positions"]["table"]["embedding"]
-        for i in range(cfg.num_layers):
-            b, pre = p["blocks"][i], f"transformer.h.{i}."
-            a = b["attn"]
-            qkv = [a["query"]["kernel"], a["key"]["kernel"], a["value"]["kernel"]]
-            out[pre + "attn.c_attn.weight"] = np.concatenate(qkv, axis=1)
-            zeros = np.zeros(D, np.asarray(a["query"]["bias"]).dtype)
-            out[pre + "attn.c_attn.bias"] = np.concatenate([a["query"]["bias"], zeros, a["value"]["bias"]])
-            out[pre + "attn.c_proj.weight"], out[pre + "attn.c_proj.bias"] = (
-                a["out"]["kernel"],
-                a["out"]["bias"],
-            )
-            out[pre + "mlp.c_fc.weight"], out[pre + "mlp.c_fc.bias"] = (
-                b["mlp"]["up"]["kernel"],
-                b["mlp"]["up"]["bias"],
-            )
-            out[pre + "mlp.c_proj.weight"] = b["mlp"]["down"]["kernel"]
-            out[pre + "mlp.c_proj.bias"] = b["mlp"]["down"]["bias"]
-            for hf, ours in (("ln_1", "attn_norm"), ("ln_2", "mlp_norm")):
-                out[pre + hf + ".weight"], out[pre + hf + ".bias"] = b[ours]["scale"], b[ours]["bias"]
-        out["transformer.ln_f.weight"] = p["final_norm"]["scale"]
-        out["transformer.ln_f.bias"] = p["final_norm"]["bias"]
-    else:
-        e = "bert.embeddings."
-        out[e + "word_embeddings.weight"] = p["embed"]["embedding"]
-        out[e + "position_embeddings.weight"] = p["positions"]["table"]["embedding"]
-        out[e + "token_type_embeddings.weight"] = np.zeros((2, D), np.asarray(p["embed"]["embedding"]).dtype)
-        out[e + "LayerNorm.weight"], out[e + "LayerNorm.bias"] = (
-            p["embed_norm"]["scale"],
-            p["embed_norm"]["bias"],
-        )
-        for i in range(cfg.num_layers):
-            b, pre = p["blocks"][i], f"bert.encoder.layer.{i}."
-            a = b["attn"]
-            for name in ("query", "key", "value"):
-                out[pre + f"attention.self.{name}.weight"] = _t(a[name]["kernel"])
-            out[pre + "attention.self.query.bias"] = a["query"]["bias"]
-            out[pre + "attention.self.key.bias"] = np.zeros(D, np.asarray(a["query"]["bias"]).dtype)
-            out[pre + "attention.self.value.bias"] = a["value"]["bias"]
-            out[pre + "attention.output.dense.weight"] = _t(a["out"]["kernel"])
-            out[pre + "attention.output.dense.bias"] = a["out"]["bias"]
-            out[pre + "attention.output.LayerNorm.weight"] = b["attn_norm"]["scale"]
-            out[pre + "attention.output.LayerNorm.bias"] = b["attn_norm"]["bias"]
-            out[pre + "intermediate.dense.weight"] = _t(b["mlp"]["up"]["kernel"])
-            out[pre + "intermediate.dense.bias"] = b["mlp"]["up"]["bias"]
-            out[pre + "output.dense.weight"] = _t(b["mlp"]["down"]["kernel"])
-            out[pre + "output.dense.bias"] = b["mlp"]["down"]["bias"]
-            out[pre + "output.LayerNorm.weight"] = b["mlp_norm"]["scale"]
-            out[pre + "output.LayerNorm.bias"] = b["mlp_norm"]["bias"]
-        h = p["head"]
-        out["cls.predictions.transform.dense.weight"] = _t(h["dense"]["kernel"])
-        out["cls.predictions.transform.dense.bias"] = h["dense"]["bias"]
-        out["cls.predictions.transform.LayerNorm.weight"] = h["norm"]["scale"]
-        out["cls.predictions.transform.LayerNorm.bias"] = h["norm"]["bias"]
-        out["cls.predictions.bias"] = h["bias"]
+    out = _gpt2_tensors(params, cfg) if fam == "gpt2" else _bert_tensors(params, cfg)
     return {k: np.ascontiguousarray(np.asarray(v)) for k, v in out.items()}
+
+
+def _gpt2_tensors(p: dict, cfg: TransformerConfig) -> dict[str, Any]:
+    out = {
+        "transformer.wte.weight": p["embed"]["embedding"],
+        "transformer.wpe.weight": p["positions"]["table"]["embedding"],
+    }
+    for i in range(cfg.num_layers):
+        b, pre = p["blocks"][i], f"transformer.h.{i}."
+        a = b["attn"]
+        qkv = [a["query"]["kernel"], a["key"]["kernel"], a["value"]["kernel"]]
+        out[pre + "attn.c_attn.weight"] = np.concatenate(qkv, axis=1)
+        zeros = np.zeros(cfg.d_model, np.asarray(a["query"]["bias"]).dtype)
+        out[pre + "attn.c_attn.bias"] = np.concatenate([a["query"]["bias"], zeros, a["value"]["bias"]])
+        out[pre + "attn.c_proj.weight"], out[pre + "attn.c_proj.bias"] = a["out"]["kernel"], a["out"]["bias"]
+        out[pre + "mlp.c_fc.weight"] = b["mlp"]["up"]["kernel"]
+        out[pre + "mlp.c_fc.bias"] = b["mlp"]["up"]["bias"]
+        out[pre + "mlp.c_proj.weight"] = b["mlp"]["down"]["kernel"]
+        out[pre + "mlp.c_proj.bias"] = b["mlp"]["down"]["bias"]
+        for hf, ours in (("ln_1", "attn_norm"), ("ln_2", "mlp_norm")):
+            out[pre + hf + ".weight"], out[pre + hf + ".bias"] = b[ours]["scale"], b[ours]["bias"]
+    out["transformer.ln_f.weight"] = p["final_norm"]["scale"]
+    out["transformer.ln_f.bias"] = p["final_norm"]["bias"]
+    return out
+
+
+def _bert_tensors(p: dict, cfg: TransformerConfig) -> dict[str, Any]:
+    e, D = "bert.embeddings.", cfg.d_model
+    out = {
+        e + "word_embeddings.weight": p["embed"]["embedding"],
+        e + "position_embeddings.weight": p["positions"]["table"]["embedding"],
+        e + "token_type_embeddings.weight": np.zeros((2, D), np.asarray(p["embed"]["embedding"]).dtype),
+        e + "LayerNorm.weight": p["embed_norm"]["scale"],
+        e + "LayerNorm.bias": p["embed_norm"]["bias"],
+    }
+    for i in range(cfg.num_layers):
+        b, pre = p["blocks"][i], f"bert.encoder.layer.{i}."
+        a = b["attn"]
+        for name in ("query", "key", "value"):
+            out[pre + f"attention.self.{name}.weight"] = _t(a[name]["kernel"])
+        out[pre + "attention.self.query.bias"] = a["query"]["bias"]
+        out[pre + "attention.self.key.bias"] = np.zeros(D, np.asarray(a["query"]["bias"]).dtype)
+        out[pre + "attention.self.value.bias"] = a["value"]["bias"]
+        out[pre + "attention.output.dense.weight"] = _t(a["out"]["kernel"])
+        out[pre + "attention.output.dense.bias"] = a["out"]["bias"]
+        out[pre + "attention.output.LayerNorm.weight"] = b["attn_norm"]["scale"]
+        out[pre + "attention.output.LayerNorm.bias"] = b["attn_norm"]["bias"]
+        out[pre + "intermediate.dense.weight"] = _t(b["mlp"]["up"]["kernel"])
+        out[pre + "intermediate.dense.bias"] = b["mlp"]["up"]["bias"]
+        out[pre + "output.dense.weight"] = _t(b["mlp"]["down"]["kernel"])
+        out[pre + "output.dense.bias"] = b["mlp"]["down"]["bias"]
+        out[pre + "output.LayerNorm.weight"] = b["mlp_norm"]["scale"]
+        out[pre + "output.LayerNorm.bias"] = b["mlp_norm"]["bias"]
+    h = p["head"]
+    out["cls.predictions.transform.dense.weight"] = _t(h["dense"]["kernel"])
+    out["cls.predictions.transform.dense.bias"] = h["dense"]["bias"]
+    out["cls.predictions.transform.LayerNorm.weight"] = h["norm"]["scale"]
+    out["cls.predictions.transform.LayerNorm.bias"] = h["norm"]["bias"]
+    out["cls.predictions.bias"] = h["bias"]
+    return out
 
 
 def _normalise(tensors: dict[str, np.ndarray], fam: str) -> dict[str, np.ndarray]:

@@ -84,6 +84,47 @@ def init_state(cfg: ModelConfig, tx: optax.GradientTransformation, seed: int) ->
     )
 
 
+def _scores_and_grads(
+    graphdef: nnx.GraphDef,
+    objective: Objective,
+    mask_kind: str,
+    params: Any,
+    model_state: Any,
+    model_batch: Batch,
+) -> tuple[dict[str, jax.Array], Any, Any]:
+    """The objective's score sums on `model_batch`, the gradient of their `nll_sum`, and the
+    model state after the forward pass (BatchNorm statistics)."""
+
+    def nll_sum(params):
+        model = nnx.merge(graphdef, params, model_state)
+        scores = objective.scores(model, model_batch, mask_kind)
+        return scores["nll_sum"], (scores, split_model(model)[2])
+
+    (_, (scores, model_state)), grads = jax.value_and_grad(nll_sum, has_aux=True)(params)
+    return scores, grads, model_state
+
+
+def _accumulated(
+    scores_and_grads: Callable, params: Any, model_state: Any, model_batch: Batch, k: int
+) -> tuple[dict[str, jax.Array], Any, Any]:
+    """Score and gradient sums over `k` micro-batches of `model_batch`, in one `lax.scan`.
+
+    Micro-batch i takes rows i, i + k, i + 2k, ...: every device's rows feed every micro-batch,
+    so each stays spread over the data axes."""
+    micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), model_batch)
+
+    def accumulate(carry, micro_batch):
+        scores, grads, model_state = carry
+        s, g, model_state = scores_and_grads(params, model_state, micro_batch)
+        s = {key: s[key] for key in scores}
+        return (jax.tree.map(jnp.add, scores, s), jax.tree.map(jnp.add, grads, g), model_state), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    init_scores = {key: jnp.zeros((), jnp.float32) for key in ("nll_sum", "correct_sum", "weight_sum")}
+    (scores, grads, model_state), _ = jax.lax.scan(accumulate, (init_scores, zeros, model_state), micro)
+    return scores, grads, model_state
+
+
 def make_train_step(
     graphdef: nnx.GraphDef,
     tx: optax.GradientTransformation,
@@ -109,38 +150,15 @@ def make_train_step(
     """
 
     def scores_and_grads(params, model_state, model_batch):
-        def nll_sum(params):
-            model = nnx.merge(graphdef, params, model_state)
-            scores = objective.scores(model, model_batch, mask_kind)
-            return scores["nll_sum"], (scores, split_model(model)[2])
-
-        (_, (scores, model_state)), grads = jax.value_and_grad(nll_sum, has_aux=True)(params)
-        return scores, grads, model_state
+        return _scores_and_grads(graphdef, objective, mask_kind, params, model_state, model_batch)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         model_batch = objective.transform(batch, jax.random.fold_in(state.rng, state.step))
         if grad_accum_steps == 1:
             scores, grads, model_state = scores_and_grads(state.params, state.model_state, model_batch)
         else:
-            # Micro-batch i takes rows i, i + k, i + 2k, ...: every device's rows feed every
-            # micro-batch, so each stays spread over the data axes.
-            micro = jax.tree.map(
-                lambda x: x.reshape(x.shape[0] // grad_accum_steps, grad_accum_steps, *x.shape[1:]).swapaxes(
-                    0, 1
-                ),
-                model_batch,
-            )
-
-            def accumulate(carry, micro_batch):
-                scores, grads, model_state = carry
-                s, g, model_state = scores_and_grads(state.params, model_state, micro_batch)
-                s = {k: s[k] for k in scores}
-                return (jax.tree.map(jnp.add, scores, s), jax.tree.map(jnp.add, grads, g), model_state), None
-
-            zeros = jax.tree.map(jnp.zeros_like, state.params)
-            init_scores = {k: jnp.zeros((), jnp.float32) for k in ("nll_sum", "correct_sum", "weight_sum")}
-            (scores, grads, model_state), _ = jax.lax.scan(
-                accumulate, (init_scores, zeros, state.model_state), micro
+            scores, grads, model_state = _accumulated(
+                scores_and_grads, state.params, state.model_state, model_batch, grad_accum_steps
             )
         denom = jnp.maximum(scores["weight_sum"], 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
