@@ -109,6 +109,8 @@ class Attention(nnx.Module):
         return self.attend(self.queries(x_BTD, positions_BT), kv, mask_B1TS), kv
 
     def attend(self, q_BTNH, kv: dict, mask_B1TS):
+        """Attention of the queries over `kv` (keys and values, projected and positioned) under the
+        boolean mask: written out for `attention_impl="einsum"`, else `jax.nn.dot_product_attention`."""
         B, T, N, H = q_BTNH.shape
         if self.cfg.attention_impl == "einsum":
             # Written out (scaled queries, two einsums, float32 softmax), as Flax Linen's
@@ -138,6 +140,8 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
+    """The block's feed-forward layer: up-projection, activation, down-projection."""
+
     def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.up = _linear(cfg, cfg.d_model, cfg.mlp_dim, 0.02, rngs)

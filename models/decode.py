@@ -26,6 +26,9 @@ from models.masks import make_attention_mask
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
+    """How `generate` picks each new token: greedy at temperature 0, else sampled with optional
+    top-k and top-p cuts; a row stops at `eos_id`."""
+
     max_new_tokens: int = 64
     temperature: float = 1.0  # 0: greedy
     top_k: int = 0  # 0: no cut
@@ -130,6 +133,8 @@ def _generate(graphdef, state, tokens_BP, valid_BP, positions_BP, rng, cfg, bidi
 
 @dataclasses.dataclass
 class Generation:
+    """What `generate` returns: the new tokens per prompt, which rows stopped, the steps run."""
+
     tokens: list[list[int]]  # new tokens per prompt, up to and without EOS
     stopped: list[bool]  # the row produced EOS
     steps: int  # decoding steps run (the loop ends early once every row stopped)
@@ -189,6 +194,8 @@ def _fill_mask(graphdef, state, tokens_BL, segment_ids_BL, positions_BL, mask_ki
 
 @dataclasses.dataclass
 class FilledMask:
+    """The top-k predictions for one masked position, most likely first."""
+
     position: int
     token_ids: list[int]  # the top-k predictions, most likely first
     probs: list[float]

@@ -27,12 +27,17 @@ from models.transformer import KVCache, Transformer, TransformerConfig
 
 @dataclasses.dataclass(frozen=True)
 class EncoderDecoderConfig:
+    """Two stacks of the shared block's shape; the decoder's blocks add cross-attention."""
+
     stack: TransformerConfig  # shapes and options of each stack; num_layers is per stack
     share_embeddings: bool = True  # one token embedding for source, target and output head
     arch: str = "encdec"
 
 
 class EncoderDecoder(nnx.Module):
+    """An encoder (bidirectional) and a decoder (causal, with cross-attention) built from the shared
+    block, with one token embedding shared by source, target and output head by default."""
+
     def __init__(self, cfg: EncoderDecoderConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.encoder = Transformer(cfg.stack, rngs=rngs)

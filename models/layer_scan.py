@@ -23,6 +23,9 @@ from flax import nnx
 
 
 class StackedBlocks(nnx.Module):
+    """The blocks stored stacked (one leading layer axis) and run by one `lax.scan`, so compile
+    time stays flat in depth."""
+
     def __init__(self, make_block: Callable[[nnx.Rngs], nnx.Module], num_layers: int, *, rngs: nnx.Rngs):
         @nnx.split_rngs(splits=num_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0)

@@ -20,6 +20,8 @@ from models.errors import check, nonpositive
 
 @dataclasses.dataclass(frozen=True)
 class LSTMConfig:
+    """The LSTM baseline's shape: a causal LM runs it left to right, a masked LM bidirectionally."""
+
     vocab_size: int
     d_model: int
     num_layers: int
@@ -35,6 +37,9 @@ def _rnn(d: int, reverse: bool, rngs: nnx.Rngs) -> nnx.RNN:
 
 
 class LSTMLayer(nnx.Module):
+    """Pre-norm LSTM layer with a residual connection; bidirectional layers merge the two
+    directions with a projection."""
+
     def __init__(self, cfg: LSTMConfig, *, rngs: nnx.Rngs):
         self.norm = nnx.LayerNorm(cfg.d_model, rngs=rngs)
         self.forward = _rnn(cfg.d_model, False, rngs)
@@ -53,6 +58,9 @@ class LSTMLayer(nnx.Module):
 
 
 class LSTMLM(nnx.Module):
+    """The LSTM baseline behind the Transformer's interface (`hidden_states`, `logits`), trained by
+    the same trainer and objectives; the mask kind picks the direction."""
+
     def __init__(self, cfg: LSTMConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.embed = nnx.Embed(

@@ -24,6 +24,8 @@ from models.errors import check, nonpositive
 
 @dataclasses.dataclass(frozen=True)
 class LSTMSeq2SeqConfig:
+    """An LSTM encoder-decoder's shape; `attention` adds Luong attention over the encoder states."""
+
     vocab_size: int
     d_model: int
     num_layers: int  # per side: encoder layer i hands its final state to decoder layer i
@@ -39,6 +41,9 @@ def _rnn(d: int, rngs: nnx.Rngs) -> nnx.RNN:
 
 
 class LSTMSeq2Seq(nnx.Module):
+    """LSTM encoder-decoder: without attention the source reaches the decoder only through each
+    layer's final (c, h) pair (a fixed-vector bottleneck); with it, through Luong attention."""
+
     def __init__(self, cfg: LSTMSeq2SeqConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         d = cfg.d_model

@@ -57,6 +57,9 @@ def _lstm_seq2seq(attention: bool) -> Callable[[Any, int], LSTMSeq2SeqConfig]:
 
 @dataclasses.dataclass(frozen=True)
 class Arch:
+    """One architecture: its config and module classes and how a run config or a checkpoint's
+    identity becomes its model config."""
+
     config_class: type
     module_class: type[nnx.Module]
     from_run: Callable[[Any, int], Any]  # (run config, vocab size) -> model config

@@ -181,6 +181,24 @@ def test_functions_stay_short():
     assert not long, "\n".join(long)
 
 
+def test_public_classes_and_long_public_functions_say_what_they_are():
+    """Every public class in train/ and models/, and every public function or method there of
+    more than 20 lines, has a docstring."""
+    missing = []
+    for path in _python_files():
+        if not os.path.relpath(path, REPO).startswith(("train", "models")):
+            continue
+        for node in ast.parse(open(path).read(), path).body:
+            inner = node.body if isinstance(node, ast.ClassDef) else []
+            for n in [node, *inner]:
+                if not isinstance(n, ast.ClassDef | ast.FunctionDef) or n.name.startswith("_"):
+                    continue
+                long = isinstance(n, ast.ClassDef) or n.end_lineno - n.lineno + 1 > 20
+                if long and ast.get_docstring(n) is None:
+                    missing.append(f"{os.path.relpath(path, REPO)}:{n.lineno} {n.name}")
+    assert not missing, "no docstring:\n" + "\n".join(missing)
+
+
 def test_ruff_is_clean():
     """`ruff check` with the project's rules, complexity and statement counts included."""
     result = subprocess.run(

@@ -44,6 +44,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
+    """Sets up logging and `jax.distributed`, trains, and maps each way a run ends to its exit
+    status (module docstring)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     retain_freed_memory()  # before JAX starts its CPU client (train/devices/host_memory.py)

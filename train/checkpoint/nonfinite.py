@@ -26,6 +26,10 @@ class NonFiniteError(RuntimeError):
 
 
 class NonFiniteWatch:
+    """Reads the metrics of every step since the last check, in order: with mode `stop` the first
+    non-finite loss or gradient norm ends the run; with `skip` the run ends after
+    `max_skipped_in_a_row` skipped steps in a row."""
+
     def __init__(self, mode: str, max_skipped_in_a_row: int):
         self.mode = mode
         self.max_skipped_in_a_row = max_skipped_in_a_row

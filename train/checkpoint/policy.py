@@ -20,6 +20,8 @@ from jax.experimental import multihost_utils
 
 @dataclasses.dataclass(frozen=True)
 class SaveDecision:
+    """Whether to save the step just run, and the signal to stop with after saving (preemption)."""
+
     save: bool
     stop_signal: int | None = None  # preempted: stop after saving, with this signal's status
 

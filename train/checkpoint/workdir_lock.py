@@ -25,6 +25,8 @@ class WorkdirBusy(ConfigError):
 
 @contextlib.contextmanager
 def workdir_lock(workdir: str, enabled: bool = True) -> Iterator[None]:
+    """Context manager: holds an exclusive lock on WORKDIR/.lock (released by the OS if the process
+    dies); `WorkdirBusy` naming the holder when another run has it."""
     if not enabled:
         yield
         return

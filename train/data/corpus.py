@@ -27,6 +27,9 @@ TFDS_SHARD_RECORDS = 20_000
 
 @dataclasses.dataclass(frozen=True)
 class Shard:
+    """One unit of the token cache's encoding work: a group of files, or a record range of a TFDS
+    split, with its role (split by `eval_fraction`, train only, or eval only)."""
+
     role: str  # "split" | "train" | "eval"
     kind: str  # "text" | "tfds"
     # text: (split_by, path, path, ...); tfds: (name, split, data_dir, feature, start, stop)
@@ -69,6 +72,7 @@ def _held_out(shards: list[Shard], chars: list[np.ndarray], eval_fraction: float
 
 
 def text_shards(paths: list[str], split_by: str, shard_bytes: int | None = None) -> list[Shard]:
+    """The files in order, grouped into shards of about `shard_bytes` (a file is never split)."""
     shard_bytes = shard_bytes or SHARD_BYTES
     shards, group, size = [], [], 0
     for path in paths:

@@ -21,6 +21,9 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class HMMSpec:
+    """A sparse random HMM: each state has `transition_support` successors and emits
+    `emission_support` symbols, with Dirichlet(`concentration`) weights drawn from `seed`."""
+
     num_states: int = 32
     num_symbols: int = 128
     transition_support: int = 4  # non-zero successors per state

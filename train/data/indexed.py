@@ -15,6 +15,9 @@ Batch = dict[str, np.ndarray]
 
 
 class IndexedBatches(Iterator[Batch]):
+    """A resumable train iterator over a synthetic source whose batch i is a pure function of i;
+    each process takes its rows of the global batch, and the state is just the next index."""
+
     def __init__(
         self, global_batch: Callable[[int], Batch], batch_size: int, process_index: int, process_count: int
     ):

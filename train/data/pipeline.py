@@ -135,7 +135,7 @@ class TextSource:
         )
         self.vocab_size, self.specials = self.tokenizer.vocab_size, self.tokenizer.specials
         tok_hash = self.tokenizer.fingerprint
-        # v2: streamed build, narrow dtypes, one folder for both splits
+        # The cache key names its layout (`v2`): a change of layout must never read an old cache.
         part = ""
         self._per_host = None
         if config.get("data_cache_per_host", False) and process_count > 1:  # hosts that share no filesystem
@@ -207,6 +207,7 @@ def text_source(config: Any, workdir: str, process_index: int = 0, process_count
 
 
 def tfds_source(config: Any, workdir: str, process_index: int = 0, process_count: int = 1) -> TextSource:
+    """The real-text source over a prepared TFDS dataset's train and eval splits."""
     from train.data import tfds
 
     name = config.dataset.partition(":")[2]

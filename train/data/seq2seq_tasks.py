@@ -61,6 +61,9 @@ def make_examples(task: str, sources: list[np.ndarray], seq_len: int) -> dict[st
 
 @dataclasses.dataclass
 class Seq2SeqTaskSource:
+    """Synthetic (source, target) pairs for copy / reverse / sort, of lengths min_len .. max_len
+    for training; a fixed eval set per length in `eval_lengths`."""
+
     task: str
     num_symbols: int
     min_len: int

@@ -39,6 +39,9 @@ def hmm_rows(symbols_NT: np.ndarray) -> dict[str, np.ndarray]:
 
 @dataclasses.dataclass
 class HMMSource:
+    """The embedded synthetic corpus: sequences sampled from a hidden Markov model, with the exact
+    optima (forward-backward) that `gap` and `captured` are measured against."""
+
     spec: HMMSpec
     seq_len: int
     batch_size: int

@@ -59,6 +59,10 @@ def max_spans(seq_len: int, noise_density: float, mean_span: float) -> int:
 
 
 class SpanCorruptionSource:
+    """T5 span corruption over a language-modelling source: spans of mean length `mean_span`
+    covering `noise_density` of each row are replaced by sentinels in the encoder's input and
+    written out after their sentinels as the target."""
+
     def __init__(self, base: Any, seq_len: int, noise_density: float, mean_span: float, seed: int):
         if not 0.0 < noise_density < 1.0 or mean_span < 1.0:
             raise ValueError(

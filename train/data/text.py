@@ -48,6 +48,8 @@ def check_split_by(split_by: str) -> None:
 
 
 def read_documents(paths: list[str], split_by: str) -> list[str]:
+    """Every document of `paths` (whole files or blank-line blocks), invalid UTF-8 replaced and
+    counted in one warning; `ConfigError` when none holds text."""
     check_split_by(split_by)
     docs, bad_bytes, bad_files = [], 0, 0
     for path in paths:

@@ -35,6 +35,9 @@ POOLINGS = ("mean", "first", "last")
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
+    """One candidate for a masked position: the token as the tokenizer spells it, its id and
+    probability."""
+
     token: str  # as the tokenizer spells it
     id: int
     prob: float

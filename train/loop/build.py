@@ -50,6 +50,9 @@ def run_identity(config: Any, model_cfg: registry.ModelConfig) -> dict:
 
 @dataclasses.dataclass
 class Run:
+    """Everything a step of a config needs, built once by `build_run`: data source, mesh, model
+    config, objective, optimizer, identity, shardings, the jitted init and train step."""
+
     config: Any
     source: Any  # None when built for a given vocabulary (benchmarks feed random tokens)
     vocab_size: int

@@ -31,6 +31,8 @@ from train.observe.wandb_log import WandbLogger
 
 @dataclasses.dataclass(frozen=True)
 class LoopResult:
+    """What one session of the loop did: steps run, wall time and the last eval's metrics."""
+
     steps_run: int  # in this session
     train_seconds: float  # the loop's wall time, evals and checkpoints included
     eval_metrics: dict[str, float]  # the last eval's

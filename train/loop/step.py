@@ -24,6 +24,8 @@ from train.observe.layer_stats import at_log_steps
 
 @struct.dataclass
 class TrainState:
+    """Everything a step reads and writes; checkpointed whole, so a resumed run replays exactly."""
+
     step: jax.Array  # int32 scalar: number of updates applied
     params: Any  # pure dict of arrays (nnx.to_pure_dict), stable across Flax versions
     model_state: Any  # the model's other variables (BatchNorm statistics), usually {}
@@ -43,6 +45,7 @@ def make_schedule(config: Any) -> optax.Schedule:
 
 
 def make_optimizer(config: Any) -> optax.GradientTransformation:
+    """AdamW on the schedule, after global-norm clipping; weight decay on matrices only."""
     o = config.optim
     # Decay matrices (projections, embeddings), not gains and biases.
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731

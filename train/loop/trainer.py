@@ -125,6 +125,8 @@ def write_config_record(config: Any, workdir: str, run: Run, command: str) -> No
 
 @dataclasses.dataclass(frozen=True)
 class Compiled:
+    """The compiled train step, its compile time and its memory per device."""
+
     step: Any  # the compiled `train_step`
     seconds: float
     memory: dict[str, int]  # per device: arguments, temporaries, peak (train/devices/memory.py)

@@ -24,6 +24,8 @@ def _require_mask(specials: Specials, objective: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class CausalLM(NextToken):
+    """GPT: every position predicts the next token under the causal mask."""
+
     name: ClassVar[str] = "clm"
     masks: ClassVar[tuple[str, ...]] = ("causal",)
     mask_note: ClassVar[str] = "any other mask lets each position see the token it must predict"
@@ -36,6 +38,9 @@ class CausalLM(NextToken):
 
 @dataclasses.dataclass(frozen=True)
 class MaskedLM:
+    """BERT: `rate` of the regular tokens are selected; of those, `mask_frac` become the mask token,
+    `random_frac` a random regular token and the rest stay; only selected positions are scored."""
+
     vocab_size: int
     rate: float = 0.15
     mask_frac: float = 0.8
@@ -60,6 +65,8 @@ class MaskedLM:
         return dataclasses.replace(self, mask_frac=1.0, random_frac=0.0)
 
     def transform(self, batch: Batch, rng: jax.Array) -> Batch:
+        """Selects, corrupts and weights the positions to predict (80/10/10 by default); the
+        inputs are the corrupted tokens and the targets the original ones, at the same positions."""
         tokens, seg = jnp.asarray(batch["tokens"]), jnp.asarray(batch["segment_ids"])
         B, L = tokens.shape
         K = self.max_predictions(L)
@@ -112,6 +119,9 @@ _PREFIX_NOTE = "the 'prefix' mask takes its per-row prefix from the objective (s
 
 @dataclasses.dataclass(frozen=True)
 class PrefixLM(NextToken):
+    """T5's prefix LM: each row is split at a random point; the prefix is seen bidirectionally and
+    only the tokens after it are predicted, left to right."""
+
     name: ClassVar[str] = "prefix_lm"
     masks: ClassVar[tuple[str, ...]] = ("prefix",)
     mask_note: ClassVar[str] = _PREFIX_NOTE.format("prefix_lm")

@@ -14,6 +14,9 @@ from train.objectives.base import Batch, NextToken, token_scores
 
 @dataclasses.dataclass(frozen=True)
 class Seq2Seq(NextToken):
+    """The encoder-decoder's objective: next-token loss on the target given the whole source
+    (bidirectional encoder, causal decoder); eval also reports exact match."""
+
     name: ClassVar[str] = "seq2seq"
     masks: ClassVar[tuple[str, ...]] = ("causal",)
     mask_note: ClassVar[str] = "the decoder must be causal; the encoder is always bidirectional"

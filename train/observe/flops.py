@@ -28,6 +28,9 @@ def train_flops_per_step(
     *,
     causal_attention_halved: bool = False,
 ) -> float:
+    """Model FLOPs of one train step (forward + backward = 3 x forward): matmuls of the
+    non-embedding parameters and of attention per token, plus the output head at the
+    `head_positions` scored per row (all of them, or only the masked ones)."""
     m, L, B = config.model, config.seq_len, config.batch_size
     attention = 2 * 2 * L * m.d_model * m.num_layers * (0.5 if causal_attention_halved else 1.0)
     per_token = 2 * num_params_non_embedding + attention

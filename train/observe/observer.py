@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 
 class Observer:
+    """What the loop calls besides its metrics: the progress bar with throughput and MFU, the
+    profiler window, per-layer statistics at log steps and samples at eval; `summary` gives the
+    session's mean MFU for `summary.json`."""
+
     def __init__(
         self, config: Any, workdir: str, run: Any, params: Any, start_step: int, writer: MetricsWriter
     ):

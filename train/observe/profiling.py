@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 
 
 class ProfileWindow:
+    """A `jax.profiler` trace of steps `start_step .. start_step + num_steps - 1` into
+    WORKDIR/profile, taken once per run: a resumed run that already has its trace does not redo it."""
+
     def __init__(self, start_step: int, num_steps: int, workdir: str, resume_step: int):
         self.dir = os.path.join(workdir, "profile")
         self.first, self.last = start_step, start_step + num_steps - 1

@@ -26,6 +26,9 @@ TOP_K = 3
 
 
 class EvalSamples:
+    """Samples written to TensorBoard text at each eval: the first eval rows' prompts continued
+    (causal models) or their masked positions filled (bidirectional ones), decoded to text."""
+
     def __init__(self, source: Any, graphdef: nnx.GraphDef, objective: str, mask_kind: str, count: int):
         self.tokenizer, self.specials = source.tokenizer, source.specials
         self.graphdef, self.objective, self.mask_kind = graphdef, objective, mask_kind

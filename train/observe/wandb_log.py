@@ -33,6 +33,9 @@ def run_id(workdir: str) -> str:
 
 
 class WandbLogger:
+    """Weights & Biases logging of the run's scalars and texts; the run id is kept in the workdir
+    so a resumed run continues the same W&B run."""
+
     def __init__(self, config: Any, workdir: str):
         import wandb
 

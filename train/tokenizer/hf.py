@@ -54,6 +54,9 @@ def _role_names(folder: str) -> dict[str, str]:
 
 
 class HFTokenizer:
+    """A Hugging Face `tokenizer.json` as a run's tokenizer: the same interface as
+    `SentencePieceTokenizer`, with special roles read from the Hub's role files or the token names."""
+
     filename = "tokenizer.json"
 
     def __init__(self, data: bytes, role_names: dict[str, str] | None = None):

@@ -30,6 +30,9 @@ _MAX_SENTENCE_BYTES = 4096
 
 
 class SentencePieceTokenizer:
+    """A SentencePiece model trained by this project (or given by `tokenizer.path`): exact round
+    trip, byte fallback, the project's special tokens at the ids of `vocab.DEFAULT`."""
+
     filename = "tokenizer.model"
     specials = DEFAULT
 
@@ -112,6 +115,8 @@ def _sentences(documents: Iterable[str], max_chars: int) -> Iterable[str]:
 def train_tokenizer(
     documents: Iterable[str], vocab_size: int, model_type: str, max_chars: int
 ) -> SentencePieceTokenizer:
+    """A SentencePiece model of `vocab_size` pieces trained on the documents' first `max_chars`
+    characters (line by line); the vocabulary-size errors name `tokenizer.vocab_size` and its bounds."""
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(

@@ -77,6 +77,8 @@ class SymbolTokenizer:
         self.vocab_size = vocab_size
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Space-separated symbols (`s0`, `s1`, ...) and special tokens -> ids; `ValueError` naming
+        any other word."""
         out = []
         for text in texts:
             ids = []
