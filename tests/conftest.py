@@ -1,21 +1,34 @@
-"""Shared helpers: a micro config that trains in seconds, and the command line of a real run."""
+"""Shared helpers: a micro config that trains in seconds, the command line of a real run, one
+persistent compilation cache for every process, and runs built once per session."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import socket
+from collections.abc import Callable
 
-import pytest
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-import configs
-from configs.sizes import SIZES
-from experiments.tools.make_text_corpus import write_corpus  # noqa: F401  (re-exported for tests)
-from train.devices.host_memory import retain_freed_memory
+# One persistent XLA compilation cache for the test processes and every process they start
+# (subprocess_env copies this environment): the same micro programs compile once, not once per
+# process. Set before JAX is imported; the size cap turns on the cache's file lock, which keeps
+# parallel workers from reading an entry while another writes it.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(REPO, ".pytest_cache", "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 * 2**30))
+
+import pytest  # noqa: E402
+
+import configs  # noqa: E402
+from configs.sizes import SIZES  # noqa: E402
+from experiments.tools.make_text_corpus import write_corpus  # noqa: E402, F401  (re-exported for tests)
+from train.devices.host_memory import retain_freed_memory  # noqa: E402
 
 # As every entry point does, before any test starts JAX's CPU client (train/devices/host_memory.py).
 retain_freed_memory()
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Small enough that a real `train.main` process runs 40 steps in a few seconds on 2 cores.
 MICRO_OVERRIDES = {
@@ -75,24 +88,44 @@ def start_processes(workdir: str, count: int = 2, **overrides) -> list:
     ]
 
 
+def shared_folder(tmp_path_factory, name: str, make: Callable[[str], None]) -> str:
+    """A folder that `make(path)` fills once per test session, shared by every pytest-xdist
+    worker: the first to ask builds it under a file lock, the others wait and reuse it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' base temps are siblings in one session folder
+    path, done = os.path.join(root, name), os.path.join(root, f"{name}.done")
+    with open(os.path.join(root, f"{name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(done):
+            shutil.rmtree(path, ignore_errors=True)
+            make(path)
+            open(done, "w").close()
+    return path
+
+
 @pytest.fixture(scope="session")
 def micro_run(tmp_path_factory) -> str:
     """The workdir of an uninterrupted micro GPT run (`train_command` defaults), for every test
     that only reads it or copies it."""
-    workdir = str(tmp_path_factory.mktemp("micro_run") / "run")
-    result = run_command(train_command(workdir))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir
+
+    def make(workdir: str) -> None:
+        result = run_command(train_command(workdir))
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    return shared_folder(tmp_path_factory, "micro_run", make)
 
 
 @pytest.fixture(scope="session")
 def two_process_run(tmp_path_factory) -> str:
     """The workdir of an uninterrupted two-process micro run (shared by the multi-process tests)."""
-    workdir = str(tmp_path_factory.mktemp("two_processes") / "run")
-    procs = start_processes(workdir)
-    errs = [p.communicate(timeout=600)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], errs[0][-3000:] + errs[1][-3000:]
-    return workdir
+
+    def make(workdir: str) -> None:
+        procs = start_processes(workdir)
+        errs = [p.communicate(timeout=600)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], errs[0][-3000:] + errs[1][-3000:]
+
+    return shared_folder(tmp_path_factory, "two_process_run", make)
 
 
 def subprocess_env() -> dict[str, str]:

@@ -70,7 +70,7 @@ def test_init_from_places_the_weights_and_load_hf_loads_them(tmp_path):
     np.testing.assert_allclose(_logits(model, tokens), want, atol=1e-4, rtol=1e-4)
 
     loaded = load_hf(path)
-    assert (loaded.objective, loaded.mask_kind, loaded.step) == ("clm", "causal", 0)
+    assert (loaded.objective_name, loaded.mask_kind, loaded.step) == ("clm", "causal", 0)
     np.testing.assert_allclose(_logits(loaded.model, tokens), want, atol=1e-4, rtol=1e-4)
 
 

@@ -49,7 +49,7 @@ def test_loads_a_four_device_checkpoint_on_one_cpu_device_and_evaluates_the_same
     trained = load_trained(four_device_run)
     leaves = jax.tree.leaves(step_lib.split_model(trained.model)[1])
     assert {d for leaf in leaves for d in leaf.devices()} == {jax.devices("cpu")[0]}
-    assert trained.step == 20 and trained.mask_kind == "causal" and trained.objective == "clm"
+    assert trained.step == 20 and trained.mask_kind == "causal" and trained.objective_name == "clm"
     assert trained.config.model.d_model == 32 and trained.config.is_locked
     summary = json.load(open(os.path.join(four_device_run, "summary.json")))
     assert _eval_loss(trained) == pytest.approx(summary["eval"]["loss"], rel=1e-5)

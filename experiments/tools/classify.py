@@ -74,10 +74,10 @@ def main(argv: list[str] | None = None) -> None:
             seed=seed,
         )
         accuracies.append(result["accuracy"])
-        print(json.dumps({"task": args.task, "seed": seed, "objective": trained.objective, **result}))
+        print(json.dumps({"task": args.task, "seed": seed, "objective": trained.objective_name, **result}))
     spread = float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else 0.0
     summary = {"mean": float(np.mean(accuracies)), "std": spread, "seeds": args.seeds}
-    print(json.dumps({"task": args.task, "objective": trained.objective, "accuracy": summary}))
+    print(json.dumps({"task": args.task, "objective": trained.objective_name, "accuracy": summary}))
 
 
 if __name__ == "__main__":

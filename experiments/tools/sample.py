@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     trained = load_hf(args.hf) if args.hf else load_trained(args.workdir, step=args.step)
-    print(f"# {trained.checkpoint} (step {trained.step}, objective {trained.objective})")
-    if trained.objective == "seq2seq":
+    print(f"# {trained.checkpoint} (step {trained.step}, objective {trained.objective_name})")
+    if trained.objective_name == "seq2seq":
         _translate(trained, [trained.tokenizer.encode([p])[0] for p in args.prompt], args)
         return
     try:

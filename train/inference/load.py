@@ -52,7 +52,9 @@ class Trained(TextAPI):
         return self.identity["mask"]
 
     @property
-    def objective(self) -> str:
+    def objective_name(self) -> str:
+        """The objective it was trained with ("clm", "mlm", ...); `LoadedRun.objective` is the
+        `Objective` itself."""
         return self.identity["objective"]
 
 

@@ -54,19 +54,19 @@ def _hidden_fn(graphdef: nnx.GraphDef, mask_kind: str):
 
 
 class TextAPI:
-    """String-level inference; needs `model`, `tokenizer`, `mask_kind` and `objective`."""
+    """String-level inference; needs `model`, `tokenizer`, `mask_kind` and `objective_name`."""
 
     model: nnx.Module
     tokenizer: object
     mask_kind: str
-    objective: str
+    objective_name: str
 
     # --- encoding --------------------------------------------------------------------------------
 
     def _checked_tokenizer(self):
         if self.tokenizer is None:
             raise ValueError("this model was loaded without a tokenizer: its directory has none")
-        if self.objective == "seq2seq":
+        if self.objective_name == "seq2seq":
             raise ValueError("seq2seq models translate: use experiments.tools.sample (models/seq2seq_decode)")
         return self.tokenizer
 
@@ -131,7 +131,7 @@ class TextAPI:
             self._rows(prompts, whole=False),
             cfg,
             jax.random.PRNGKey(seed),
-            bidirectional_prompt=self.objective == "prefix_lm",
+            bidirectional_prompt=self.objective_name == "prefix_lm",
         )
         return [tok.decode(ids) for ids in out.tokens]
 
