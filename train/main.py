@@ -29,6 +29,7 @@ from train.checkpoint.nonfinite import NonFiniteError
 from train.checkpoint.preemption import Preempted
 from train.checkpoint.restore import CheckpointMismatch
 from train.devices.host_memory import retain_freed_memory
+from train.flag_errors import parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py:<variant>", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, TensorBoard.")
@@ -87,4 +88,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
