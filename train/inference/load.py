@@ -138,13 +138,14 @@ def load_hf(path: str) -> Trained:
     from train.hf import reader as hf_reader
 
     path = os.path.expanduser(path)
-    model, identity = hf_reader.load_model(path)
     found = find_tokenizer(path)
+    tokenizer = load_tokenizer(found) if found else None  # a bad file is named before any weight is read
+    model, identity = hf_reader.load_model(path)
     return Trained(
         model=model,
         identity=identity,
         config=None,
-        tokenizer=load_tokenizer(found) if found else None,
+        tokenizer=tokenizer,
         step=0,
         checkpoint=os.path.abspath(path),
     )

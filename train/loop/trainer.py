@@ -9,10 +9,13 @@ continues where the last complete checkpoint left off and ends in the same state
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -43,7 +46,6 @@ def train_and_evaluate(config: Any, workdir: str, command: str = "") -> dict[str
     if config.model.attention_impl == "cudnn" and platform != "gpu":
         raise ConfigError(f"model.attention_impl='cudnn' needs a GPU, and this run is on {platform}")
     t_start = time.perf_counter()
-    os.makedirs(workdir, exist_ok=True)
     chief = jax.process_index() == 0
     # In a multi-process run the processes agree on the step to stop at (preemption.py).
     preemption = PreemptionHandler(
@@ -51,7 +53,7 @@ def train_and_evaluate(config: Any, workdir: str, command: str = "") -> dict[str
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    with workdir_lock(workdir, enabled=chief), preemption:  # before anything is built or written
+    with new_workdir_removed_if_refused(workdir), workdir_lock(workdir, enabled=chief), preemption:
         run = build_run(config, workdir)
         hf_dir = check_init_from(config, run)
         checkpointer = Checkpointer(workdir, config.keep_checkpoints)
@@ -62,6 +64,22 @@ def train_and_evaluate(config: Any, workdir: str, command: str = "") -> dict[str
         loop = Loop(run, workdir, checkpointer, preemption, start.state, start.loop_state, chief)
         result = loop.run(compiled.step, start.first_batch, start.train_iter)
         return write_summary(run, workdir, chief, compiled, result, loop, platform, t_start)
+
+
+@contextlib.contextmanager
+def new_workdir_removed_if_refused(workdir: str) -> Iterator[None]:
+    """Creates `workdir`; a run refused for its config or data (`ConfigError`) removes it again
+    if this run created it and saved no checkpoint in it, so a mistake leaves no folder behind."""
+    created = not os.path.exists(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    try:
+        yield
+    except ConfigError:
+        checkpoints = os.path.join(workdir, "checkpoints")
+        saved = os.path.isdir(checkpoints) and any(d.isdigit() for d in os.listdir(checkpoints))
+        if created and not saved:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
 
 
 def use_compilation_cache(config: Any) -> None:

@@ -31,12 +31,16 @@ def find_tokenizer(folder: str) -> str | None:
 
 def load_tokenizer(path: str) -> AnyTokenizer:
     """A SentencePiece model, or a Hugging Face tokenizer.json (told apart by the name's end)."""
+    fix = "replace the file (a truncated copy?) or name another with tokenizer.path"
     if path.endswith(".json"):
         try:
             return HFTokenizer.load(path)
         except ValueError as e:
-            raise ConfigError(f"tokenizer {path}: {e}") from e
-    return SentencePieceTokenizer.load(path)
+            raise ConfigError(f"tokenizer {path}: {e}; {fix}") from e
+    try:
+        return SentencePieceTokenizer.load(path)
+    except RuntimeError as e:  # SentencePiece's parse failure
+        raise ConfigError(f"tokenizer {path}: not a SentencePiece model ({str(e)[:200]}); {fix}") from e
 
 
 def configured_path(config) -> str:

@@ -63,7 +63,10 @@ class HFTokenizer:
         from tokenizers import Tokenizer as _Tokenizer
 
         self.serialized = data
-        self._tok = _Tokenizer.from_str(data.decode("utf-8"))
+        try:
+            self._tok = _Tokenizer.from_str(data.decode("utf-8"))
+        except Exception as e:  # the tokenizers library raises a bare Exception for what it cannot parse
+            raise ValueError(f"the tokenizers library cannot read it ({e})") from e
         self._tok.no_padding()
         self._tok.no_truncation()
         self._json = json.loads(data)
