@@ -5,6 +5,7 @@ logits within 1e-4; a rotary run is refused naming `model.position`, and nothing
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 
@@ -50,6 +51,11 @@ def test_an_exported_run_loads_in_hugging_face_with_the_same_logits(fam, tmp_pat
     result = _export(workdir, out)
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(os.listdir(out)) == ["README.md", "config.json", "model.safetensors"]
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in os.listdir(out):  # readable by the other users of a shared machine
+        assert stat.S_IMODE(os.stat(os.path.join(out, name)).st_mode) == 0o666 & ~umask, name
+    assert result.stderr.strip() == "", result.stderr[-2000:]  # no Orbax INFO lines
     card = open(os.path.join(out, "README.md")).read()
     assert "final eval metrics" in card and f"python -m train.main --config={CONFIGS[objective]}:tiny" in card
 
@@ -68,11 +74,25 @@ def test_an_exported_run_loads_in_hugging_face_with_the_same_logits(fam, tmp_pat
     np.testing.assert_allclose(got[real], want[real], atol=1e-4, rtol=1e-4)
 
 
-def test_a_rotary_run_is_refused_naming_the_field_and_nothing_is_written(tmp_path):
-    workdir, out = str(tmp_path / "run"), str(tmp_path / "hf")
-    trained = run_command(train_command(workdir, num_train_steps=10))
-    assert trained.returncode == 0, trained.stderr[-2000:]
-    result = _export(workdir, out)
+def test_a_rotary_run_is_refused_naming_the_field_and_nothing_is_written(micro_run, tmp_path):
+    out = str(tmp_path / "hf")
+    result = _export(micro_run, out)
     assert result.returncode == 2
     assert "model.position='rotary' has no gpt2 equivalent (needs 'learned')" in result.stderr
     assert not os.path.exists(out) and not [p for p in os.listdir(tmp_path) if p.startswith("hf")]
+
+
+@pytest.mark.parametrize("case", ["no such workdir", "no checkpoint", "no such step"])
+def test_a_missing_run_or_step_is_one_line_with_exit_2(case, micro_run, tmp_path):
+    workdir = {"no such workdir": str(tmp_path / "nowhere"), "no checkpoint": str(tmp_path)}.get(
+        case, micro_run
+    )
+    cmd = [sys.executable, "-m", "train.hf.export", f"--workdir={workdir}", f"--out={tmp_path / 'hf'}"]
+    result = run_command(cmd + (["--step=7"] if case == "no such step" else []))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    expected = (
+        "has no step 7; it has [20, 30, 40]" if case == "no such step" else "no complete checkpoint under"
+    )
+    assert expected in lines[0]

@@ -93,6 +93,7 @@ TRAIN_LAYERS = (
     ("train.checkpoint", "train.observe", "train.hf", "train.devices"),
     ("train.objectives", "train.data"),
     ("train.tokenizer",),
+    ("train.flag_errors",),  # the commands' flag parsing
 )
 TRAIN_COMMANDS = ("train.main", "train.hf.export", "train.data.encode_worker")
 

@@ -25,7 +25,8 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(unknown_field_message(argv, e))
     except flags.Error as e:
         fail(flag_error_message(str(e)))
-    check_config_loaded("config")
+    if "config" in flags.FLAGS:
+        check_config_loaded("config")
     return rest
 
 

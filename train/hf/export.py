@@ -21,11 +21,14 @@ import sys
 import jax
 import numpy as np
 from absl import app, flags
+from absl import logging as absl_logging
 from flax import nnx
 from safetensors.numpy import save_file
 
 from models import registry
 from models.transformer_config import TransformerConfig
+from train.checkpoint.restore import CheckpointMismatch
+from train.flag_errors import parse_flags
 from train.hf.config import hf_config
 from train.hf.weights import export_errors, to_hf
 from train.inference.load import load_trained
@@ -74,11 +77,22 @@ def export(workdir: str, out: str, step: int | None = None) -> str:
         _write_tokenizer(trained.tokenizer, tmp)
         with open(os.path.join(tmp, "README.md"), "w") as f:
             f.write(_card(workdir, trained, fam))
+        _readable_by_all(tmp)
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return fam
+
+
+def _readable_by_all(folder: str) -> None:
+    """The folder and its files as a plain write would make them (safetensors writes 0600):
+    readable by the other users of a shared machine, as far as the umask allows."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for name in os.listdir(folder):
+        os.chmod(os.path.join(folder, name), 0o666 & ~umask)
 
 
 def _write_tokenizer(tok, folder: str) -> None:
@@ -134,9 +148,10 @@ def _card(workdir: str, trained, fam: str) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every restore at INFO
     try:
         fam = export(_WORKDIR.value, _OUT.value, _STEP.value)
-    except ExportError as e:
+    except (ExportError, FileNotFoundError, CheckpointMismatch) as e:  # no run, step or tokenizer
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(f"wrote {_OUT.value} ({fam})")
@@ -144,4 +159,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["workdir", "out"])
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
