@@ -113,6 +113,7 @@ def test_batchnorm_updates_running_statistics_in_training_and_uses_them_at_eval(
     assert not np.allclose(a, b, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("train_mode", [True, False])
 def test_batchnorm_leaks_the_future_into_a_causal_model_only_while_training(train_mode):
     """Batch statistics pooled over time carry later tokens into earlier positions (claim C8)."""
@@ -149,6 +150,7 @@ OPTIONS = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective_name", ["clm", "mlm"])
 @pytest.mark.parametrize("option", OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
 def test_each_option_builds_and_trains_a_step(option, objective_name, micro, tmp_path):
@@ -189,11 +191,9 @@ def test_lstm_direction_follows_the_mask_kind(kind):
     def out_at(params, i):
         return nnx.merge(graphdef, params, rest).hidden_states(tokens)[0, i] @ probe
 
+    grad_at = jax.jit(jax.grad(out_at))  # one compile for every position i
     reach = np.stack(
-        [
-            np.abs(np.asarray(jax.grad(out_at)(params, i)["embed"]["embedding"][10 : 10 + L])).sum(-1)
-            for i in range(L)
-        ]
+        [np.abs(np.asarray(grad_at(params, i)["embed"]["embedding"][10 : 10 + L])).sum(-1) for i in range(L)]
     )
     future = np.triu(np.ones((L, L), bool), k=1)
     assert (reach[future] > 0).all() == (kind == "bidirectional")

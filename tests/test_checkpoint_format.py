@@ -35,6 +35,7 @@ def _downgrade(step_folder: str, version: int) -> None:
         json.dump(progress, open(progress_path, "w"))
 
 
+@pytest.mark.slow
 def test_a_new_checkpoint_stores_its_layout_version(micro_run):
     folder = os.path.join(micro_run, "checkpoints", "40")
     assert json.load(open(_json_item(folder, "identity")))["format"] == FORMAT_VERSION

@@ -49,6 +49,7 @@ OPTIONS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(o.values()) or "default")
 def test_cached_decoding_equals_parallel_forward(options):
     model = _model(**options)
@@ -67,6 +68,7 @@ def test_cached_decoding_equals_parallel_forward(options):
     assert int(cache.index) == 12
 
 
+@pytest.mark.slow
 def test_left_padded_prompts_decode_like_each_prompt_alone():
     model = _model()
     prompts = [[1, 9, 10, 11, 12, 13], [1, 20], [1, 30, 31, 32]]
@@ -85,6 +87,7 @@ def test_left_padded_prompts_decode_like_each_prompt_alone():
         np.testing.assert_allclose(step_B1V[i, 0], alone[0, len(p)], atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_bidirectional_prompt_matches_the_prefix_mask():
     model = _model()
     tokens_BL = jax.random.randint(jax.random.PRNGKey(2), (1, 10), 0, V)
@@ -101,6 +104,7 @@ def test_bidirectional_prompt_matches_the_prefix_mask():
     np.testing.assert_allclose(jnp.concatenate(pieces, 1), expected, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_greedy_generation_equals_recomputing_the_prefix_and_stops_at_eos():
     model = _model()
     prompts = [[1, 9, 10], [1, 20, 21, 22, 23]]
@@ -141,6 +145,7 @@ def _sets(logits_V: np.ndarray, top_k: int, top_p: float) -> set[int]:
     return allowed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("top_k,top_p", [(5, 1.0), (0, 0.5), (0, 0.9), (8, 0.7), (1, 1.0)])
 def test_top_k_and_top_p_never_sample_outside_their_sets(top_k, top_p):
     logits_BV = 2.0 * jax.random.normal(jax.random.PRNGKey(3), (4, V))
@@ -158,6 +163,7 @@ def test_top_k_and_top_p_never_sample_outside_their_sets(top_k, top_p):
         assert {i for i in allowed if probs[i] > 0.01} <= set(draws_NB[:, b].tolist())
 
 
+@pytest.mark.slow
 def test_fill_mask_returns_the_forward_pass_top_k_at_each_mask():
     model = _model()
     tokens = np.array([[1, 12, 4, 13, 4, 14], [1, 15, 16, 4, 17, 18]], np.int32)

@@ -37,6 +37,7 @@ def _marker_task(rng: np.random.Generator, num: int, seq_len: int, num_symbols: 
     return classification_rows(ids, labels, seq_len)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mask_kind", ["causal", "bidirectional"])
 def test_finetune_learns_a_separable_task_and_leaves_the_model_alone(mask_kind):
     model, c = _micro_model()
@@ -53,6 +54,7 @@ def test_finetune_learns_a_separable_task_and_leaves_the_model_alone(mask_kind):
     jax.tree.map(np.testing.assert_array_equal, before, after)
 
 
+@pytest.mark.slow
 def test_last_pooling_under_a_causal_mask_reads_every_real_token_and_no_padding():
     model, c = _micro_model()
     clf = Classifier(model, 3, "causal", "last", rngs=nnx.Rngs(1))

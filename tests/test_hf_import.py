@@ -52,6 +52,7 @@ def _logits(model, tokens) -> np.ndarray:
     return np.asarray(model(tokens, make_attention_mask("causal", valid), positions))
 
 
+@pytest.mark.slow
 def test_init_from_places_the_weights_and_load_hf_loads_them(tmp_path):
     config = micro_config(**GPT2_OPTIONS)
     cfg = registry.model_config(config, VOCAB)

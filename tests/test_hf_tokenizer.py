@@ -129,6 +129,7 @@ def test_decoding_round_trips_and_bytes_per_token_are_exact_for_byte_level(token
     assert bert.bytes_per_token() is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["gpt2", "bert"])
 def test_mlm_never_selects_or_draws_a_special_token(tokenizers_, corpus, name):
     tok = load_tokenizer(tokenizers_[name])
@@ -157,6 +158,7 @@ def _files(workdir: str) -> set[str]:
     return set(os.listdir(workdir))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective,name", [("clm", "gpt2"), ("mlm", "bert")])
 def test_a_short_run_trains_on_the_tokenizer_and_serves_strings(
     objective, name, tokenizers_, corpus, tmp_path

@@ -53,6 +53,7 @@ def _theirs(hf, tokens, valid) -> np.ndarray:
     return np.asarray(hf(input_ids=tokens, attention_mask=valid).logits)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fam", ["gpt2", "bert"])
 def test_exported_weights_load_in_hugging_face_with_the_same_logits(fam, tmp_path):
     cfg = _cfg(fam)
@@ -67,6 +68,7 @@ def test_exported_weights_load_in_hugging_face_with_the_same_logits(fam, tmp_pat
     assert want[real].std() > 0.1  # the comparison is not between near-constant logits
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fam", ["gpt2", "bert"])
 def test_hugging_face_weights_import_with_its_logits_and_round_trip(fam, tmp_path):
     cfg = _cfg(fam)

@@ -62,6 +62,7 @@ def _glibc() -> bool:
 needs_glibc = pytest.mark.skipif(not (sys.platform.startswith("linux") and _glibc()), reason="glibc only")
 
 
+@pytest.mark.slow
 @needs_glibc
 def test_retained_memory_stops_per_step_page_faults():
     tuned = _probe("tune")
@@ -70,6 +71,7 @@ def test_retained_memory_stops_per_step_page_faults():
     assert tuned["faults_per_step"] < 0.02 * tuned["temp_pages"], tuned
 
 
+@pytest.mark.slow
 @needs_glibc
 def test_default_malloc_faults_the_temporary_buffer_in_every_step():
     """The problem the setting exists for, on this machine (not with always-on huge pages,
@@ -85,6 +87,7 @@ def test_default_malloc_faults_the_temporary_buffer_in_every_step():
     assert default["faults_per_step"] > 0.5 * default["temp_pages"], default
 
 
+@pytest.mark.slow
 @needs_glibc
 def test_opt_out_and_accelerators_leave_malloc_alone():
     assert not _probe("tune", GPTBERT_HOST_MALLOC="default")["tuned"]
@@ -95,6 +98,7 @@ def test_opt_out_and_accelerators_leave_malloc_alone():
         assert out.stdout.strip() == "False", (env, out.stderr[-2000:])
 
 
+@pytest.mark.slow
 def test_too_late_is_refused_with_a_warning():
     script = (
         "import jax; jax.devices()\n"

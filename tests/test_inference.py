@@ -45,6 +45,7 @@ def _eval_loss(trained) -> float:
     return evaluator(params, rest)["loss"]
 
 
+@pytest.mark.slow
 def test_loads_a_four_device_checkpoint_on_one_cpu_device_and_evaluates_the_same(four_device_run):
     trained = load_trained(four_device_run)
     leaves = jax.tree.leaves(step_lib.split_model(trained.model)[1])
@@ -60,6 +61,7 @@ def test_loads_a_four_device_checkpoint_on_one_cpu_device_and_evaluates_the_same
     assert _eval_loss(earlier) != pytest.approx(summary["eval"]["loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_a_step_folder_copied_on_its_own_still_loads(four_device_run, tmp_path):
     copy = tmp_path / "drive" / "gpt_step20"
     shutil.copytree(os.path.join(four_device_run, "checkpoints", "20"), copy)
@@ -69,6 +71,7 @@ def test_a_step_folder_copied_on_its_own_still_loads(four_device_run, tmp_path):
     assert _eval_loss(trained) == pytest.approx(_eval_loss(load_trained(four_device_run)), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_model_names_the_fields_that_differ(four_device_run):
     config = micro_config("clm", **{"model.d_model": 64, "model.num_heads": 4})
     model_cfg = registry.model_config(config, 23)

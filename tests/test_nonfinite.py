@@ -35,6 +35,7 @@ class PoisonedLM(CausalLM):
         return {**scores, "nll_sum": scores["nll_sum"] * jnp.where(poisoned, jnp.nan, 1.0)}
 
 
+@pytest.mark.slow
 def test_skip_leaves_the_state_unchanged_at_exactly_the_poisoned_steps(tmp_path):
     config = micro_config("clm", nonfinite="skip")
     run = build_run(config, str(tmp_path))

@@ -66,6 +66,7 @@ def test_mlm_selection_statistics_over_many_draws():
     assert kept / selected == pytest.approx(0.1 + p_same, abs=0.01)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rate", [0.15, 0.4])
 def test_mlm_selects_exactly_the_rate_of_each_row(rate):
     batch = _batch(np.random.default_rng(1), B=8, L=64, pad_from=50)
@@ -74,6 +75,7 @@ def test_mlm_selects_exactly_the_rate_of_each_row(rate):
     np.testing.assert_array_equal(np.asarray(out["weights"]).sum(1), round(rate * n_eligible))
 
 
+@pytest.mark.slow
 def test_mlm_eval_pattern_masks_every_selected_token():
     batch = _batch(np.random.default_rng(2), B=16, L=64)
     out = MaskedLM(vocab_size=V).for_eval().transform(batch, jax.random.PRNGKey(0))
@@ -82,6 +84,7 @@ def test_mlm_eval_pattern_masks_every_selected_token():
     assert (new[w] == MASK_ID).all()
 
 
+@pytest.mark.slow
 def test_mlm_scores_only_selected_positions():
     """The vocab projection sees K = ceil(rate * L) hidden states per row, not L."""
     from flax import nnx
@@ -122,6 +125,7 @@ def test_prefix_lm_scores_only_after_the_split_and_never_sees_its_targets():
     assert _sees_beyond(mask, prefix & (np.arange(32)[None] < split[:, None] - 1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fraction", [0.0, 0.25, 0.5, 1.0])
 def test_hybrid_mixes_causal_and_masked_next_token_rows(fraction):
     B, L = 64, 128

@@ -42,6 +42,7 @@ def observed_run(tmp_path_factory) -> str:
     return workdir
 
 
+@pytest.mark.slow
 def test_mfu_in_the_progress_line_and_tensorboard_is_the_benchmarks(observed_run):
     from experiments.bench.speed import train_benchmark
 
@@ -75,6 +76,7 @@ def _traces(workdir: str) -> list[str]:
     return sorted(glob.glob(os.path.join(workdir, "profile", "plugins", "profile", "*", "*.xplane.pb")))
 
 
+@pytest.mark.slow
 def test_the_profile_holds_a_trace_and_a_resumed_run_does_not_redo_it(observed_run):
     (trace,) = _traces(observed_run)
     assert os.path.getsize(trace) > 0
@@ -91,6 +93,7 @@ def test_the_profile_holds_a_trace_and_a_resumed_run_does_not_redo_it(observed_r
     assert _traces(observed_run) == [trace]
 
 
+@pytest.mark.slow
 def test_layer_stats_are_written_at_log_steps(observed_run):
     with open(os.path.join(observed_run, "layer_stats.jsonl")) as f:
         rows = [json.loads(line) for line in f]
@@ -158,6 +161,7 @@ def _reference(run, state, batch) -> dict[str, dict[str, float]]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan", [False, True])
 def test_layer_stats_equal_a_reference_and_leave_the_metrics_unchanged(scan, tmp_path):
     overrides = {
@@ -181,6 +185,7 @@ def test_layer_stats_equal_a_reference_and_leave_the_metrics_unchanged(scan, tmp
         np.testing.assert_array_equal(np.asarray(metrics[k]), np.asarray(plain[k]))
 
 
+@pytest.mark.slow
 def test_layer_stats_are_zero_at_steps_that_do_not_log(tmp_path):
     run = build_run(micro_config(log_layer_stats=True), str(tmp_path), vocab_size=23)  # logs every 5
     state = run.init_state()
@@ -197,6 +202,7 @@ def test_layer_stats_are_zero_at_steps_that_do_not_log(tmp_path):
         assert (norms > 0) == (step == 5)
 
 
+@pytest.mark.slow
 def test_samples_appear_in_tensorboard(observed_run):
     events = tensorboard_events(os.path.join(observed_run, "tensorboard"))
     texts = {(tag, step): v for tag, step, v in events if isinstance(v, str)}
@@ -206,6 +212,7 @@ def test_samples_appear_in_tensorboard(observed_run):
     assert ("samples/sampled/text_summary", 40) in texts
 
 
+@pytest.mark.slow
 def test_a_masked_model_writes_fill_mask_samples(tmp_path):
     from train.observe.samples import EvalSamples
 
@@ -219,6 +226,7 @@ def test_a_masked_model_writes_fill_mask_samples(tmp_path):
     assert len(lines) == 3 and all(line.count(" → ") == 2 for line in lines)  # two masks each
 
 
+@pytest.mark.slow
 def test_an_offline_wandb_run_resumes_under_one_id(tmp_path):
     pytest.importorskip("wandb")
     workdir = str(tmp_path / "run")

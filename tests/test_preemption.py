@@ -59,6 +59,7 @@ def test_a_signal_checkpoints_the_step_in_flight_and_the_same_command_resumes_id
     assert _metrics(workdir) == uninterrupted
 
 
+@pytest.mark.slow
 def test_a_second_sigint_exits_at_once():
     code = (
         "import os, signal, time\n"

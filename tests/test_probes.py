@@ -106,6 +106,7 @@ def test_sample_is_unchanged_from_before_states_were_recorded():
     np.testing.assert_array_equal(tiny1.sample(np.random.default_rng(5), 3, 6), want1)
 
 
+@pytest.mark.slow
 def test_probe_recovers_a_planted_linear_feature_and_not_random_labels():
     rng = np.random.default_rng(0)
     # Unequal feature scales: standardising is what lets a lightly regularised probe fit them.
@@ -123,6 +124,7 @@ def _micro_model(seed: int = 0):
     return make_model(model_config(c, NUM_SPECIAL + c.hmm.num_symbols), nnx.Rngs(seed)), c
 
 
+@pytest.mark.slow
 def test_hmm_state_probe_reports_every_layer_and_ordered_ceilings():
     model, c = _micro_model()
     hmm = HMM(HMMSpec(num_states=c.hmm.num_states, num_symbols=c.hmm.num_symbols))

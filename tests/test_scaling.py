@@ -77,6 +77,7 @@ def _rows(law: Law, objective: str, E: float) -> list[dict]:
     ]
 
 
+@pytest.mark.slow
 def test_the_report_writes_its_tables_and_plots(tmp_path):
     rows = _rows(TRUE, "clm", TRUE.E) + _rows(Law(2.5, 20.0, 0.3, 100.0, 0.3), "mlm", 2.5)
     md = report.write(rows, "cpu", 2, str(tmp_path), "python -m experiments.scaling --test", samples=10)

@@ -87,6 +87,7 @@ def _reference_forward(model, kind: str):
     return lambda tokens_T, positions_T: forward(state, tokens_T[None], positions_T[None])
 
 
+@pytest.mark.slow
 def test_causal_log_likelihood_matches_token_by_token_reference(model):
     rows = _rows()
     forward = _reference_forward(model, "causal")
@@ -119,6 +120,7 @@ def test_pseudo_log_likelihood_matches_one_mask_at_a_time_reference(model):
     np.testing.assert_allclose(got, expected, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_chunk_size_does_not_change_pll(model):
     rows = _rows()
     args = (model, rows["tokens"], rows["segment_ids"], rows["positions"])

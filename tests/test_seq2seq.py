@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -45,25 +46,32 @@ def _masks(batch):
     )
 
 
-def _embedding_grads(model, batch, side: str, row: int, t: int, *, output: str) -> np.ndarray:
-    """|d out[row, t] / d embedding row of each token of that row's `side` sequence|, per position."""
-    src_mask, mask, cross = _masks(batch)
-    graphdef, params = nnx.split(model)
+@functools.lru_cache(maxsize=8)
+def _grad_fn(graphdef: nnx.GraphDef, output: str):
+    """d (out[row, t] . probe) / d params, jitted once for every (row, t) of a model and batch."""
     probe = jax.random.normal(jax.random.PRNGKey(1), (32,))
 
-    def out(params):
+    def out(params, batch, masks, row, t):
+        src_mask, mask, cross = masks
         m = nnx.merge(graphdef, params)
         memory = m.encode_source(batch["src_tokens"], src_mask, batch["src_positions"])
         if output == "encoder":
             return memory[row, t] @ probe
         return m.decode(memory, batch["tokens"], mask, batch["positions"], cross)[row, t] @ probe
 
-    grads = jax.grad(out)(params)
+    return jax.jit(jax.grad(out))
+
+
+def _embedding_grads(model, batch, side: str, row: int, t: int, *, output: str) -> np.ndarray:
+    """|d out[row, t] / d embedding row of each token of that row's `side` sequence|, per position."""
+    graphdef, params = nnx.split(model)
+    grads = _grad_fn(graphdef, output)(params, dict(batch), _masks(batch), row, t)
     table = np.abs(np.asarray(grads[side]["embed"]["embedding"].value)).sum(-1)
     tokens = batch["src_tokens" if side == "encoder" else "tokens"][row]
     return table[tokens]
 
 
+@pytest.mark.slow
 def test_encoder_is_bidirectional_and_decoder_causal_by_gradients():
     model, batch = _encdec(), _batch()
     n = int(batch["src_segment_ids"][0].sum())
@@ -75,7 +83,7 @@ def test_encoder_is_bidirectional_and_decoder_causal_by_gradients():
         assert np.all(g[: t + 1] > 0) and np.all(g[t + 1 : m] == 0)
 
 
-@pytest.mark.parametrize("position", ["rotary", "learned"])
+@pytest.mark.parametrize("position", [pytest.param("rotary", marks=pytest.mark.slow), "learned"])
 def test_cross_attention_reaches_every_real_encoder_position_and_no_padding(position):
     model, batch = _encdec(position=position), _batch(lengths=(4, 6))
     n = int(batch["src_segment_ids"][0].sum())
@@ -95,6 +103,7 @@ def test_shared_embeddings_are_one_parameter():
     assert shared.encoder.embed is shared.decoder.embed
 
 
+@pytest.mark.slow
 def test_scan_over_layers_gives_the_same_encoder_decoder():
     batch = {k: jnp.asarray(v) for k, v in _batch().items()}
     objective = Seq2Seq()
@@ -122,6 +131,7 @@ def test_scan_over_layers_gives_the_same_encoder_decoder():
     np.testing.assert_allclose(np.asarray(logits)[real], expected[:, :T][real], atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_cached_decoding_equals_the_parallel_decoder():
     model, batch = _encdec(), _batch()
     objective = Seq2Seq()
@@ -159,6 +169,7 @@ def _lstm(attention: bool) -> LSTMSeq2Seq:
     return LSTMSeq2Seq(LSTMSeq2SeqConfig(V, 24, 2, attention=attention), rngs=nnx.Rngs(0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attention", [False, True])
 def test_lstm_bottleneck_decoder_depends_on_the_input_only_through_the_final_state(attention):
     model, batch = _lstm(attention), _batch()

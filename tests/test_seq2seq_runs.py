@@ -72,6 +72,7 @@ def test_span_corruption_round_trips_and_hits_its_statistics():
     assert np.mean(spans) == pytest.approx(3.0, abs=0.1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["encdec", "lstm_attention"])
 def test_a_tiny_model_overfits_one_batch(arch):
     c = base.override(

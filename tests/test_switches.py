@@ -43,6 +43,7 @@ def _setup(micro, tmp_path, objective="clm", adam=False, **overrides):
     return step
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["clm", "mlm", "hybrid"])
 def test_gradient_accumulation_equals_the_full_batch(objective, micro, tmp_path):
     full_state, full = _setup(micro, tmp_path, objective)(1)
@@ -55,6 +56,7 @@ def test_gradient_accumulation_equals_the_full_batch(objective, micro, tmp_path)
             np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("remat", ["full", "dots"])
 def test_remat_changes_nothing_but_memory(remat, micro, tmp_path):
     ref_state, ref = _setup(micro, tmp_path)(1)
@@ -65,6 +67,7 @@ def test_remat_changes_nothing_but_memory(remat, micro, tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides", [{}, {"model.remat": "full"}, {"model.norm": "batchnorm"}, {"model.norm_position": "post"}]
 )
@@ -104,6 +107,7 @@ def test_scan_over_layers_computes_the_same_loss_gradients_and_statistics(overri
         )
 
 
+@pytest.mark.slow
 def test_a_scanned_run_refuses_a_looped_runs_checkpoint(micro, tmp_path):
     from train.checkpoint.restore import CheckpointMismatch
 
@@ -116,6 +120,7 @@ def test_a_scanned_run_refuses_a_looped_runs_checkpoint(micro, tmp_path):
         train_and_evaluate(scanned, str(tmp_path))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["clm", "mlm", "prefix_lm"])
 def test_written_out_attention_equals_the_library_call(objective, micro, tmp_path):
     ref_state, ref = _setup(micro, tmp_path, objective)(1)
@@ -126,6 +131,7 @@ def test_written_out_attention_equals_the_library_call(objective, micro, tmp_pat
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_written_out_attention_decodes_like_the_library_call(micro, tmp_path):
     config = micro("clm")
     logits = []
@@ -142,6 +148,7 @@ def test_written_out_attention_decodes_like_the_library_call(micro, tmp_path):
     np.testing.assert_allclose(logits[1], logits[0], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_bf16_compute_keeps_fp32_params_and_optimizer_state(micro, tmp_path):
     _, ref = _setup(micro, tmp_path, adam=True)(1)
     state, metrics = _setup(micro, tmp_path, adam=True, **{"model.dtype": "bfloat16"})(1)
@@ -158,6 +165,7 @@ def test_bf16_compute_keeps_fp32_params_and_optimizer_state(micro, tmp_path):
     assert model(tokens, mask, jnp.arange(8)[None]).dtype == jnp.float32  # logits in fp32
 
 
+@pytest.mark.slow
 def test_memory_check_reports_the_step_and_stops_when_it_cannot_fit(micro, tmp_path):
     config = micro("clm")
     source = make_source(config, str(tmp_path))

@@ -56,6 +56,7 @@ def _rows(texts, end: bool) -> dict[str, np.ndarray]:
     return out
 
 
+@pytest.mark.slow
 def test_generate_equals_the_decoder(gpt):
     for temperature, seed in ((0.0, 0), (0.9, 4)):
         got = gpt.generate(TEXTS, max_new_tokens=6, temperature=temperature, top_p=0.9, seed=seed)
@@ -101,6 +102,7 @@ def test_score_is_the_log_likelihood_or_the_pseudo_log_likelihood(gpt, bert):
     assert (gpt.score(TEXTS) < 0).all() and (bert.score(TEXTS) < 0).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["gpt", "bert"])
 def test_embed_pools_the_final_hidden_states_and_ignores_padding(name, gpt, bert):
     trained = {"gpt": gpt, "bert": bert}[name]

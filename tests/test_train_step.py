@@ -17,6 +17,7 @@ from train.objectives import make_objective
 
 
 # MLM sees a fresh mask every step, so memorising all positions of the batch takes longer.
+@pytest.mark.slow
 @pytest.mark.parametrize("objective_name,steps", [("clm", 300), ("mlm", 1500)])
 def test_tiny_model_overfits_one_batch(objective_name, steps, micro, tmp_path):
     config = micro(
@@ -53,6 +54,7 @@ def test_tiny_model_overfits_one_batch(objective_name, steps, micro, tmp_path):
     assert int(state.step) == config.num_train_steps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective_name", ["prefix_lm", "hybrid"])
 def test_prefix_lm_and_hybrid_train_and_evaluate_against_the_clm_optimum(objective_name, micro, tmp_path):
     config = micro(objective_name, num_train_steps=60)
