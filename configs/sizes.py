@@ -19,15 +19,12 @@ import dataclasses
 
 @dataclasses.dataclass(frozen=True)
 class Size:
-    """The shape of the Transformer stack (the MLP is 4 x d_model wide in every size)."""
+    """The shape of the Transformer stack."""
 
     num_layers: int
     d_model: int
     num_heads: int
-
-    @property
-    def mlp_dim(self) -> int:
-        return 4 * self.d_model
+    mlp_dim: int
 
     def fields(self) -> dict[str, int]:
         """The `model.*` fields, as a config section."""
@@ -41,9 +38,9 @@ class Size:
 
 
 SIZES: dict[str, Size] = {
-    "micro": Size(2, 32, 2),
-    "cpu": Size(2, 64, 4),
-    "tiny": Size(4, 128, 4),
-    "small": Size(6, 512, 8),
-    "base": Size(12, 768, 12),
+    "micro": Size(2, 32, 2, 64),
+    "cpu": Size(2, 64, 4, 256),
+    "tiny": Size(4, 128, 4, 512),
+    "small": Size(6, 512, 8, 2048),
+    "base": Size(12, 768, 12, 3072),
 }
