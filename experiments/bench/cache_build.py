@@ -22,7 +22,9 @@ import time
 
 class PeakMemory:
     """Context manager: the peak resident memory of this process and its children, sampled every
-    20 ms while inside (`peak` bytes; `before`: this process's at entry)."""
+    20 ms while inside (`peak` bytes; `before`: this process's at entry). Also used by
+    experiments.bench.input; this file imports only the standard library at the top, so that it
+    runs against another checkout's code."""
 
     def __init__(self) -> None:
         self.peak, self.before = 0, 0

@@ -19,14 +19,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import threading
 import time
 
 import jax
-import psutil
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments.bench.cache_build import PeakMemory
 from train.data import text
 from train.data.sources import make_source
 from train.devices.mesh import batch_sharding, make_mesh, to_global
@@ -46,34 +45,6 @@ def _tokens_per_sec(iterator, n: int, tokens_per_batch: int, put=None) -> float:
     return n * tokens_per_batch / (time.perf_counter() - start)
 
 
-class _PeakMemory:
-    """Peak resident memory of this process and its children together, sampled in a thread."""
-
-    def __init__(self, every: float = 0.02):
-        self.peak, self._every, self._stop = 0, every, threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for p in [me, *me.children(recursive=True)]:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:  # a worker that just exited
-                    pass
-            self.peak = max(self.peak, total)
-            time.sleep(self._every)
-
-    def __enter__(self) -> _PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def _folder_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
@@ -89,8 +60,7 @@ def main(argv: list[str]) -> None:
         make_source(config, f"{tmp}/cold")  # trains the tokenizer (and builds a first cache)
         cold = time.perf_counter() - start
         config.data_cache_dir, config.tokenizer.path = cache, f"{tmp}/cold/tokenizer.model"
-        before = psutil.Process().memory_info().rss  # this process: JAX, the first source
-        with _PeakMemory() as memory:
+        with PeakMemory() as memory:  # `before`: this process at entry (JAX, the first source)
             start = time.perf_counter()
             source = make_source(config, f"{tmp}/build")
             build = time.perf_counter() - start
@@ -112,7 +82,7 @@ def main(argv: list[str]) -> None:
             "cache_mb_text_per_sec": round(corpus_bytes / 2**20 / build, 2),
             "cache_tokens_per_sec": round(cached_tokens / build),
             "cache_peak_rss_gb": round(memory.peak / 2**30, 3),
-            "rss_before_cache_gb": round(before / 2**30, 3),
+            "rss_before_cache_gb": round(memory.before / 2**30, 3),
             "cache_disk_mb": round(_folder_bytes(os.path.join(cache, "packed")) / 2**20, 1),
             "warm_seconds": round(warm, 2),
             "host_tokens_per_sec": round(_tokens_per_sec(source.train_iterator(), _BATCHES.value, tokens)),
