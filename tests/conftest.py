@@ -107,11 +107,13 @@ def shared_folder(tmp_path_factory, name: str, make: Callable[[str], None]) -> s
 @pytest.fixture(scope="session")
 def micro_run(tmp_path_factory) -> str:
     """The workdir of an uninterrupted micro GPT run (`train_command` defaults), for every test
-    that only reads it or copies it."""
+    that only reads it or copies it; what it printed is in WORKDIR.stderr.txt beside it."""
 
     def make(workdir: str) -> None:
         result = run_command(train_command(workdir))
         assert result.returncode == 0, result.stderr[-3000:]
+        with open(f"{workdir}.stderr.txt", "w") as f:
+            f.write(result.stderr)
 
     return shared_folder(tmp_path_factory, "micro_run", make)
 

@@ -59,8 +59,12 @@ def main(argv: list[str]) -> None:
     project_log.setLevel(logging.INFO)
     project_log.propagate = False
     # Imported here so `--help` and flag errors do not pay for JAX start-up.
+    import jax
+
     from train.devices.mesh import initialize_distributed
+    from train.hf.weights import run_export_errors
     from train.loop.trainer import train_and_evaluate
+    from train.observe.finish import finished_message
 
     n, i = _NUM_PROCESSES.value, _PROCESS_ID.value
     if _COORDINATOR.value and not (n > 0 and 0 <= i < n):
@@ -70,7 +74,8 @@ def main(argv: list[str]) -> None:
     initialize_distributed(_COORDINATOR.value, n, i, auto=_DISTRIBUTED_AUTO.value)
 
     try:
-        train_and_evaluate(_CONFIG.value, _WORKDIR.value, "python -m train.main " + shlex.join(sys.argv[1:]))
+        command = "python -m train.main " + shlex.join(sys.argv[1:])
+        summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value, command)
     except (ConfigError, CheckpointMismatch) as e:  # a second launcher too (train/checkpoint/workdir_lock.py)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -85,6 +90,9 @@ def main(argv: list[str]) -> None:
     except Preempted as e:  # not an error: the same command resumes
         print(str(e), file=sys.stderr)
         sys.exit(e.exit_status)
+    if jax.process_index() == 0:
+        exportable = not run_export_errors(_CONFIG.value)
+        print(finished_message(summary, _WORKDIR.value, _CONFIG.value, exportable), file=sys.stderr)
 
 
 if __name__ == "__main__":

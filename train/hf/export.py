@@ -30,7 +30,7 @@ from models.transformer_config import TransformerConfig
 from train.checkpoint.restore import CheckpointMismatch
 from train.flag_errors import parse_flags
 from train.hf.config import hf_config
-from train.hf.weights import export_errors, to_hf
+from train.hf.weights import FAMILY_OF_MASK, export_errors, to_hf
 from train.inference.load import load_trained
 from train.observe.metrics import read_metrics
 from train.tokenizer.hf import HFTokenizer
@@ -39,9 +39,6 @@ from train.tokenizer.vocab import SymbolTokenizer
 _WORKDIR = flags.DEFINE_string("workdir", None, "the run to export (its latest checkpoint unless --step)")
 _STEP = flags.DEFINE_integer("step", None, "the checkpoint step to export")
 _OUT = flags.DEFINE_string("out", None, "the Hugging Face directory to write (must not exist)")
-
-# GPT2LMHeadModel is causal, BertForMaskedLM bidirectional: the mask picks the family.
-_FAMILY_OF_MASK = {"causal": "gpt2", "bidirectional": "bert"}
 
 
 class ExportError(ValueError):
@@ -57,7 +54,7 @@ def export(workdir: str, out: str, step: int | None = None) -> str:
     mask = trained.identity["mask"]
     if not isinstance(cfg, TransformerConfig):
         raise ExportError(f"model.arch={cfg.arch!r} has no Hugging Face equivalent (needs 'transformer')")
-    fam = _FAMILY_OF_MASK.get(mask)
+    fam = FAMILY_OF_MASK.get(mask)  # the mask picks the family
     if fam is None:
         raise ExportError(
             f"mask={mask!r}: GPT-2 is 'causal', BERT 'bidirectional'; no HF class takes this mask"

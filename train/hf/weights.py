@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from models import registry
 from models.transformer_config import TransformerConfig
 
 FAMILIES = ("gpt2", "bert")
@@ -31,6 +32,19 @@ _UNUSED = re.compile(
 def family(cfg: TransformerConfig) -> str | None:
     """ "gpt2" or "bert" if `cfg` is exactly that architecture, else None (`export_errors` says why)."""
     return next((f for f in FAMILIES if not export_errors(cfg, f)), None)
+
+
+FAMILY_OF_MASK = {"causal": "gpt2", "bidirectional": "bert"}  # GPT2LMHeadModel, BertForMaskedLM
+
+
+def run_export_errors(config: Any) -> list[str]:
+    """Each field that keeps a run config from exporting to Hugging Face (empty: it exports)."""
+    fam = FAMILY_OF_MASK.get(config.mask)
+    if fam is None:
+        return [f"mask={config.mask!r}: GPT-2 is 'causal', BERT 'bidirectional'"]
+    if config.model.arch != "transformer":
+        return [f"model.arch={config.model.arch!r} has no Hugging Face equivalent (needs 'transformer')"]
+    return export_errors(registry.model_config(config, vocab_size=64), fam)
 
 
 def export_errors(cfg: TransformerConfig, fam: str) -> list[str]:
