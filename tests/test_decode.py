@@ -33,11 +33,18 @@ def _model(**kw) -> Transformer:
     return model
 
 
+@nnx.jit(static_argnames=("kind",))  # one program per shape, instead of op by op
 def _parallel_logits(model, tokens_BL, kind="causal", prefix_BL=None):
     B, L = tokens_BL.shape
     seg = jnp.ones((B, L), jnp.int32)
     pos = jnp.broadcast_to(jnp.arange(L), (B, L))
     return model(tokens_BL, make_attention_mask(kind, seg, prefix_BL=prefix_BL), pos)
+
+
+@nnx.jit
+def _extend(model, tokens_BT, positions_BT, valid_BT, cache, prefix_BT=None):
+    """`model.extend` compiled once per shape (the code under test is the same)."""
+    return model.extend(tokens_BT, positions_BT, valid_BT, cache, prefix_BT=prefix_BT)
 
 
 OPTIONS = [
@@ -59,10 +66,10 @@ def test_cached_decoding_equals_parallel_forward(options):
     cache = model.init_cache(2, 12)
     pos = jnp.broadcast_to(jnp.arange(12), (2, 12))
     valid = jnp.ones((2, 12), bool)
-    got, cache = model.extend(tokens_BL[:, :3], pos[:, :3], valid[:, :3], cache)  # prefill
+    got, cache = _extend(model, tokens_BL[:, :3], pos[:, :3], valid[:, :3], cache)  # prefill
     pieces = [got]
     for t in range(3, 12):  # then one token at a time
-        got, cache = model.extend(tokens_BL[:, t : t + 1], pos[:, t : t + 1], valid[:, t : t + 1], cache)
+        got, cache = _extend(model, tokens_BL[:, t : t + 1], pos[:, t : t + 1], valid[:, t : t + 1], cache)
         pieces.append(got)
     np.testing.assert_allclose(jnp.concatenate(pieces, 1), expected_BLV, atol=2e-5, rtol=1e-5)
     assert int(cache.index) == 12
@@ -74,12 +81,16 @@ def test_left_padded_prompts_decode_like_each_prompt_alone():
     prompts = [[1, 9, 10, 11, 12, 13], [1, 20], [1, 30, 31, 32]]
     batch = left_pad(prompts)
     cache = model.init_cache(3, 8)
-    logits_BPV, cache = model.extend(
-        jnp.asarray(batch["tokens"]), jnp.asarray(batch["positions"]), jnp.asarray(batch["valid"]), cache
+    logits_BPV, cache = _extend(
+        model,
+        jnp.asarray(batch["tokens"]),
+        jnp.asarray(batch["positions"]),
+        jnp.asarray(batch["valid"]),
+        cache,
     )
     next_tokens = jnp.array([[5], [6], [7]])
-    step_B1V, _ = model.extend(
-        next_tokens, jnp.asarray(batch["positions"][:, -1:] + 1), jnp.ones((3, 1), bool), cache
+    step_B1V, _ = _extend(
+        model, next_tokens, jnp.asarray(batch["positions"][:, -1:] + 1), jnp.ones((3, 1), bool), cache
     )
     for i, p in enumerate(prompts):
         alone = _parallel_logits(model, jnp.array([p + [int(next_tokens[i, 0])]]))
@@ -96,10 +107,10 @@ def test_bidirectional_prompt_matches_the_prefix_mask():
     cache = model.init_cache(1, 10)
     pos = jnp.arange(10)[None]
     valid = jnp.ones((1, 10), bool)
-    got, cache = model.extend(tokens_BL[:, :4], pos[:, :4], valid[:, :4], cache, prefix_BT=valid[:, :4])
+    got, cache = _extend(model, tokens_BL[:, :4], pos[:, :4], valid[:, :4], cache, prefix_BT=valid[:, :4])
     pieces = [got]
     for t in range(4, 10):
-        got, cache = model.extend(tokens_BL[:, t : t + 1], pos[:, t : t + 1], valid[:, :1], cache)
+        got, cache = _extend(model, tokens_BL[:, t : t + 1], pos[:, t : t + 1], valid[:, :1], cache)
         pieces.append(got)
     np.testing.assert_allclose(jnp.concatenate(pieces, 1), expected, atol=2e-5, rtol=1e-5)
 
