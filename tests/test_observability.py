@@ -126,8 +126,8 @@ def _reference(run, state, batch) -> dict[str, dict[str, float]]:
         scores = run.objective.scores(model, model_batch, run.config.mask)
         return scores["nll_sum"] / jnp.maximum(scores["weight_sum"], 1.0)
 
-    grads = jax.grad(nll)(state.params)
-    updates, _ = run.tx.update(grads, state.opt_state, state.params)
+    grads = jax.jit(jax.grad(nll))(state.params)  # compiled once, not run op by op
+    updates, _ = jax.jit(run.tx.update)(grads, state.opt_state, state.params)
     flat = {
         jax.tree_util.keystr(path): tuple(np.asarray(x) for x in leaves)
         for (path, *_), leaves in zip(
