@@ -114,7 +114,7 @@ class Checkpointer:
         target, n = os.path.join(damaged, str(step)), 1
         while os.path.exists(target):
             target, n = os.path.join(damaged, f"{step}.{n}"), n + 1
-        os.rename(os.path.join(self.directory, str(step)), target)
+        os.rename(self.step_folder(step), target)
         self._manager.reload()  # the manager lists steps once; it must forget this one
         return target
 

@@ -41,8 +41,6 @@ class Restored:
     state: Any  # `target`'s structure, filled
     data: dict | None  # the data iterator's position; None for a partial restore
     loop_state: LoopState
-    identity: dict[str, Any]  # the run identity, without the layout version
-    format: int
 
 
 def identity_diff(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
@@ -101,9 +99,8 @@ def restore_step(folder: str, target: Any, *, expect: dict | None, partial: bool
     `expect`: the identity the checkpoint must have (None: any). `partial`: `target` holds only
     some of the state's fields (the rest is never read) and the data position is not read."""
     saved_identity = _saved_identity(folder)
-    identity = without_format(saved_identity)
     if expect is not None:
-        check_identity(folder, identity, expect)
+        check_identity(folder, without_format(saved_identity), expect)
     version = format_version(folder, saved_identity)
     try:
         state = _read_state(folder, target, partial)
@@ -117,4 +114,4 @@ def restore_step(folder: str, target: Any, *, expect: dict | None, partial: bool
         problem = f"{len(bad)} arrays differ from the checksums saved with them ({', '.join(bad[:3])} ...)"
         raise CheckpointDamaged(folder, problem)
     step = int(state["step"] if isinstance(state, dict) else state.step)
-    return Restored(step, state, data, LoopState.from_json(progress), identity, version)
+    return Restored(step, state, data, LoopState.from_json(progress))

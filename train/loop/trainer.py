@@ -113,10 +113,6 @@ class Start:
     train_iter: Any
     first_batch: dict
 
-    @property
-    def step(self) -> int:
-        return int(self.state.step)
-
 
 def restore_or_initialise(run: Run, checkpointer: Checkpointer, hf_dir: str | None) -> Start:
     """The newest intact checkpoint's state and positions, else a fresh state (from `hf_dir`'s
