@@ -82,6 +82,14 @@ def test_fill_mask_equals_the_lower_level_function(bert):
         bert.fill_mask(["s3 s4"])
 
 
+@pytest.mark.parametrize(("objective", "mask"), [("clm", "causal"), ("hybrid", "causal"), ("prefix_lm", "prefix")])
+def test_fill_mask_refuses_a_model_that_reads_only_the_left(objective, mask):
+    """As `generate` refuses a bidirectional model: a causal model's logits at a mask are a guess
+    from the left context alone, so they are refused rather than returned as if filled."""
+    with pytest.raises(ValueError, match=f"the {mask} mask .*does not fill masks: use generate"):
+        _trained(objective, mask).fill_mask(["s3 <mask> s1"])
+
+
 def test_score_is_the_log_likelihood_or_the_pseudo_log_likelihood(gpt, bert):
     causal = _rows(TEXTS, end=False)
     want = scoring.causal_log_likelihood(

@@ -136,16 +136,19 @@ class TextAPI:
         return [tok.decode(ids) for ids in out.tokens]
 
     def fill_mask(self, texts: Sequence[str], top_k: int = 5) -> list[list[list[Prediction]]]:
-        """Per text, per mask token in it (left to right), the `top_k` predictions, likeliest first."""
+        """Per text, per mask token in it (left to right), the `top_k` predictions, likeliest first,
+        from a bidirectional model (one that reads both sides of each mask)."""
+        if self.mask_kind != "bidirectional":
+            raise ValueError(
+                f"a model trained with the {self.mask_kind} mask predicts from the left of a mask only, so it "
+                "does not fill masks: use generate or score, or a bidirectional (BERT-style) model"
+            )
         tok = self._checked_tokenizer()
         mask_id = tok.specials.require("mask", "fill_mask")
         rows = self._rows(texts, whole=True)
         if any(mask_id not in r for r in rows):
             raise ValueError(f"every text needs at least one {self.mask_token}")
-        kind = "bidirectional" if self.mask_kind == "bidirectional" else "causal"
-        filled = decode.fill_mask(
-            self.model, decode.right_pad(rows), mask_id=mask_id, top_k=top_k, mask_kind=kind
-        )
+        filled = decode.fill_mask(self.model, decode.right_pad(rows), mask_id=mask_id, top_k=top_k)
         return [
             [[Prediction(tok.token(i), i, p) for i, p in zip(f.token_ids, f.probs, strict=True)] for f in row]
             for row in filled
