@@ -39,22 +39,25 @@ VARIANTS: dict[str, dict] = {
     "small": _variant("small", length=512, batch=64, steps=20_000, lr=1e-3, warmup=1000),
     "base": _variant("base", length=1024, batch=256, steps=100_000, lr=6e-4, warmup=2000),
 }
-# Architecture presets: the shapes of `base` and every option that makes the block exactly GPT-2
-# 124M or BERT-base (vocab 50257 / 30522 come with their tokenizers), so their Hugging Face
-# weights map one to one (train/hf/weights.py). Either trains with either objective.
+# Architecture presets: every option that makes the block exactly GPT-2 or BERT (vocab 50257 /
+# 30522 come with their tokenizers), so that their Hugging Face weights map one to one
+# (train/hf/weights.py) and a run exports to a Hugging Face directory. `gpt2` and `bert_base` have
+# the shapes of `base` (GPT-2 124M, BERT-base); `gpt2_tiny` and `bert_tiny` the shapes and schedule
+# of `tiny`, to try an export on a CPU. Each trains with either objective; a causal run exports as
+# GPT-2 and a bidirectional one as BERT.
 _EXACT = dict(position="learned", norm="layernorm", attn_scale="sqrt")
-VARIANTS["gpt2"] = override_dict(
-    VARIANTS["base"],
-    model=dict(
-        **_EXACT, norm_position="pre", norm_eps=1e-5, activation="gelu_tanh", embed_norm=False, head="tied"
-    ),
+GPT2_OPTIONS = dict(
+    **_EXACT, norm_position="pre", norm_eps=1e-5, activation="gelu_tanh", embed_norm=False, head="tied"
 )
+BERT_OPTIONS = dict(
+    **_EXACT, norm_position="post", norm_eps=1e-12, activation="gelu", embed_norm=True, head="bert"
+)
+VARIANTS["gpt2"] = override_dict(VARIANTS["base"], model=GPT2_OPTIONS)
 VARIANTS["bert_base"] = override_dict(
-    _variant("base", length=512, batch=256, steps=100_000, lr=1e-4, warmup=10_000),
-    model=dict(
-        **_EXACT, norm_position="post", norm_eps=1e-12, activation="gelu", embed_norm=True, head="bert"
-    ),
+    _variant("base", length=512, batch=256, steps=100_000, lr=1e-4, warmup=10_000), model=BERT_OPTIONS
 )
+VARIANTS["gpt2_tiny"] = override_dict(VARIANTS["tiny"], model=GPT2_OPTIONS)
+VARIANTS["bert_tiny"] = override_dict(VARIANTS["tiny"], model=BERT_OPTIONS)
 
 
 def get_config() -> ml_collections.ConfigDict:

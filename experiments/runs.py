@@ -14,6 +14,7 @@ import subprocess
 from typing import Any
 
 import configs
+from experiments.progress import Progress
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,6 +45,25 @@ def train(
     if result.returncode:
         tail = open(os.path.join(workdir, "log.txt")).read()[-2000:]
         raise RuntimeError(f"run failed ({workdir}):\n{tail}")
+
+
+def ensure_trained(
+    workdir: str,
+    objective: str,
+    overrides: dict[str, Any],
+    progress: Progress,
+    label: str,
+    variant: str = "tiny",
+    jobs: int = 1,
+) -> None:
+    """`train` unless the run in `workdir` has finished, reported to `progress` as `label`."""
+    if finished(workdir, overrides["num_train_steps"]):
+        progress.skip(label)
+        return
+    progress.start(label, f"log: {os.path.join(workdir, 'log.txt')}")
+    train(workdir, objective, overrides, variant, jobs)
+    summary = json.load(open(os.path.join(workdir, "summary.json")))
+    progress.finish(label, f"eval loss {summary['eval']['loss']:.4f}")
 
 
 def metrics_lines(workdir: str) -> list[dict[str, Any]]:

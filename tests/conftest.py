@@ -53,9 +53,9 @@ def micro_config(objective: str = "clm", **overrides):
     return configs.get_config(objective, "tiny", {**MICRO_OVERRIDES, **overrides})
 
 
-def train_command(workdir: str, objective: str = "clm", **overrides) -> list[str]:
-    """The command line of a micro run (`MICRO_OVERRIDES`, then `overrides`)."""
-    return configs.train_command(objective, workdir, {**MICRO_OVERRIDES, **overrides})
+def train_command(workdir: str, objective: str = "clm", variant: str = "tiny", **overrides) -> list[str]:
+    """The command line of a micro run: the variant, then `MICRO_OVERRIDES`, then `overrides`."""
+    return configs.train_command(objective, workdir, {**MICRO_OVERRIDES, **overrides}, variant)
 
 
 def process_commands(cmd: list[str], count: int = 2) -> list[list[str]]:
@@ -104,18 +104,27 @@ def shared_folder(tmp_path_factory, name: str, make: Callable[[str], None]) -> s
     return path
 
 
-@pytest.fixture(scope="session")
-def micro_run(tmp_path_factory) -> str:
-    """The workdir of an uninterrupted micro GPT run (`train_command` defaults), for every test
-    that only reads it or copies it; what it printed is in WORKDIR.stderr.txt beside it."""
-
+def _finished_run(objective: str) -> Callable[[str], None]:
     def make(workdir: str) -> None:
-        result = run_command(train_command(workdir))
+        result = run_command(train_command(workdir, objective))
         assert result.returncode == 0, result.stderr[-3000:]
         with open(f"{workdir}.stderr.txt", "w") as f:
             f.write(result.stderr)
 
-    return shared_folder(tmp_path_factory, "micro_run", make)
+    return make
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory) -> str:
+    """The workdir of an uninterrupted micro GPT run (`train_command` defaults), for every test
+    that only reads it or copies it; what it printed is in WORKDIR.stderr.txt beside it."""
+    return shared_folder(tmp_path_factory, "micro_run", _finished_run("clm"))
+
+
+@pytest.fixture(scope="session")
+def micro_bert_run(tmp_path_factory) -> str:
+    """As `micro_run`, for the masked LM."""
+    return shared_folder(tmp_path_factory, "micro_bert_run", _finished_run("mlm"))
 
 
 @pytest.fixture(scope="session")
@@ -198,23 +207,18 @@ def write_hub_dir(path, tensors: dict, config: dict) -> str:
 
 def tensorboard_events(folder: str) -> list[tuple[str, int, object]]:
     """(tag, step, value) of every scalar (a float) and text (a str) in the TensorBoard event
-    files under `folder`, read as TFRecords with tensorboardX's protos."""
+    files under `folder`, as TensorBoard's own reader (`EventAccumulator`) loads them."""
     import glob
-    import struct
 
-    from tensorboardX.proto import event_pb2
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    files = glob.glob(os.path.join(folder, "**", "events.out.tfevents.*"), recursive=True)
     out = []
-    for path in sorted(glob.glob(os.path.join(folder, "**", "events.out.tfevents.*"), recursive=True)):
-        data = open(path, "rb").read()
-        at = 0
-        while at + 12 <= len(data):
-            (length,) = struct.unpack("<Q", data[at : at + 8])
-            event = event_pb2.Event.FromString(data[at + 12 : at + 12 + length])
-            at += 12 + length + 4
-            for v in event.summary.value:
-                if v.HasField("tensor") and v.tensor.string_val:
-                    out.append((v.tag, event.step, v.tensor.string_val[0].decode()))
-                elif v.HasField("simple_value"):
-                    out.append((v.tag, event.step, v.simple_value))
+    for run in sorted({os.path.dirname(f) for f in files}):
+        events = EventAccumulator(run, size_guidance={"scalars": 0, "tensors": 0})
+        events.Reload()
+        for tag in events.Tags()["scalars"]:
+            out += [(tag, e.step, e.value) for e in events.Scalars(tag)]
+        for tag in events.Tags()["tensors"]:
+            out += [(tag, e.step, e.tensor_proto.string_val[0].decode()) for e in events.Tensors(tag)]
     return out

@@ -34,6 +34,11 @@ def test_two_row_one_seed_table_writes_md_csv_png_and_resumes(tmp_path, capsys):
     out = str(tmp_path / "results")
     argv = ["position", "--preset", "cpu", "--seeds", "1", "--rows", "2", "--out", out, *FEW_STEPS]
     ablate.main(argv)
+    printed = capsys.readouterr().out
+    log = os.path.join(out, "runs", "position", "clm_position-none", "seed0", "log.txt")
+    assert f"[position] run 1/2: clm_position-none seed 0 (log: {log})" in printed
+    assert "[position] 1/2 done: clm_position-none seed 0 in 0:" in printed and "; ETA 0:" in printed
+    assert "[position] 2/2 done: clm_position-learned seed 0 in 0:" in printed
     for ext in ("md", "csv", "png"):
         assert os.path.getsize(os.path.join(out, f"position.{ext}")) > 0
     md = open(os.path.join(out, "position.md")).read()
@@ -50,6 +55,7 @@ def test_two_row_one_seed_table_writes_md_csv_png_and_resumes(tmp_path, capsys):
         os.path.join(out, "runs", "position", "clm_position-none", "seed0", "summary.json")
     )
     ablate.main(argv)
+    assert "[position] 2/2 done: clm_position-learned seed 0 already finished" in capsys.readouterr().out
     after = os.path.getmtime(
         os.path.join(out, "runs", "position", "clm_position-none", "seed0", "summary.json")
     )

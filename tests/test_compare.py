@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
 import subprocess
@@ -26,14 +28,24 @@ def comparison(tmp_path_factory):
     sets = {k: v for k, v in MICRO_OVERRIDES.items() if not k.startswith("hmm.")}
     sets.update({"num_train_steps": 20, "model.max_len": 64, "checkpoint_every_steps": 20})
     try:
-        path = compare.run_comparison("cpu", 1, out, sets, "python -m experiments.compare (test)")
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            path = compare.run_comparison("cpu", 1, out, sets, "python -m experiments.compare (test)")
     finally:
         evaluate.EVALS["cpu"].update(old)
-    return out, path
+    return out, path, printed.getvalue()
+
+
+def test_progress_names_each_runs_log_and_each_evaluation(comparison):
+    out, _, printed = comparison
+    log = os.path.join(out, "runs", "compare", "clm", "seed0", "log.txt")
+    assert f"[compare] run 1/4: clm seed 0 (log: {log})" in printed
+    assert "[compare] 4/4 done: hybrid seed 0 in 0:" in printed
+    assert "[compare] evaluation 1/4: clm seed 0 (probes, minimal pairs, fine-tuning)" in printed
+    assert "[compare] 1/4 done: clm seed 0 in 0:" in printed and "; ETA 0:" in printed
 
 
 def test_writes_the_table_csv_and_plot_for_every_objective(comparison):
-    out, md_path = comparison
+    out, md_path, _ = comparison
     md = open(md_path).read()
     for name in ("GPT", "BERT", "prefix LM", "GPT-BERT hybrid"):
         assert f"| {name} |" in md
@@ -58,7 +70,7 @@ def test_writes_the_table_csv_and_plot_for_every_objective(comparison):
 
 
 def test_an_interrupted_comparison_resumes_without_retraining(comparison):
-    out, _ = comparison
+    out, _, _ = comparison
     workdir = os.path.join(out, "runs", "compare", "clm", "seed0")
     cached = json.load(open(os.path.join(workdir, "compare_eval.json")))
     mtime = os.path.getmtime(os.path.join(workdir, "summary.json"))
@@ -67,7 +79,7 @@ def test_an_interrupted_comparison_resumes_without_retraining(comparison):
 
 
 def test_sample_generates_from_gpt_and_fills_masks_with_bert(comparison, capsys):
-    out, _ = comparison
+    out, _, _ = comparison
     runs = os.path.join(out, "runs", "compare")
     sample.main(
         ["--workdir", f"{runs}/clm/seed0", "--prompt", "s3 s4", "--prompt", "s5", "--max_new_tokens", "5"]

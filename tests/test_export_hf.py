@@ -21,20 +21,8 @@ from train.inference.load import load_trained
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.slow
 
-RUNS = {
-    "gpt2": ("clm", {"model.position": "learned"}),
-    "bert": (
-        "mlm",
-        {
-            "model.position": "learned",
-            "model.norm_position": "post",
-            "model.embed_norm": True,
-            "model.head": "bert",
-            "model.activation": "gelu",
-            "model.norm_eps": 1e-12,
-        },
-    ),
-}
+# The exportable presets (configs/base.py) at the micro shapes.
+RUNS = {"gpt2": ("clm", "gpt2_tiny"), "bert": ("mlm", "bert_tiny")}
 
 
 def _export(workdir: str, out: str) -> subprocess.CompletedProcess:
@@ -44,9 +32,9 @@ def _export(workdir: str, out: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("fam", ["gpt2", "bert"])
 def test_an_exported_run_loads_in_hugging_face_with_the_same_logits(fam, tmp_path):
-    objective, overrides = RUNS[fam]
+    objective, variant = RUNS[fam]
     workdir, out = str(tmp_path / "run"), str(tmp_path / "hf")
-    trained = run_command(train_command(workdir, objective, num_train_steps=20, **overrides))
+    trained = run_command(train_command(workdir, objective, variant, num_train_steps=20))
     assert trained.returncode == 0, trained.stderr[-2000:]
     result = _export(workdir, out)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -57,7 +45,7 @@ def test_an_exported_run_loads_in_hugging_face_with_the_same_logits(fam, tmp_pat
         assert stat.S_IMODE(os.stat(os.path.join(out, name)).st_mode) == 0o666 & ~umask, name
     assert result.stderr.strip() == "", result.stderr[-2000:]  # no Orbax INFO lines
     card = open(os.path.join(out, "README.md")).read()
-    assert "final eval metrics" in card and f"python -m train.main --config={CONFIGS[objective]}:tiny" in card
+    assert "final eval metrics" in card and f"python -m train.main --config={CONFIGS[objective]}:{variant}" in card
 
     ours = load_trained(workdir)
     cls = transformers.FlaxGPT2LMHeadModel if fam == "gpt2" else transformers.FlaxBertForMaskedLM

@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from configs import bert, gpt
+from configs.base import VARIANTS
 from models import registry
 from models.masks import make_attention_mask
 from models.transformer import Transformer, TransformerConfig
@@ -103,7 +104,7 @@ def _flat(d, prefix=""):
     return out
 
 
-@pytest.mark.parametrize("variant", ["tiny", "small", "base"])
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_gpt_and_bert_differ_only_in_objective_and_mask(variant):
     g, b = _flat(gpt.get_config(variant).to_dict()), _flat(bert.get_config(variant).to_dict())
     assert g.keys() == b.keys()

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, run_command, subprocess_env, train_command
+from conftest import REPO, subprocess_env
 
 nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("nbclient")
@@ -17,30 +17,20 @@ pytest.importorskip("nbclient")
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def bert_run(tmp_path_factory) -> str:
-    workdir = str(tmp_path_factory.mktemp("notebook") / "bert")
-    result = run_command(train_command(workdir, "mlm", num_train_steps=20))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir
-
-
 def _execute(checkpoint: str, folder) -> nbformat.NotebookNode:
     """The notebook as `CHECKPOINT=... jupyter execute colab.ipynb --output=colab_run` leaves it."""
     shutil.copy(os.path.join(REPO, "notebooks", "colab.ipynb"), folder / "colab.ipynb")
     env = {**subprocess_env(), "CHECKPOINT": checkpoint}
     command = [sys.executable, "-m", "jupyter", "execute", "--timeout=300", "--output=colab_run"]
-    result = subprocess.run(
-        [*command, str(folder / "colab.ipynb")], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-    )
+    command.append(str(folder / "colab.ipynb"))
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return nbformat.read(str(folder / "colab_run.ipynb"), as_version=4)
 
 
 @pytest.mark.parametrize("objective", ["clm", "mlm"])
-def test_notebook_runs_against_a_tiny_checkpoint(objective, micro_run, bert_run, tmp_path):
-    workdir = micro_run if objective == "clm" else bert_run
-    step = 40 if objective == "clm" else 20
+def test_notebook_runs_against_a_tiny_checkpoint(objective, micro_run, micro_bert_run, tmp_path):
+    workdir, step = (micro_run if objective == "clm" else micro_bert_run), 40
     notebook = _execute(os.path.join(workdir, "checkpoints", str(step)), tmp_path)
     text = "\n".join(
         "".join(o.get("text", "") for o in cell.get("outputs", []))

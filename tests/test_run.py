@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -28,12 +29,19 @@ def _metrics(workdir):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, micro_run):
-    """One uninterrupted run per objective, to compare resumed runs against (GPT: the shared one)."""
-    workdir = str(tmp_path_factory.mktemp("ref_mlm"))
-    result = _run(train_command(workdir, "mlm"))
+def reference(micro_run, micro_bert_run):
+    """One uninterrupted run per objective, to compare resumed runs against (the shared ones)."""
+    return {"clm": micro_run, "mlm": micro_bert_run}
+
+
+def test_the_tensorboard_command_is_installed_and_lists_the_runs_tags(micro_run):
+    """`tensorboard --logdir WORKDIR` (docs/observability.md) works after the README's install:
+    TensorBoard's own reader finds the run's scalars."""
+    tensorboard = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    result = _run([tensorboard, "--inspect", "--logdir", micro_run])
     assert result.returncode == 0, result.stderr[-3000:]
-    return {"clm": micro_run, "mlm": workdir}
+    for tag in ("train/loss", "eval/loss", "eval/captured", "perf/mfu", "perf/tokens_per_sec"):
+        assert f"   {tag}\n" in result.stdout
 
 
 def test_a_finished_run_says_where_its_results_are_and_what_to_run_next(micro_run):

@@ -82,7 +82,9 @@ def test_fill_mask_equals_the_lower_level_function(bert):
         bert.fill_mask(["s3 s4"])
 
 
-@pytest.mark.parametrize(("objective", "mask"), [("clm", "causal"), ("hybrid", "causal"), ("prefix_lm", "prefix")])
+@pytest.mark.parametrize(
+    ("objective", "mask"), [("clm", "causal"), ("hybrid", "causal"), ("prefix_lm", "prefix")]
+)
 def test_fill_mask_refuses_a_model_that_reads_only_the_left(objective, mask):
     """As `generate` refuses a bidirectional model: a causal model's logits at a mask are a guess
     from the left context alone, so they are refused rather than returned as if filled."""

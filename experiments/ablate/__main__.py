@@ -23,6 +23,7 @@ from experiments import runs
 from experiments.ablate import report
 from experiments.ablate.tables import Row, Table, make_tables, run_overrides
 from experiments.common import cached_json, parse_set
+from experiments.progress import Progress
 from train.devices.host_memory import retain_freed_memory
 
 TIMING_LENGTHS = {"cpu": (64, 128, 256, 512, 1024), "gpu": (128, 256, 512, 1024, 2048, 4096)}
@@ -53,8 +54,9 @@ def run_table(
     returns the path of TABLE.md."""
     root = os.path.join(out, "runs", table.name)
     todo = [(row, seed) for row in rows for seed in range(seeds)]
+    progress = Progress(table.name, len(todo), jobs)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        results = list(pool.map(lambda item: _one_run(table, preset, sets, jobs, root, *item), todo))
+        results = list(pool.map(lambda item: _one_run(table, preset, sets, progress, root, *item), todo))
     timing = _step_timing(table, preset, sets, root, rows) if "step_timing" in table.extra else []
     attention = (
         _attention_kinds(table, preset, sets, root, rows) if "attention_kinds" in table.extra else None
@@ -63,15 +65,15 @@ def run_table(
 
 
 def _one_run(
-    table: Table, preset: str, sets: dict[str, Any], jobs: int, root: str, row: Row, seed: int
+    table: Table, preset: str, sets: dict[str, Any], progress: Progress, root: str, row: Row, seed: int
 ) -> dict[str, Any]:
     """One (row, seed): trained unless finished, collected, with the table's measurements."""
     overrides = {**run_overrides(table, row, preset, seed), **sets}
     workdir = os.path.join(root, row.slug, f"seed{seed}")
     if "init_attention" in table.extra:  # measured at initialisation: before training
         init = _measure("init_attention_stats", workdir, row.objective, overrides)
-    if not runs.finished(workdir, overrides["num_train_steps"]):
-        runs.train(workdir, row.objective, overrides, jobs=jobs)
+    label = f"{row.slug} seed {seed}"
+    runs.ensure_trained(workdir, row.objective, overrides, progress, label, jobs=progress.jobs)
     result = {"row": row, "seed": seed, **runs.collect(workdir)}
     if "eval_at_15" in table.extra:
         result.update(_measure("eval_at_15", workdir, row.objective, overrides))
@@ -81,7 +83,6 @@ def _one_run(
         result.update(_measure("seq2seq_by_length", workdir, row.objective, overrides))
     if "grad_norms" in table.extra:
         result["grad_trajectory"] = runs.block_grad_norms(workdir, table.grad_kinds)
-    print(f"[{table.name}] {row.slug} seed {seed}: eval loss {result['eval_loss']:.4f}", flush=True)
     return result
 
 

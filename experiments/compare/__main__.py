@@ -26,7 +26,8 @@ from typing import Any
 
 from experiments import common, runs
 from experiments.compare import report
-from experiments.compare.evaluate import evaluate_run
+from experiments.compare.evaluate import EVAL_FILE, evaluate_run
+from experiments.progress import Progress
 from train.devices.host_memory import retain_freed_memory
 
 OBJECTIVES: tuple[str, ...] = ("clm", "mlm", "prefix_lm", "hybrid")
@@ -67,25 +68,40 @@ def run_comparison(
     def workdir_of(objective: str, seed: int) -> str:
         return os.path.join(out, "runs", "compare", objective, f"seed{seed}")
 
+    training = Progress("compare", len(todo), jobs)
+
     def train(item: tuple[str, int]) -> None:
         objective, seed = item
         overrides = {**overrides_base, "seed": seed}
-        if not runs.finished(workdir_of(objective, seed), overrides["num_train_steps"]):
-            runs.train(workdir_of(objective, seed), objective, overrides, jobs=jobs)
+        label = f"{objective} seed {seed}"
+        runs.ensure_trained(workdir_of(objective, seed), objective, overrides, training, label, jobs=jobs)
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(train, todo))
+    evaluating = Progress("compare", len(todo), verb="evaluation")
     results, cache = [], {}
     for objective, seed in todo:
-        result = evaluate_run(workdir_of(objective, seed), objective, preset, seed, cache)
-        results.append(result)
-        print(
-            f"[compare] {objective} seed {seed}: eval loss {result['eval_loss']:.4f}, probe "
-            f"{result['probe_best']:.3f}, pairs {result['pairs_accuracy']:.3f}, fine-tune "
-            f"{result['finetune_accuracy']:.3f}",
-            flush=True,
-        )
+        results.append(_evaluate_one(workdir_of(objective, seed), objective, preset, seed, cache, evaluating))
     return report.write(results, preset, seeds, out, command, overrides_base)
+
+
+def _evaluate_one(
+    workdir: str, objective: str, preset: str, seed: int, cache: dict, progress: Progress
+) -> dict[str, Any]:
+    """`evaluate_run`, reported to `progress` (a cached evaluation counts as done at once)."""
+    label = f"{objective} seed {seed}"
+    if os.path.exists(os.path.join(workdir, EVAL_FILE)):
+        result = evaluate_run(workdir, objective, preset, seed, cache)
+        progress.skip(label, "evaluated before")
+        return result
+    progress.start(label, "probes, minimal pairs, fine-tuning")
+    result = evaluate_run(workdir, objective, preset, seed, cache)
+    progress.finish(
+        label,
+        f"eval loss {result['eval_loss']:.4f}, probe {result['probe_best']:.3f}, pairs "
+        f"{result['pairs_accuracy']:.3f}, fine-tune {result['finetune_accuracy']:.3f}",
+    )
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,11 +38,14 @@ def _tokens_predicted(lines: list[dict[str, Any]]) -> float:
     return total
 
 
+EVAL_FILE = "compare_eval.json"  # in each run's folder
+
+
 def evaluate_run(workdir: str, objective: str, preset: str, seed: int, cache: dict) -> dict[str, Any]:
     """Every measurement of one trained run (cached in `workdir/compare_eval.json`). `cache` holds
     what every run of the comparison shares (the minimal pairs, the fine-tuning task)."""
     return cached_json(
-        os.path.join(workdir, "compare_eval.json"), lambda: _evaluate(workdir, objective, preset, seed, cache)
+        os.path.join(workdir, EVAL_FILE), lambda: _evaluate(workdir, objective, preset, seed, cache)
     )
 
 

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from experiments import common, runs
+from experiments.progress import Progress
 from experiments.scaling import grid, report
 
 OBJECTIVES: tuple[str, ...] = ("clm", "mlm", "prefix_lm", "hybrid")
@@ -64,18 +65,13 @@ def run_grid(
     if sets.get("dataset", "hmm") != "hmm":
         raise SystemExit("experiments.scaling measures against the exact HMM optimum: it needs dataset=hmm")
     todo = grid.points(preset, objectives, seeds)
+    progress = Progress("scaling", len(todo), jobs)
 
     def one(point: grid.Point) -> dict[str, Any]:
         workdir = os.path.join(out, "runs", "scaling", point.slug)
         overrides = grid.overrides(preset, point, sets)
-        if not runs.finished(workdir, point.steps):
-            runs.train(workdir, point.objective, overrides, jobs=jobs)
-        row = collect(workdir, point)
-        print(
-            f"[scaling] {point.slug}: N={row['params']:,} D={row['tokens']:,} loss {row['eval_loss']:.4f}",
-            flush=True,
-        )
-        return row
+        runs.ensure_trained(workdir, point.objective, overrides, progress, point.slug, jobs=jobs)
+        return collect(workdir, point)
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         return list(pool.map(one, todo))

@@ -140,8 +140,8 @@ class TextAPI:
         from a bidirectional model (one that reads both sides of each mask)."""
         if self.mask_kind != "bidirectional":
             raise ValueError(
-                f"a model trained with the {self.mask_kind} mask predicts from the left of a mask only, so it "
-                "does not fill masks: use generate or score, or a bidirectional (BERT-style) model"
+                f"a model trained with the {self.mask_kind} mask predicts from the left of a mask only, so "
+                "it does not fill masks: use generate or score, or a bidirectional (BERT-style) model"
             )
         tok = self._checked_tokenizer()
         mask_id = tok.specials.require("mask", "fill_mask")
