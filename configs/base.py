@@ -98,8 +98,10 @@ def _data(c: ml_collections.ConfigDict) -> None:
     c.tfds = ml_collections.ConfigDict(
         dict(data_dir="", train_split="train", eval_split="validation", text_feature="text", download=False)
     )
+    # BPE by default: its tokenizer.json (an export's) encodes every text exactly as the run did;
+    # a unigram model's agrees except where two segmentations score the same (spm_to_hf.py).
     c.tokenizer = ml_collections.ConfigDict(
-        dict(path="", vocab_size=8192, model_type="unigram", max_train_chars=20_000_000)
+        dict(path="", vocab_size=8192, model_type="bpe", max_train_chars=20_000_000)
     )
     c.data_cache_dir = ""  # tokenizers and packed rows; "" means ~/.cache/gptbert
     # "hf:DIR": start (not resume) from a local Hugging Face GPT-2 / BERT directory (train/hf/reader.py)

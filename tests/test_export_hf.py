@@ -4,6 +4,7 @@ logits within 1e-4; a rotary run is refused naming `model.position`, and nothing
 
 from __future__ import annotations
 
+import glob
 import os
 import stat
 import subprocess
@@ -45,7 +46,8 @@ def test_an_exported_run_loads_in_hugging_face_with_the_same_logits(fam, tmp_pat
         assert stat.S_IMODE(os.stat(os.path.join(out, name)).st_mode) == 0o666 & ~umask, name
     assert result.stderr.strip() == "", result.stderr[-2000:]  # no Orbax INFO lines
     card = open(os.path.join(out, "README.md")).read()
-    assert "final eval metrics" in card and f"python -m train.main --config={CONFIGS[objective]}:{variant}" in card
+    assert "final eval metrics" in card
+    assert f"python -m train.main --config={CONFIGS[objective]}:{variant}" in card
 
     ours = load_trained(workdir)
     cls = transformers.FlaxGPT2LMHeadModel if fam == "gpt2" else transformers.FlaxBertForMaskedLM
@@ -84,3 +86,37 @@ def test_a_missing_run_or_step_is_one_line_with_exit_2(case, micro_run, tmp_path
         "has no step 7; it has [20, 30, 40]" if case == "no such step" else "no complete checkpoint under"
     )
     assert expected in lines[0]
+
+
+def test_a_text_run_exports_a_tokenizer_that_auto_tokenizer_loads_and_encodes_as_the_run(tmp_path):
+    """A run on one's own text trains a SentencePiece model; its export holds a tokenizer.json
+    that `AutoTokenizer` loads, encoding every document and hard case to the run's ids, framed
+    `<bos> ... <eos>` as the run framed each document, and decoding them back."""
+    from conftest import write_corpus
+
+    from train.tokenizer.files import load_tokenizer
+    from train.tokenizer.spm_to_hf import HARD_CASES
+
+    corpus = write_corpus(tmp_path / "corpus", n_files=30)
+    workdir, out = str(tmp_path / "run"), str(tmp_path / "hf")
+    text = {
+        "dataset": f"text:{corpus}",
+        "tokenizer.vocab_size": 512,
+        "data_cache_dir": str(tmp_path / "cache"),
+    }
+    trained = run_command(train_command(workdir, "clm", "gpt2_tiny", num_train_steps=10, **text))
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    result = _export(workdir, out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert {"tokenizer.json", "tokenizer.model", "tokenizer_config.json"} <= set(os.listdir(out))
+    run = load_tokenizer(os.path.join(workdir, "tokenizer.model"))
+    theirs = transformers.AutoTokenizer.from_pretrained(out)
+    docs = [open(p).read() for p in sorted(glob.glob(corpus))]
+    control = "<pad><bos><eos><unk>"  # transformers reads role tokens spelt out as the tokens
+    assert theirs(control, add_special_tokens=False)["input_ids"] == [0, 1, 2, 3] != run.encode([control])[0]
+    for doc in [*docs, *(c for c in HARD_CASES if "<bos>" not in c)]:
+        (ids,) = run.encode([doc])
+        assert theirs(doc, add_special_tokens=False)["input_ids"] == ids
+        assert theirs(doc)["input_ids"] == [run.specials.bos, *ids, run.specials.eos]
+        assert theirs.decode(ids) == doc
+    assert theirs.mask_token_id == run.specials.mask and theirs.pad_token_id == run.specials.pad

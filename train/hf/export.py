@@ -3,9 +3,11 @@
     python -m train.hf.export --workdir runs/gpt --out exported/gpt [--step 1500]
 
 Writes `config.json`, `model.safetensors` (PyTorch names and layouts of `GPT2LMHeadModel` or
-`BertForMaskedLM`), the run's tokenizer (a Hugging Face `tokenizer.json` with its special-token
-files, or a SentencePiece `tokenizer.model`) when it has one, and a model card (`README.md`:
-objective, mask, data, step, final eval metrics, the training config).
+`BertForMaskedLM`), the run's tokenizer as a Hugging Face `tokenizer.json` with its special-token
+files, which `AutoTokenizer` loads (a run's SentencePiece model is converted, checked to encode a
+set of hard cases to the same ids, and kept beside it as `tokenizer.model`;
+train/tokenizer/spm_to_hf.py), and a model card (`README.md`: objective, mask, data, step, final
+eval metrics, the training config).
 A causal run of the GPT-2 architecture exports as GPT-2, a bidirectional run of the BERT one as
 BERT (train/hf/weights.py); any other run is refused before anything is written, naming each
 field and the value that would export. The directory appears whole or not at all.
@@ -33,7 +35,9 @@ from train.hf.config import hf_config
 from train.hf.weights import FAMILY_OF_MASK, export_errors, to_hf
 from train.inference.load import load_trained
 from train.observe.metrics import read_metrics
-from train.tokenizer.hf import HFTokenizer
+from train.tokenizer import spm_to_hf
+from train.tokenizer.hf import ROLE_FILE, HFTokenizer
+from train.tokenizer.sentencepiece import SentencePieceTokenizer
 from train.tokenizer.vocab import SymbolTokenizer
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "the run to export (its latest checkpoint unless --step)")
@@ -62,6 +66,7 @@ def export(workdir: str, out: str, step: int | None = None) -> str:
     errors = export_errors(cfg, fam)
     if errors:
         raise ExportError(f"this {mask} run cannot export as {fam}:\n  - " + "\n  - ".join(errors))
+    tokenizer = tokenizer_files(trained.tokenizer)
     params = jax.tree.map(np.asarray, nnx.state(trained.model, nnx.Param).to_pure_dict())
     tmp = f"{out}.tmp-{os.getpid()}"
     os.makedirs(tmp)
@@ -71,7 +76,9 @@ def export(workdir: str, out: str, step: int | None = None) -> str:
         special = {"bos_token_id": sp.bos, "eos_token_id": sp.eos, "pad_token_id": sp.pad}
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(hf_config(cfg, fam, special), f, indent=2)
-        _write_tokenizer(trained.tokenizer, tmp)
+        for name, data in tokenizer.items():
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(data)
         with open(os.path.join(tmp, "README.md"), "w") as f:
             f.write(_card(workdir, trained, fam))
         _readable_by_all(tmp)
@@ -92,13 +99,34 @@ def _readable_by_all(folder: str) -> None:
         os.chmod(os.path.join(folder, name), 0o666 & ~umask)
 
 
-def _write_tokenizer(tok, folder: str) -> None:
-    if isinstance(tok, SymbolTokenizer):  # the synthetic corpus: ids are the card's rule
-        return
-    tok.save(os.path.join(folder, tok.filename))
-    if isinstance(tok, HFTokenizer):  # what transformers' AutoTokenizer reads beside tokenizer.json
-        with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-            json.dump({"tokenizer_class": "PreTrainedTokenizerFast", **tok.role_tokens()}, f, indent=2)
+def tokenizer_files(tok) -> dict[str, bytes]:
+    """File name -> contents of the run's tokenizer in the layout `AutoTokenizer` reads: the
+    `tokenizer.json`, its roles and `tokenizer_config.json` (nothing for the synthetic corpus,
+    whose ids are the card's rule). A SentencePiece model goes in converted, and stays beside."""
+    if isinstance(tok, SymbolTokenizer):
+        return {}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast"}
+    files = {}
+    if isinstance(tok, SentencePieceTokenizer):
+        files[tok.filename] = tok.model_proto
+        tok = _converted(tok)
+    files[tok.filename] = tok.serialized
+    files[ROLE_FILE] = json.dumps(tok.role_tokens(), indent=2).encode()
+    files["tokenizer_config.json"] = json.dumps({**config, **tok.role_tokens()}, indent=2).encode()
+    return files
+
+
+def _converted(sp: SentencePieceTokenizer) -> HFTokenizer:
+    try:
+        hf = spm_to_hf.to_hf(sp)
+    except ValueError as e:
+        raise ExportError(f"the run's tokenizer.model: {e}") from e
+    wrong = spm_to_hf.mismatches(sp, hf, spm_to_hf.HARD_CASES)
+    if wrong:
+        raise ExportError(
+            f"the run's tokenizer.model converts to a tokenizer.json that encodes {wrong[0]!r} differently"
+        )
+    return hf
 
 
 def _tokenizer_note(tok) -> str:
@@ -107,7 +135,21 @@ def _tokenizer_note(tok) -> str:
     roles = ", ".join(f"{r} {tok.token(i)!r} = {i}" for r, i in tok.specials.roles().items() if i is not None)
     if isinstance(tok, HFTokenizer):
         return f"`tokenizer.json` (Hugging Face `tokenizers`; `AutoTokenizer` loads it); {roles}."
-    return f"`tokenizer.model` is the run's SentencePiece model (load it with `sentencepiece`); {roles}."
+    exact = (
+        "encodes every text as the run's SentencePiece model did"
+        if tok.model_type == "bpe"
+        else "encodes as the run's SentencePiece unigram model did, except that where two segmentations "
+        "tie in score it may pick the other one (rare: see train/tokenizer/spm_to_hf.py)"
+    )
+    exact += (
+        " (as with every Hugging Face tokenizer, `AutoTokenizer` reads `<pad>`, `<bos>`, `<eos>` and "
+        "`<unk>` spelt out in a text as those tokens, where the run read their characters)"
+    )
+    return (
+        f"`tokenizer.json` (Hugging Face `tokenizers`; `AutoTokenizer` loads it) {exact}; the model is kept "
+        f"as `tokenizer.model`; {roles}. `AutoTokenizer(DIR)(text)` frames a text as `<bos> ... <eos>`, as "
+        "the run framed each document."
+    )
 
 
 def _card(workdir: str, trained, fam: str) -> str:

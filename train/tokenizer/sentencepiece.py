@@ -63,6 +63,14 @@ class SentencePieceTokenizer:
     def vocab_size(self) -> int:
         return self._sp.vocab_size()
 
+    @property
+    def model_type(self) -> str:
+        """ "unigram" or "bpe" (or another SentencePiece model type, lower case)."""
+        from sentencepiece import sentencepiece_model_pb2
+
+        proto = sentencepiece_model_pb2.ModelProto.FromString(self.model_proto)
+        return sentencepiece_model_pb2.TrainerSpec.ModelType.Name(proto.trainer_spec.model_type).lower()
+
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return self._sp.encode(list(texts), out_type=int, num_threads=os.cpu_count() or 1)
 
@@ -90,6 +98,10 @@ class SentencePieceTokenizer:
 
     def token(self, i: int) -> str:
         return self._sp.id_to_piece(int(i))
+
+    def piece_score(self, i: int) -> float:
+        """The model's score of piece `i` (unigram: its log-probability; BPE: minus its merge rank)."""
+        return self._sp.GetScore(int(i))
 
     def bytes_per_token(self) -> np.ndarray:
         """UTF-8 bytes each token stands for: 0 for special tokens, 1 for byte-fallback pieces."""
