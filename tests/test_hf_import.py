@@ -102,3 +102,18 @@ def test_a_pickled_checkpoint_is_never_loaded(tmp_path):
         validate(micro_config(init_from=f"hf:{folder}"))
     assert "safe_serialization=True" in str(e.value)
     assert os.path.exists(folder / "pytorch_model.bin")
+
+
+@pytest.mark.parametrize("safetensors", [True, False])
+def test_a_directory_in_flax_layout_is_refused_saying_so_and_how_to_convert(safetensors, tmp_path):
+    """What `FlaxGPT2LMHeadModel.save_pretrained` writes (Flax tensor names in model.safetensors,
+    or flax_model.msgpack): one message that names the layout and the conversion command."""
+    config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=32)
+    folder = str(tmp_path / "flax")
+    transformers.FlaxGPT2LMHeadModel(config).save_pretrained(folder, safe_serialization=safetensors)
+    with pytest.raises(ConfigError, match="in Flax layout") as e:
+        load_hf(folder)
+    assert "from_flax=True).save_pretrained('DIR_pt')" in str(e.value) and "AutoModelForCausalLM" in str(
+        e.value
+    )
+    assert len(str(e.value).splitlines()) == 1

@@ -21,7 +21,7 @@ from flax import nnx
 from models.errors import ConfigError
 from models.transformer_config import TransformerConfig
 from train.hf.config import model_fields
-from train.hf.weights import from_hf
+from train.hf.weights import flax_layout_message, from_hf
 
 PREFIX = "hf:"
 _NAMES = {  # model.* field -> what config.json calls it, per family (for the messages)
@@ -57,6 +57,10 @@ def read_config(path: str) -> tuple[str, dict[str, Any]]:
                 f"\"from transformers import AutoModel; AutoModel.from_pretrained('{path}')"
                 f".save_pretrained('{path}', safe_serialization=True)\""
             )
+        if "flax_model.msgpack" in files:
+            with open(os.path.join(path, "config.json")) as f:
+                fam = "gpt2" if json.load(f).get("model_type") == "gpt2" else "bert"
+            raise ConfigError(f"init_from: {path} holds flax_model.msgpack: " + flax_layout_message(fam))
         raise ConfigError(f"init_from: {path} has no model.safetensors")
     with open(os.path.join(path, "config.json")) as f:
         try:

@@ -147,9 +147,31 @@ def _normalise(tensors: dict[str, np.ndarray], fam: str) -> dict[str, np.ndarray
     return out
 
 
+_FLAX_LEAVES = (".kernel", ".embedding", ".scale")
+
+
+def flax_layout(tensors: dict[str, np.ndarray]) -> bool:
+    """Whether the tensors carry Flax's names (`...c_attn.kernel`, `...wte.embedding`) rather than
+    PyTorch's (`...weight`): what `FlaxPreTrainedModel.save_pretrained` writes."""
+    return any(k.endswith(_FLAX_LEAVES) for k in tensors) and not any(k.endswith(".weight") for k in tensors)
+
+
+def flax_layout_message(fam: str) -> str:
+    """What to do with a directory in Flax layout: convert it once with transformers."""
+    auto = "AutoModelForCausalLM" if fam == "gpt2" else "AutoModelForMaskedLM"
+    return (
+        "its weights are in Flax layout (tensor names ending in .kernel / .embedding / .scale, as "
+        "Flax models save them); this reads PyTorch names. Convert it once where PyTorch and Flax are "
+        f"installed: python -c \"from transformers import {auto}; {auto}.from_pretrained('DIR', "
+        "from_flax=True).save_pretrained('DIR_pt')\" and pass hf:DIR_pt"
+    )
+
+
 def from_hf(tensors: dict[str, np.ndarray], cfg: TransformerConfig, fam: str) -> dict:
     """HF tensors -> our parameters. Every tensor is accounted for: one this model does not know,
     or one it needs that is missing, is a `ValueError` listing them all."""
+    if flax_layout(tensors):
+        raise ValueError(flax_layout_message(fam))
     t = _normalise(tensors, fam)
     ours = to_hf(_zeros_like_params(cfg, fam), cfg, fam)  # the names and shapes we expect
     head = "lm_head.weight" if fam == "gpt2" else "cls.predictions.decoder.weight"
