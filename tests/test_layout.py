@@ -4,7 +4,9 @@ files of one job each. Read from the source (AST), so a violation fails here bef
 from __future__ import annotations
 
 import ast
+import glob
 import os
+import re
 import subprocess
 import sys
 
@@ -224,3 +226,19 @@ def test_the_layout_test_sees_a_violation(tmp_path):
     planted = tmp_path / "planted.py"
     planted.write_text("from train.loop.step import _private\nimport models.masks as mm\nmm._x\n")
     assert ("train.loop.step", "_private", 1) in _imports(str(planted))
+
+
+def test_the_docs_stand_alone_every_link_is_inside_the_repository():
+    """README.md and docs/ link only to files of this repository (a clone has nothing beside
+    it), and every such link resolves; web links are allowed."""
+    pages = [os.path.join(REPO, "README.md"), *glob.glob(os.path.join(REPO, "docs", "*.md"))]
+    broken = []
+    for page in pages:
+        text = open(page).read()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text) + re.findall(r"`(\.\./[^`]+)`", text):
+            if target.startswith(("http://", "https://", "#", "mailto:")):
+                continue
+            path = os.path.normpath(os.path.join(os.path.dirname(page), target.split("#")[0]))
+            if not path.startswith(REPO + os.sep) or not os.path.exists(path):
+                broken.append(f"{os.path.relpath(page, REPO)}: {target}")
+    assert not broken, "links outside the repository or to nothing:\n" + "\n".join(broken)
