@@ -77,6 +77,10 @@ def test_the_watch_stops_at_the_first_bad_step_or_after_max_skips_in_a_row():
         stop.check([(3, _m(1.8)), (4, _m(1.0, np.inf)), (5, _m(np.nan))])
         == "step 4: grad_norm=inf (not finite)"
     )
+    state = NonFiniteWatch("stop", 3)  # a finite loss and gradient, infinite parameters
+    assert state.check([(1, {**_m(2.0), "state_finite": np.float32(0)})]).startswith(
+        "step 1: parameters or optimizer state not all finite"
+    )
     skip = NonFiniteWatch("skip", 3)
     assert skip.check([(1, _m(np.nan)), (2, _m(np.nan)), (3, _m(1.0))]) is None  # a finite step resets
     assert skip.check([(4, _m(np.nan)), (5, _m(np.inf))]) is None
@@ -94,6 +98,7 @@ def test_a_diverging_run_stops_with_status_3_and_leaves_only_finite_checkpoints(
     steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
     assert steps and max(steps) < bad_step
     assert f"the newest checkpoint, step {max(steps)} in" in result.stderr
+    assert "the same config may diverge again from there" in result.stderr
     for s in steps:
         params = jax.tree.leaves(load_trained(workdir, step=s).model)
         assert all(np.isfinite(np.asarray(p)).all() for p in params)
@@ -101,3 +106,30 @@ def test_a_diverging_run_stops_with_status_3_and_leaves_only_finite_checkpoints(
     assert lines and max(x["step"] for x in lines) < bad_step
     # Nothing logged from the bad step on (a finite but huge eval loss may have an infinite perplexity).
     assert all(np.isfinite(x[k]) for x in lines for k in ("loss", "grad_norm") if k in x)
+
+
+def _all_finite(workdir: str, step: int) -> bool:
+    return all(
+        np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(load_trained(workdir, step=step).model)
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+def test_a_finite_loss_with_infinite_parameters_is_caught_and_never_saved(mode, tmp_path):
+    """Learning rate 3e38: the loss and gradient of a step are finite while the update writes
+    infinite parameters. Neither mode may go on from them or end with status 0 (with `skip`, the
+    steps are skipped until max_skipped_in_a_row); the checkpoint the message names is finite."""
+    workdir = str(tmp_path / "run")
+    overrides = {"optim.learning_rate": 3e38, "optim.warmup_steps": 0, "nonfinite": mode}
+    overrides |= {"checkpoint_every_steps": 1, "log_every_steps": 1, "max_skipped_in_a_row": 5}
+    result = run_command(train_command(workdir, "clm", **overrides))
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "parameters or optimizer state not all finite" in result.stderr
+    steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+    assert all(_all_finite(workdir, s) for s in steps)
+    if steps:
+        assert f"the newest checkpoint, step {steps[-1]} in" in result.stderr
+        assert "may diverge again" in result.stderr
+    lines = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert all(np.isfinite(x["loss"]) for x in lines if x["split"] == "eval")

@@ -3,11 +3,15 @@
 The step's metrics stay on device until the loop reads them anyway (log, eval and checkpoint
 steps; a checkpoint step is always a log step). There every step since the last check is
 inspected, in order, before anything is logged, evaluated or saved:
-- `nonfinite = "stop"`: the first step whose loss or gradient norm is NaN or Inf ends the run
-  (exit status 3) with the step, the values, the newest checkpoint (whose parameters are finite,
-  since none is saved past a bad step) and the usual causes;
+- `nonfinite = "stop"`: the first step whose loss or gradient norm is NaN or Inf, or after which
+  a parameter or optimizer-state value is (metric `state_finite`: a finite loss with a huge
+  learning rate writes infinite parameters), ends the run (exit status 3) with the step, the
+  values, the newest checkpoint (finite, since none is saved past an unchecked step) and the
+  usual causes;
 - `nonfinite = "skip"`: the step already left the state as it was (`train.loop.step`, on device);
   the run ends the same way after `max_skipped_in_a_row` consecutive skipped steps.
+An eval whose loss is not finite ends the run the same way, in either mode: a run never ends
+with status 0 and a non-finite eval.
 """
 
 from __future__ import annotations
@@ -39,10 +43,12 @@ class NonFiniteWatch:
         """`(step, fetched metrics)` in step order; a description of the failure, or None."""
         for step, metrics in steps:
             bad = {k: float(metrics[k]) for k in _WATCHED if not np.isfinite(metrics[k])}
+            if float(metrics.get("state_finite", 1.0)) < 1:
+                bad["parameters or optimizer state"] = "not all finite after the update"
             if not bad:
                 self.skipped_in_a_row = 0
                 continue
-            values = ", ".join(f"{k}={v}" for k, v in bad.items())
+            values = ", ".join(f"{k}={v}" if isinstance(v, float) else f"{k} {v}" for k, v in bad.items())
             if self.mode == "stop":
                 return f"step {step}: {values} (not finite)"
             self.skipped_in_a_row += 1
@@ -59,8 +65,9 @@ def failure_message(problem: str, latest_checkpoint: int | None, directory: str)
         where = "no checkpoint was written before it, so a rerun starts from scratch"
     else:
         where = (
-            f"the newest checkpoint, step {latest_checkpoint} in {directory}, holds finite "
-            "parameters and a rerun of the same command resumes from it"
+            f"the newest checkpoint, step {latest_checkpoint} in {directory}, holds finite parameters "
+            "and optimizer state (every step up to it was checked) and a rerun of the same command "
+            "resumes from it, but the same config may diverge again from there"
         )
     return (
         f"non-finite values at {problem}; {where}. Usual causes: a learning rate too high or a "

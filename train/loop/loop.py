@@ -130,7 +130,14 @@ class Loop:
         self.observer.at_log(step, row)
 
     def evaluate(self, step: int) -> dict[str, float]:
+        """The eval metrics, written and shown; a non-finite eval loss stops the run (exit 3)."""
         metrics = self.evaluator(self.state.params, self.state.model_state)
+        if not np.isfinite(metrics["loss"]):
+            self.close()
+            problem = f"the eval at step {step}: loss={metrics['loss']}"
+            raise NonFiniteError(
+                failure_message(problem, self.checkpointer.latest_step(), self.checkpointer.directory)
+            )
         self.writer.write(step, "eval", metrics)
         self.observer.at_eval(step, self.state.params, self.state.model_state)
         rounded = {k: round(v, 4) for k, v in metrics.items()}

@@ -128,6 +128,12 @@ def _accumulated(
     return scores, grads, model_state
 
 
+def all_finite(tree: Any) -> jax.Array:
+    """Whether every float in `tree` is finite (one boolean, reduced on device)."""
+    leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
 def make_train_step(
     graphdef: nnx.GraphDef,
     tx: optax.GradientTransformation,
@@ -144,9 +150,11 @@ def make_train_step(
     inputs and targets of the full batch, and the gradient is that of the loss averaged over
     every scored token of the batch (sums over micro-batches, divided once at the end).
 
-    `skip_nonfinite`: a step whose loss or gradient norm is not finite leaves parameters, model
-    state and optimizer state as they were (a select on device, no host sync); the step count
-    still advances, so data and RNG stay aligned with an uninterrupted run. Metric `skipped`.
+    Metric `state_finite` is 1 when every parameter, model state and optimizer state value after
+    the step is finite. `skip_nonfinite`: a step whose loss or gradient norm is not finite, or
+    whose new state is not, leaves parameters, model state and optimizer state as they were (a
+    select on device, no host sync); the step count still advances, so data and RNG stay aligned
+    with an uninterrupted run. Metric `skipped`.
 
     `layer_stats_at=(every, last)`: metric `layer_stats` holds train/observe/layer_stats.py's statistics
     at the steps that log (every `every`-th and the `last`), zeros at the others.
@@ -178,8 +186,12 @@ def make_train_step(
             metrics["layer_stats"] = at_log_steps(
                 state.params, grads, updates, state.step + 1, *layer_stats_at
             )
+        # A finite loss and gradient can still give non-finite parameters (a huge learning rate):
+        # the guard checks the state itself, so no non-finite state is kept or saved.
+        metrics["state_finite"] = all_finite((params, model_state, opt_state)).astype(jnp.float32)
         if skip_nonfinite:
             finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+            finite &= metrics["state_finite"] > 0
             params, model_state, opt_state = jax.tree.map(
                 lambda new, old: jnp.where(finite, new, old),
                 (params, model_state, opt_state),
