@@ -264,3 +264,19 @@ def test_compilation_cache_and_step_memory_are_recorded(tmp_path):
     memory = json.load(open(os.path.join(workdir, "summary.json")))["step_memory"]
     assert memory["peak_bytes"] >= memory["argument_bytes"] > 0
     assert "GiB per device" in result.stderr
+
+
+def test_a_hand_edited_config_json_is_named_at_resume_as_a_record_not_an_input(micro_run, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(micro_run, workdir)
+    path = os.path.join(workdir, "config.json")
+    record = json.load(open(path))
+    record["optim"]["learning_rate"], record["seed"] = 0.5, 7
+    json.dump(record, open(path, "w"))
+    result = _run(train_command(workdir))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"{path} is a record of the run, not an input" in result.stderr
+    assert "optim.learning_rate: 0.5 -> 0.003; seed: 7 -> 0" in result.stderr
+    assert json.load(open(path))["seed"] == 0  # rewritten to what ran
+    again = _run(train_command(workdir))
+    assert again.returncode == 0 and "is a record of the run" not in again.stderr

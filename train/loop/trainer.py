@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -132,9 +133,46 @@ def restore_or_initialise(run: Run, checkpointer: Checkpointer, hf_dir: str | No
 
 
 def write_config_record(config: Any, workdir: str, run: Run, command: str) -> None:
-    """`config.json`: the resolved config, the vocabulary size, parameter count and command."""
+    """`config.json`: the resolved config, the vocabulary size, parameter count and command. A
+    record, never read back: where the workdir's differs from this command's config (an edit by
+    hand, or other flags), a warning names each field, since the command's config is what runs."""
+    path = os.path.join(workdir, "config.json")
+    new = config.to_dict()
+    if os.path.exists(path):
+        recorded = _read_json(path)
+        differing = config_differences(recorded, new) if recorded else []
+        if differing:
+            log.warning(
+                "%s is a record of the run, not an input: this run uses the command's config, which "
+                "differs from it in %s; it is rewritten to the command's config (pass --config.FIELD=VALUE "
+                "to change a field)",
+                path,
+                "; ".join(differing),
+            )
     resolved = {"vocab_size": run.vocab_size, "num_params": run.num_params, "command": command}
-    write_json_atomic(os.path.join(workdir, "config.json"), {**config.to_dict(), "resolved": resolved})
+    write_json_atomic(path, {**new, "resolved": resolved})
+
+
+def config_differences(recorded: dict, current: dict, prefix: str = "") -> list[str]:
+    """`field: recorded -> current` for every leaf field that differs (`resolved` left out)."""
+    out = []
+    for key in sorted(set(recorded) | set(current)):
+        if not prefix and key == "resolved":
+            continue
+        a, b = recorded.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b and not (isinstance(a, list) and isinstance(b, tuple) and a == list(b)):
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
 
 
 @dataclasses.dataclass(frozen=True)
