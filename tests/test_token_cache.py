@@ -234,3 +234,47 @@ def test_two_processes_building_one_cache_encode_each_shard_once(big, tmp_path):
     (path,) = os.listdir(os.path.join(cache, "packed"))
     packed = token_cache.load(os.path.join(cache, "packed", path))
     _assert_rows_equal(packed["train"], tuple(np.asarray(a, np.int32) for a in reference._train))
+
+
+def _cache_folder(cache) -> str:
+    (path,) = [p for p in (cache / "packed").iterdir() if p.is_dir() and "." not in p.name]
+    return str(path)
+
+
+@pytest.mark.parametrize("damage", ["flip", "out_of_vocabulary", "truncate"])
+def test_a_damaged_cache_is_named_set_aside_and_rebuilt(damage, files, tmp_path, caplog):
+    """The checksums written with the cache are checked when it is opened: flipped bits, ids
+    outside the vocabulary, a truncated file are each named, the damaged cache is kept aside,
+    and the rows come back as they were built."""
+    c = _config(gpt, f"text:{files}", tmp_path / "cache")
+    intact = text_source(c, str(tmp_path / "w"))
+    expected = {k: tuple(np.array(a) for a in v) for k, v in intact.rows.items()}
+    folder = _cache_folder(tmp_path / "cache")
+    name = "eval_tokens.npy" if damage == "truncate" else "train_tokens.npy"
+    path = os.path.join(folder, name)
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        if damage == "truncate":
+            f.truncate(size - 100)
+        else:
+            f.seek(size // 2)
+            data = f.read(64)
+            f.seek(size // 2)
+            f.write(b"\xff" * 64 if damage == "out_of_vocabulary" else bytes(b ^ 0x5A for b in data))
+    with caplog.at_level("WARNING"):
+        rebuilt = text_source(c, str(tmp_path / "w"))
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert f"token cache damaged: {path} " in message
+    why = {
+        "flip": "differs from the checksum written with it",
+        "out_of_vocabulary": "it holds ids up to 65535, outside the vocabulary of 512",
+        "truncate": f"has {size - 100:,} bytes, {size:,} when written",
+    }
+    assert why[damage] in message
+    aside = [p for p in (tmp_path / "cache" / "packed").iterdir() if ".damaged-" in p.name]
+    assert len(aside) == 1 and (aside[0] / name).exists()  # kept for a look, not deleted
+    for split, rows in rebuilt.rows.items():
+        _assert_rows_equal(rows, expected[split])
+    caplog.clear()
+    text_source(c, str(tmp_path / "w"))  # intact now: opened without a word
+    assert "damaged" not in " ".join(r.getMessage() for r in caplog.records)

@@ -135,7 +135,8 @@ class TextSource:
         )
         self.vocab_size, self.specials = self.tokenizer.vocab_size, self.tokenizer.specials
         tok_hash = self.tokenizer.fingerprint
-        # The cache key names its layout (`v2`): a change of layout must never read an old cache.
+        # The cache key names its layout (`v3`: with checksums): a change of layout must never read
+        # an old cache.
         part = ""
         self._per_host = None
         if config.get("data_cache_per_host", False) and process_count > 1:  # hosts that share no filesystem
@@ -143,7 +144,7 @@ class TextSource:
             part = f"|part {process_index} of {process_count}"
             chars = [corpus.document_chars(s) for s in shards]
             shards = corpus.host_part(shards, chars, eval_fraction, process_index, process_count)
-        key = hashlib.sha256(f"{corpus_key}|{tok_hash}|{self.seq_len}|v2{part}".encode()).hexdigest()[:16]
+        key = hashlib.sha256(f"{corpus_key}|{tok_hash}|{self.seq_len}|v3{part}".encode()).hexdigest()[:16]
         path = os.path.join(cache, "packed", key)
         packed = token_cache.build(
             path, shards, self.tokenizer, self.seq_len, eval_fraction=eval_fraction, workers=workers

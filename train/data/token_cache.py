@@ -2,6 +2,7 @@
 
     {cache}/packed/{key}/            the published cache (renamed into place when complete)
         train_tokens.npy  train_segment_ids.npy  eval_tokens.npy  eval_segment_ids.npy  meta.json
+        (meta.json holds each file's size and SHA-256, checked every time the cache is opened)
     {cache}/packed/{key}.build/      while building: shards/NNNNN.npz (ids and document lengths)
 
 1. Encode: each shard (train/data/corpus.py) is read and encoded by a worker process
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -220,7 +222,9 @@ def _pack(
         "token_dtype": tdt.name,
         "segment_dtype": sdt.name,
         "seq_len": seq_len,
+        "vocab_size": vocab_size,
         "shards": len(shards),
+        "files": {os.path.basename(w.path): file_record(w.path) for w in writers.values()},
     }
     with open(os.path.join(out, "meta.json"), "w") as f:
         json.dump(meta, f, indent=2)
@@ -236,7 +240,10 @@ def build(
     eval_fraction: float = 0.0,
     workers: int = 1,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The packed rows of every split (memory-mapped), built into `path` if it is not there."""
+    """The packed rows of every split (memory-mapped), built into `path` if it is not there. A
+    cache whose files do not match the checksums written with them is moved aside and rebuilt."""
+    if os.path.isdir(path):
+        _set_aside_if_damaged(path, tokenizer.vocab_size)
     if not os.path.isdir(path):
         build_dir = f"{path}.build"
         os.makedirs(os.path.join(build_dir, "shards"), exist_ok=True)
@@ -258,6 +265,79 @@ def build(
         finally:
             lock.release()
     return load(path)
+
+
+# -- integrity ----------------------------------------------------------------------------------
+
+_READ_BYTES = 16 * 2**20
+
+
+def file_record(path: str) -> dict:
+    """What a cache file is checked against when opened: its size and SHA-256."""
+    with open(path, "rb") as f:
+        return {"bytes": os.path.getsize(path), "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
+
+
+def damage(path: str, vocab_size: int) -> str | None:
+    """What is wrong with the published cache `path`, naming the file, or None: a file missing,
+    of another size, or whose bytes differ from the SHA-256 written with it (one read of each
+    file; for token files the same read finds ids outside the vocabulary)."""
+    try:
+        recorded = meta(path)
+    except (OSError, ValueError) as e:
+        return f"meta.json cannot be read ({e})"
+    for name, want in recorded.get("files", {}).items():
+        file = os.path.join(path, name)
+        if not os.path.exists(file):
+            return f"{file} is missing"
+        if os.path.getsize(file) != want["bytes"]:
+            return f"{file} has {os.path.getsize(file):,} bytes, {want['bytes']:,} when written"
+        digest, top = _digest_and_max(file, np.dtype(recorded["token_dtype"]) if "tokens" in name else None)
+        if digest != want["sha256"]:
+            ids = (
+                f"; it holds ids up to {top}, outside the vocabulary of {vocab_size}"
+                if top >= vocab_size
+                else ""
+            )
+            return f"{file} differs from the checksum written with it (its bytes changed since){ids}"
+    if "files" not in recorded:
+        return f"{path}/meta.json holds no checksums"
+    return None
+
+
+def _digest_and_max(file: str, dtype: np.dtype | None) -> tuple[str, int]:
+    """The file's SHA-256 and, for a token file, its largest id (-1 otherwise)."""
+    sha, top, first = hashlib.sha256(), -1, True
+    with open(file, "rb") as f:
+        while chunk := f.read(_READ_BYTES):
+            sha.update(chunk)
+            if dtype is not None:
+                body = chunk[_data_offset(chunk) if first else 0 :]
+                body = body[: len(body) - len(body) % dtype.itemsize]
+                if body:
+                    top = max(top, int(np.frombuffer(body, dtype).max()))
+            first = False
+    return sha.hexdigest(), top
+
+
+def _data_offset(head: bytes) -> int:
+    """Where an .npy file's data starts (after its magic, version and header)."""
+    size = int.from_bytes(head[8:10], "little") if head[6] == 1 else int.from_bytes(head[8:12], "little")
+    return (10 if head[6] == 1 else 12) + size
+
+
+def _set_aside_if_damaged(path: str, vocab_size: int) -> None:
+    """Moves a damaged cache to `PATH.damaged-TIME` (kept for a look, never deleted) with a warning
+    naming what is wrong; the caller then rebuilds it from the corpus."""
+    problem = damage(path, vocab_size)
+    if problem is None:
+        return
+    aside = f"{path}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:  # another process of the run moved it first
+        return
+    log.warning("token cache damaged: %s; moved to %s and rebuilt from the corpus", problem, aside)
 
 
 def load(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
