@@ -190,7 +190,7 @@ def _encoded(stderr: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_killed_build_resumes_from_its_finished_shards(big, tmp_path):
+def test_a_killed_build_resumes_from_its_finished_shards_and_re_encodes_a_damaged_one(big, tmp_path):
     files, tokenizer, reference = big
     cache = str(tmp_path / "cache")
     proc = _builder(files, cache, tokenizer, str(tmp_path / "w1"))
@@ -209,11 +209,14 @@ def test_a_killed_build_resumes_from_its_finished_shards(big, tmp_path):
     proc.wait()
     assert shards_dir is not None, "the build ended before it could be killed"
     kept = {f for f in os.listdir(shards_dir) if f.endswith(".npz")}
+    cut = sorted(kept)[0]  # and one finished shard cut short, as by a disk fault
+    os.truncate(os.path.join(shards_dir, cut), os.path.getsize(os.path.join(shards_dir, cut)) // 2)
     resumed = _builder(files, cache, tokenizer, str(tmp_path / "w2"))
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-2000:]
+    assert f"encoded shard {os.path.join(shards_dir, cut)} is damaged (BadZipFile" in err
     redone = {f"{i:05d}.npz" for i in _encoded(err)}
-    assert redone and not redone & kept, "finished shards were encoded again"
+    assert cut in redone and not redone & (kept - {cut}), "finished shards were encoded again"
     (path,) = [os.path.join(cache, "packed", d) for d in os.listdir(os.path.join(cache, "packed"))]
     packed = token_cache.load(path)
     for split, ref in (("train", reference._train), ("eval", reference._eval)):

@@ -18,6 +18,7 @@ in the smallest unsigned type that holds the vocabulary, segment ids in one that
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
@@ -28,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Callable
 
 import numpy as np
@@ -104,7 +106,32 @@ def default_workers(config_workers: int, shards: list[Shard]) -> int:
     return config_workers if config_workers > 0 else (os.cpu_count() or 1)
 
 
+def _readable(path: str) -> str | None:
+    """Why an encoded shard cannot be read back whole (None if it can)."""
+    try:
+        with np.load(path) as z:
+            tokens, lengths = z["tokens"], z["lengths"]
+            int(z["bad"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        return f"{type(e).__name__}: {e}"
+    if int(lengths.sum()) != len(tokens):
+        return f"its {len(tokens)} ids are not its documents' {int(lengths.sum())}"
+    return None
+
+
+def _drop_damaged_shards(build: str, n: int) -> None:
+    """Removes each finished shard of an interrupted build that cannot be read back (a disk
+    fault, a copy cut short), so that it is encoded again instead of failing every rerun."""
+    for path in _shard_paths(build, n):
+        problem = _readable(path) if os.path.exists(path) else None
+        if problem:
+            log.warning("encoded shard %s is damaged (%s): encoding it again", path, problem)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+
+
 def _encode_all(build: str, shards: list[Shard], tok: AnyTokenizer, workers: int, published: str) -> None:
+    _drop_damaged_shards(build, len(shards))
     todo = [p for p in _shard_paths(build, len(shards)) if not os.path.exists(p)]
     if workers > 1 and len(todo) > 1:
         _run_workers(build, shards, tok, min(workers, len(todo)), published)
