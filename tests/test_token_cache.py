@@ -158,16 +158,16 @@ from train.data import corpus
 from train.data.pipeline import text_source
 corpus.SHARD_BYTES = 4 * 1024
 c = gpt.get_config("tiny")
-c.dataset, c.data_cache_dir, c.data_workers = "text:" + sys.argv[1], sys.argv[2], 1
+c.dataset, c.data_cache_dir, c.data_workers = "text:" + sys.argv[1], sys.argv[2], int(sys.argv[5])
 c.tokenizer.path = sys.argv[3]
 c.seq_len, c.batch_size = 64, 8
 text_source(c, sys.argv[4])
 """
 
 
-def _builder(files: str, cache: str, tokenizer: str, workdir: str) -> subprocess.Popen:
+def _builder(files: str, cache: str, tokenizer: str, workdir: str, workers: int = 1) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", _BUILD, files, cache, tokenizer, workdir],
+        [sys.executable, "-c", _BUILD, files, cache, tokenizer, workdir, str(workers)],
         cwd=REPO,
         env=subprocess_env(),
         stderr=subprocess.PIPE,
@@ -281,3 +281,45 @@ def test_a_damaged_cache_is_named_set_aside_and_rebuilt(damage, files, tmp_path,
     caplog.clear()
     text_source(c, str(tmp_path / "w"))  # intact now: opened without a word
     assert "damaged" not in " ".join(r.getMessage() for r in caplog.records)
+
+
+def _shards_when(cache: str, enough: int, proc: subprocess.Popen) -> str | None:
+    """The build's shard folder once it holds `enough` shards (None if the build ended first)."""
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        packed = os.path.join(cache, "packed")
+        found = [
+            os.path.join(packed, d, "shards") for d in (os.listdir(packed) if os.path.isdir(packed) else [])
+        ]
+        found = [f for f in found if f.endswith(".build/shards") and os.path.isdir(f)]
+        if found and len([f for f in os.listdir(found[0]) if f.endswith(".npz")]) >= enough:
+            return found[0]
+        time.sleep(0.005)
+    return None
+
+
+@pytest.mark.slow
+def test_encode_workers_end_with_their_launcher(big, tmp_path):
+    """SIGKILL of the process that started the workers: they end too, within a second, and write
+    no shard after it; the same command then finishes the build."""
+    import psutil
+
+    files, tokenizer, reference = big
+    cache = str(tmp_path / "cache")
+    proc = _builder(files, cache, tokenizer, str(tmp_path / "w1"), workers=2)
+    shards = _shards_when(cache, 3, proc)
+    workers = psutil.Process(proc.pid).children()
+    proc.kill()
+    proc.wait()
+    assert shards is not None and len(workers) == 2, "the build ended before it could be killed"
+    gone, alive = psutil.wait_procs(workers, timeout=5)
+    assert not alive, f"workers still running after their launcher died: {alive}"
+    # Orphaned workers would have encoded every shard; these stopped with their launcher.
+    total = len(corpus.text_shards(text.list_files(files), "file", shard_bytes=4 * 1024))
+    assert len([f for f in os.listdir(shards) if f.endswith(".npz")]) < total
+    resumed = _builder(files, cache, tokenizer, str(tmp_path / "w2"), workers=2)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-2000:]
+    (path,) = [os.path.join(cache, "packed", d) for d in os.listdir(os.path.join(cache, "packed"))]
+    for split, ref in (("train", reference._train), ("eval", reference._eval)):
+        _assert_rows_equal(token_cache.load(path)[split], tuple(np.asarray(a, np.int32) for a in ref))

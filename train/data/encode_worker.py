@@ -1,9 +1,10 @@
-"""A worker of the token cache's build: `python -m train.data.encode_worker BUILD_DIR`.
+"""A worker of the token cache's build: `python -m train.data.encode_worker BUILD_DIR LAUNCHER_PID`.
 
 Reads the plan the builder wrote into BUILD_DIR (the shards and the tokenizer) and encodes,
 through the same file locks as every other worker and builder, the shards nobody else has
 (train/data/token_cache.py). Started as a fresh interpreter, it imports neither JAX nor the
-caller's script.
+caller's script. It ends when its launcher does, even one killed without a word (SIGKILL):
+finished shards are written atomically, so nothing is lost and the next build resumes.
 """
 
 from __future__ import annotations
@@ -11,10 +12,23 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
+import time
 
 from train.data import token_cache
 from train.data.corpus import Shard
 from train.tokenizer.files import load_tokenizer
+
+
+def end_with(launcher: int) -> None:
+    """Exits this process once `launcher` is no longer its parent (it died; we were reparented)."""
+
+    def watch() -> None:
+        while os.getppid() == launcher:
+            time.sleep(0.1)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="end-with-launcher").start()
 
 
 def main(build: str) -> None:
@@ -29,4 +43,5 @@ def main(build: str) -> None:
 
 
 if __name__ == "__main__":
+    end_with(int(sys.argv[2]))
     main(sys.argv[1])

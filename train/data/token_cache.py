@@ -156,7 +156,7 @@ def _run_workers(build: str, shards: list[Shard], tok: AnyTokenizer, n: int, pub
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     logs = [os.path.join(build, f"worker-{os.getpid()}-{k}.log") for k in range(n)]
     files = [open(path, "w") for path in logs]
-    cmd = [sys.executable, "-m", "train.data.encode_worker", build]
+    cmd = [sys.executable, "-m", "train.data.encode_worker", build, str(os.getpid())]
     procs = [subprocess.Popen(cmd, env=env, stderr=f) for f in files]
     t0, last = time.perf_counter(), 0.0
     try:
