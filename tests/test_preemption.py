@@ -94,3 +94,43 @@ def test_time_based_checkpoints_land_on_log_steps_and_change_no_metric(uninterru
     steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
     assert steps == list(range(5, STEPS + 1, 5))  # micro runs log every 5 steps
     assert _metrics(workdir) == uninterrupted
+
+
+# train.main with the token cache's shards at 4 KB, so that a small corpus builds for seconds.
+_SMALL_SHARDS = (
+    "import sys; from train.data import corpus; corpus.SHARD_BYTES = 4096; "
+    "from absl import app; from train import main; from train.flag_errors import parse_flags; "
+    "app.run(main.main, argv=['train.main', *sys.argv[1:]], flags_parser=parse_flags)"
+)
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_token_cache_builds_stops_within_seconds_and_the_same_command_resumes(tmp_path):
+    from conftest import write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus", n_files=200, paragraphs=12)
+    text = {
+        "dataset": f"text:{corpus}",
+        "tokenizer.vocab_size": 512,
+        "data_cache_dir": str(tmp_path / "cache"),
+    }
+    flags = train_command(str(tmp_path / "run"), num_train_steps=10, data_workers=2, **text)[3:]
+    cmd = [sys.executable, "-c", _SMALL_SHARDS, *flags]
+    run = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stderr=subprocess.PIPE, text=True)
+    packed, shards = tmp_path / "cache" / "packed", []
+    deadline = time.time() + 120
+    while run.poll() is None and time.time() < deadline and len(shards) < 3:
+        builds = list(packed.glob("*.build/shards")) if packed.is_dir() else []
+        shards = list(builds[0].glob("*.npz")) if builds else []
+        time.sleep(0.005)
+    assert len(shards) >= 3, "the build ended before the signal"
+    sent = time.time()
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 143, err[-2000:]
+    assert time.time() - sent < 3  # not after the build, the compile and a step
+    assert "SIGTERM: stopped while building the model and its data, before any step" in err
+    kept = list(packed.glob("*.build/shards/*.npz"))
+    assert len(kept) >= len(shards) and not (tmp_path / "run" / "checkpoints").exists()
+    again = run_command(cmd)
+    assert again.returncode == 0, again.stderr[-2000:]

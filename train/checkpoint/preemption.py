@@ -1,6 +1,8 @@
 """Preemption: on SIGTERM or SIGINT the run finishes the step in flight, checkpoints it, exits.
 
-The handler only records the signal; the loop asks `stop_at(step)` after every step (a Python
+While the run prepares (the token cache's build, `preparing`), a signal stops it at once, with
+the same exit status: nothing has trained yet, and the build writes only whole files. Then the
+handler only records the signal; the loop asks `stop_at(step)` after every step (a Python
 attribute read, no device sync), saves a checkpoint at that step (with the metrics of the log
 window in progress, so the resumed run logs byte-identical lines), waits until it is committed,
 and raises `Preempted`; `train.main` prints one line and exits 143 (SIGTERM) or 130 (SIGINT),
@@ -21,10 +23,12 @@ leaves the loop posts its final step, so a late notice cannot wait for it foreve
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
@@ -42,6 +46,19 @@ class Preempted(Exception):
             f"{signal.Signals(signum).name}: stopped after step {step}, checkpoint committed in "
             f"{directory}; rerun the same command to resume"
         )
+
+
+class StoppedBeforeTraining(Preempted):
+    """A signal while the run was still preparing (building the token cache): nothing was
+    trained, so it stopped at once; what the build finished is kept for the next launch."""
+
+    def __init__(self, signum: int, what: str):
+        Exception.__init__(
+            self,
+            f"{signal.Signals(signum).name}: stopped while {what}, before any step; what it finished "
+            "is kept (the token cache's encoded shards); rerun the same command to resume",
+        )
+        self.signum, self.step, self.exit_status = signum, None, 128 + signum
 
 
 class PreemptionHandler:
@@ -66,6 +83,7 @@ class PreemptionHandler:
         self._target: int | None = None  # the agreed step
         self._closed = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._preparing: str | None = None  # inside `preparing(what)`: a signal stops at once
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None:
@@ -73,6 +91,8 @@ class PreemptionHandler:
                 os._exit(128 + signum)
             return
         self.signum = signum
+        if self._preparing is not None:
+            raise StoppedBeforeTraining(signum, self._preparing)
         name = signal.Signals(signum).name
         print(
             f"{name} received: finishing the step in flight and saving a checkpoint",
@@ -84,6 +104,19 @@ class PreemptionHandler:
                 self._client.key_value_set(self._key("notice"), str(signum))
             except Exception:
                 pass
+
+    @contextlib.contextmanager
+    def preparing(self, what: str) -> Iterator[None]:
+        """While inside, a signal raises `StoppedBeforeTraining` at once (from the handler, in the
+        main thread), instead of waiting for a step: used around the data build, which can take
+        minutes and writes only whole files."""
+        if self.signum is not None:
+            raise StoppedBeforeTraining(self.signum, what)
+        self._preparing = what
+        try:
+            yield
+        finally:
+            self._preparing = None
 
     def start(self, step: int) -> None:
         """The loop is about to run step `step + 1`."""

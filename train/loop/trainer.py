@@ -55,7 +55,8 @@ def train_and_evaluate(config: Any, workdir: str, command: str = "") -> dict[str
         process_count=jax.process_count(),
     )
     with new_workdir_removed_if_refused(workdir), workdir_lock(workdir, enabled=chief), preemption:
-        run = build_run(config, workdir)
+        with preemption.preparing("building the model and its data"):
+            run = build_run(config, workdir)
         hf_dir = check_init_from(config, run)
         checkpointer = Checkpointer(workdir, config.keep_checkpoints)
         start = restore_or_initialise(run, checkpointer, hf_dir)
