@@ -17,6 +17,7 @@ import time
 
 from train.data import token_cache
 from train.data.corpus import Shard
+from train.data.npy_rows import CacheWriteError
 from train.tokenizer.files import load_tokenizer
 
 
@@ -39,7 +40,11 @@ def main(build: str) -> None:
         for d in plan["shards"]
     ]
     tok = load_tokenizer(os.path.join(build, plan["tokenizer"]))
-    token_cache.encode_claimed(build, shards, tok, threads=1, published=plan["published"])
+    try:
+        token_cache.encode_claimed(build, shards, tok, threads=1, published=plan["published"])
+    except CacheWriteError as e:  # one line for the launcher to report (disk full, a size limit)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(token_cache.WORKER_WRITE_FAILED)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import numpy as np
 from models.errors import ConfigError
 from train.data import corpus, packing, text
 from train.data.corpus import Shard
-from train.data.npy_rows import NpyRows, segment_dtype, token_dtype
+from train.data.npy_rows import NpyRows, segment_dtype, token_dtype, writing
 from train.tokenizer.files import AnyTokenizer
 from train.tokenizer.vocab import Specials
 
@@ -71,8 +71,13 @@ def _encode_shard(shard: Shard, out: str, dtype: np.dtype, threads: int, tok: An
     docs, bad = corpus.read_documents(shard)
     tokens, lengths = tok.encode_arrays(docs, dtype, num_threads=threads)
     tmp = f"{out}.tmp-{os.getpid()}.npz"
-    np.savez(tmp, tokens=tokens, lengths=lengths, bad=np.int64(bad))
-    os.replace(tmp, out)
+    try:
+        with writing(out):
+            np.savez(tmp, tokens=tokens, lengths=lengths, bad=np.int64(bad))
+            os.replace(tmp, out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
 
 
 def _shard_paths(build: str, n: int) -> list[str]:
@@ -163,7 +168,7 @@ def _run_workers(build: str, shards: list[Shard], tok: AnyTokenizer, n: int, pub
         while any(p.poll() is None for p in procs):
             for p, path in zip(procs, logs, strict=True):
                 if p.returncode:  # one failed: the others would fail the same way
-                    raise RuntimeError(f"encoding the corpus failed:\n{open(path).read()[-3000:]}")
+                    _raise_worker_failure(p.returncode, path)
             if time.perf_counter() - last > 10:
                 last = time.perf_counter()
                 done = sum(os.path.exists(p) for p in _shard_paths(build, len(shards)))
@@ -171,13 +176,23 @@ def _run_workers(build: str, shards: list[Shard], tok: AnyTokenizer, n: int, pub
             time.sleep(0.05)
         for p, path in zip(procs, logs, strict=True):
             if p.returncode:
-                raise RuntimeError(f"encoding the corpus failed:\n{open(path).read()[-3000:]}")
+                _raise_worker_failure(p.returncode, path)
     finally:
         for p, f in zip(procs, files, strict=True):
             if p.poll() is None:
                 p.kill()
                 p.wait()
             f.close()
+
+
+WORKER_WRITE_FAILED = 4  # an encode worker's exit status when it cannot write its shard
+
+
+def _raise_worker_failure(status: int, log_path: str) -> None:
+    text_ = open(log_path).read()
+    if status == WORKER_WRITE_FAILED:  # the worker's one line names the file and the error
+        raise OSError(text_.strip().splitlines()[-1].removeprefix("error: "))
+    raise RuntimeError(f"encoding the corpus failed:\n{text_[-3000:]}")
 
 
 def _doc_count(path: str) -> int:
@@ -253,7 +268,7 @@ def _pack(
         "shards": len(shards),
         "files": {os.path.basename(w.path): file_record(w.path) for w in writers.values()},
     }
-    with open(os.path.join(out, "meta.json"), "w") as f:
+    with writing(os.path.join(out, "meta.json")), open(os.path.join(out, "meta.json"), "w") as f:
         json.dump(meta, f, indent=2)
     return {"out": out, **meta}
 
