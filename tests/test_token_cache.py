@@ -323,3 +323,24 @@ def test_encode_workers_end_with_their_launcher(big, tmp_path):
     (path,) = [os.path.join(cache, "packed", d) for d in os.listdir(os.path.join(cache, "packed"))]
     for split, ref in (("train", reference._train), ("eval", reference._eval)):
         _assert_rows_equal(token_cache.load(path)[split], tuple(np.asarray(a, np.int32) for a in ref))
+
+
+def test_binary_files_are_skipped_and_every_file_with_replaced_bytes_is_named(files, tmp_path, caplog):
+    """A library matched by the text glob supplies no rows; each file with invalid UTF-8 is
+    named in the warning, also from the encode workers (the names travel in the shards)."""
+    import shutil
+
+    folder = tmp_path / "corpus"
+    shutil.copytree(os.path.dirname(files), folder)
+    library = folder / "zz_lib.txt"  # a binary file the glob matches: NUL bytes, mostly invalid UTF-8
+    library.write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) * 800)
+    latin1 = folder / "aa_latin1.txt"
+    latin1.write_bytes("caf\xe9 cr\xe8me br\xfbl\xe9e, the same words again. ".encode("latin-1") * 20)
+    c = _config(gpt, f"text:{folder}/*.txt", tmp_path / "cache", data_workers=2)
+    with caplog.at_level("WARNING"):
+        source = text_source(c, str(tmp_path / "w"))
+    skipped = f"skipped 1 files that are not text (a NUL byte, or over 30% invalid UTF-8): {library}"
+    assert skipped in caplog.text
+    assert f"replaced 80 invalid UTF-8 sequences with U+FFFD in 1 files: {latin1} (80)" in caplog.text
+    clean = text_source(_config(gpt, f"text:{files}", tmp_path / "cache2"), str(tmp_path / "w2"))
+    assert sum(source.documents.values()) == sum(clean.documents.values()) + 1  # the Latin-1 file only

@@ -94,9 +94,9 @@ def tfds_shards(role: str, name: str, split: str, data_dir: str, feature: str, r
     ]
 
 
-def iter_documents(shard: Shard) -> Iterator[tuple[list[str], int]]:
-    """The shard's documents in order, file by file (or all at once for TFDS), each part with its
-    count of invalid UTF-8 sequences replaced."""
+def iter_documents(shard: Shard) -> Iterator[tuple[list[str], text.ReadProblems]]:
+    """The shard's documents in order, file by file (or all at once for TFDS), each part with
+    what reading it found (invalid UTF-8 replaced, a binary file skipped)."""
     if shard.kind == "text":
         split_by, *paths = shard.spec
         for path in paths:
@@ -104,18 +104,18 @@ def iter_documents(shard: Shard) -> Iterator[tuple[list[str], int]]:
     else:
         from train.data import tfds
 
-        yield tfds.read_range(*shard.spec), 0
+        yield tfds.read_range(*shard.spec), text.ReadProblems()
 
 
-def read_documents(shard: Shard) -> tuple[list[str], int]:
-    """The shard's documents (only those of `keep`, if given) and its invalid UTF-8 count."""
-    docs, bad = [], 0
-    for part, n_bad in iter_documents(shard):
+def read_documents(shard: Shard) -> tuple[list[str], text.ReadProblems]:
+    """The shard's documents (only those of `keep`, if given) and what reading them found."""
+    docs, problems = [], text.ReadProblems()
+    for part, found in iter_documents(shard):
         docs += part
-        bad += n_bad
+        problems.add(found)
     if shard.keep is not None:
         docs = [docs[k] for k in shard.keep]
-    return docs, bad
+    return docs, problems
 
 
 def document_chars(shard: Shard) -> np.ndarray:

@@ -7,7 +7,9 @@ sorted by path), so every run on the same files gets the same split.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
+import json
 import logging
 import os
 import re
@@ -32,14 +34,66 @@ def list_files(pattern: str) -> list[str]:
     return paths
 
 
-def read_file(path: str, split_by: str) -> tuple[list[str], int]:
-    """(documents of one file, invalid UTF-8 sequences replaced with U+FFFD)."""
+# A file is taken for binary (a library, an image) and skipped when it holds a NUL byte or when
+# more than this share of its bytes are invalid UTF-8; text never holds NUL.
+BINARY_INVALID_SHARE = 0.3
+_NAMED = 5  # files named in a warning; the rest are counted
+
+
+@dataclasses.dataclass
+class ReadProblems:
+    """What reading text files found: files with invalid UTF-8 replaced by U+FFFD (path -> how
+    many sequences) and files skipped as binary; `warn` names them."""
+
+    replaced: dict[str, int] = dataclasses.field(default_factory=dict)
+    binary: list[str] = dataclasses.field(default_factory=list)
+
+    def add(self, other: ReadProblems) -> None:
+        self.replaced.update(other.replaced)
+        self.binary += other.binary
+
+    def to_json(self) -> str:
+        return json.dumps({"replaced": self.replaced, "binary": self.binary})
+
+    @classmethod
+    def from_json(cls, data: str) -> ReadProblems:
+        return cls(**json.loads(data))
+
+    def warn(self) -> None:
+        if self.binary:
+            log.warning(
+                "skipped %d files that are not text (a NUL byte, or over %d%% invalid UTF-8): %s; "
+                "narrow the dataset's glob to leave them out",
+                len(self.binary),
+                round(100 * BINARY_INVALID_SHARE),
+                _names(self.binary),
+            )
+        if self.replaced:
+            log.warning(
+                "replaced %d invalid UTF-8 sequences with U+FFFD in %d files: %s",
+                sum(self.replaced.values()),
+                len(self.replaced),
+                _names([f"{p} ({n})" for p, n in sorted(self.replaced.items())]),
+            )
+
+
+def _names(items: list[str]) -> str:
+    shown = ", ".join(sorted(items)[:_NAMED])
+    return shown + (f" and {len(items) - _NAMED} more" if len(items) > _NAMED else "")
+
+
+def read_file(path: str, split_by: str) -> tuple[list[str], ReadProblems]:
+    """(documents of one file, what was wrong with it): invalid UTF-8 sequences are replaced
+    with U+FFFD and counted; a binary file gives no documents."""
     with open(path, "rb") as f:
         raw = f.read()
     text = raw.decode("utf-8", errors="replace")
     n_bad = text.count("\ufffd") - raw.count("\ufffd".encode())
+    if b"\0" in raw or n_bad > BINARY_INVALID_SHARE * len(raw):
+        return [], ReadProblems(binary=[path])
     parts = [text] if split_by == "file" else _BLANK_LINES.split(text)
-    return [p.strip("\n") for p in parts if p.strip()], n_bad
+    problems = ReadProblems(replaced={path: n_bad} if n_bad else {})
+    return [p.strip("\n") for p in parts if p.strip()], problems
 
 
 def check_split_by(split_by: str) -> None:
@@ -49,16 +103,14 @@ def check_split_by(split_by: str) -> None:
 
 def read_documents(paths: list[str], split_by: str) -> list[str]:
     """Every document of `paths` (whole files or blank-line blocks), invalid UTF-8 replaced and
-    counted in one warning; `ConfigError` when none holds text."""
+    binary files skipped, each named in a warning; `ConfigError` when none holds text."""
     check_split_by(split_by)
-    docs, bad_bytes, bad_files = [], 0, 0
+    docs, problems = [], ReadProblems()
     for path in paths:
-        file_docs, n_bad = read_file(path, split_by)
-        if n_bad:
-            bad_bytes, bad_files = bad_bytes + n_bad, bad_files + 1
+        file_docs, found = read_file(path, split_by)
+        problems.add(found)
         docs += file_docs
-    if bad_bytes:
-        log.warning("replaced %d invalid UTF-8 sequences with U+FFFD in %d files", bad_bytes, bad_files)
+    problems.warn()
     if not docs:
         raise ConfigError(no_text_message(len(paths)))
     return docs

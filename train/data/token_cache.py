@@ -68,12 +68,12 @@ class _FileLock:
 
 
 def _encode_shard(shard: Shard, out: str, dtype: np.dtype, threads: int, tok: AnyTokenizer) -> None:
-    docs, bad = corpus.read_documents(shard)
+    docs, problems = corpus.read_documents(shard)
     tokens, lengths = tok.encode_arrays(docs, dtype, num_threads=threads)
     tmp = f"{out}.tmp-{os.getpid()}.npz"
     try:
         with writing(out):
-            np.savez(tmp, tokens=tokens, lengths=lengths, bad=np.int64(bad))
+            np.savez(tmp, tokens=tokens, lengths=lengths, problems=np.array(problems.to_json()))
             os.replace(tmp, out)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -116,7 +116,7 @@ def _readable(path: str) -> str | None:
     try:
         with np.load(path) as z:
             tokens, lengths = z["tokens"], z["lengths"]
-            int(z["bad"])
+            text.ReadProblems.from_json(str(z["problems"]))
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         return f"{type(e).__name__}: {e}"
     if int(lengths.sum()) != len(tokens):
@@ -242,10 +242,11 @@ def _pack(
     }
     files = _shard_paths(build, len(shards))
     held_out = _held_out_draws(shards, files, eval_fraction)
-    docs, bad = {"train": 0, "eval": 0}, 0
+    docs, problems = {"train": 0, "eval": 0}, text.ReadProblems()
     for shard, path in zip(shards, files, strict=True):
         with np.load(path) as z:
-            tokens, lengths, bad = z["tokens"], z["lengths"], bad + int(z["bad"])
+            tokens, lengths = z["tokens"], z["lengths"]
+            problems.add(text.ReadProblems.from_json(str(z["problems"])))
         held = _held_out(shard, path, held_out, len(lengths))
         per_token = np.repeat(held, lengths)
         for split, mask, tok_mask in (("train", ~held, ~per_token), ("eval", held, per_token)):
@@ -256,8 +257,7 @@ def _pack(
         p.finish()
     for w in writers.values():
         w.close()
-    if bad:
-        log.warning("replaced %d invalid UTF-8 sequences with U+FFFD", bad)
+    problems.warn()
     meta = {
         "documents": docs,
         "rows": {split: writers[split, "tokens"].rows for split in SPLITS},
