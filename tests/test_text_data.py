@@ -67,10 +67,10 @@ def test_one_epoch_yields_every_row_once_and_the_next_epoch_reshuffles(corpus, t
     it = source.train_iterator()
     epoch = np.concatenate([next(it)["tokens"] for _ in range(rows // 8)])
     second = np.concatenate([next(it)["tokens"] for _ in range(rows // 8)])
-    key = lambda a: sorted(map(bytes, a))  # noqa: E731
     all_rows = np.asarray(source._train[0], np.int32)  # stored narrow (uint16)
-    assert len(set(map(bytes, epoch))) == len(epoch)  # nothing twice within the epoch
-    assert set(key(epoch)) <= set(key(all_rows)) and len(epoch) >= rows - 7
+    # Nothing more often than it is stored (a corpus may pack two equal rows), nearly all of it.
+    stored = collections.Counter(map(bytes, all_rows))
+    assert collections.Counter(map(bytes, epoch)) <= stored and len(epoch) >= rows - 7
     assert not np.array_equal(epoch[: len(second)], second)
 
 
