@@ -12,11 +12,18 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import REPO, process_commands, run_command, subprocess_env, train_command, write_corpus
+from conftest import (
+    REPO,
+    device_env,
+    process_commands,
+    run_command,
+    train_command,
+    write_corpus,
+)
 
 
 def _env(devices: int) -> dict[str, str]:
-    return {**subprocess_env(), "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    return device_env(devices)
 
 
 def _lines(workdir: str) -> list[dict]:

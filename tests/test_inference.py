@@ -9,7 +9,7 @@ import subprocess
 
 import jax
 import pytest
-from conftest import REPO, micro_config, subprocess_env, train_command
+from conftest import REPO, device_env, micro_config, train_command
 
 from models import registry
 from train.checkpoint.restore import CheckpointMismatch
@@ -26,8 +26,7 @@ from train.tokenizer.vocab import SymbolTokenizer
 def four_device_run(tmp_path_factory):
     """A micro GPT trained by a real `train.main` process on 4 simulated CPU devices."""
     workdir = str(tmp_path_factory.mktemp("four") / "run")
-    env = subprocess_env()
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    env = device_env(4)
     result = subprocess.run(
         train_command(workdir, "clm", num_train_steps=20), cwd=REPO, env=env, capture_output=True, text=True
     )

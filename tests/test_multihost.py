@@ -10,7 +10,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import REPO, start_processes, subprocess_env, train_command
+from conftest import REPO, device_env, start_processes, train_command
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,7 @@ def _metrics(workdir: str) -> list[dict]:
 
 def test_two_processes_match_one_process_with_two_devices_and_resume(two_process_run, tmp_path):
     one = str(tmp_path / "one_process")
-    env = {**subprocess_env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = device_env(2)
     result = subprocess.run(train_command(one), cwd=REPO, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
 

@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, subprocess_env, train_command, write_corpus
+from conftest import REPO, device_env, subprocess_env, train_command, write_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -210,7 +210,7 @@ def test_unknown_variant_is_an_error(tmp_path):
 def test_data_parallel_over_two_devices_matches_one_device(reference, tmp_path):
     """The same run over a 2-device mesh: same losses up to float reduction order."""
     workdir = str(tmp_path / "run")
-    env = {**subprocess_env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = device_env(2)
     result = _run(train_command(workdir), env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.load(open(os.path.join(workdir, "summary.json")))
@@ -226,7 +226,7 @@ def test_data_parallel_over_two_devices_matches_one_device(reference, tmp_path):
 def test_fsdp_over_four_devices_matches_one_device_and_resumes(reference, fsdp, tmp_path):
     """Params and optimizer state sharded over `fsdp` (batch over data x fsdp): same losses."""
     workdir = str(tmp_path / "run")
-    env = {**subprocess_env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = device_env(4)
     cmd = train_command(workdir, **{"mesh.fsdp": fsdp})
     result = _run(cmd, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -249,7 +249,7 @@ def test_fsdp_over_four_devices_matches_one_device_and_resumes(reference, fsdp, 
 
 
 def test_a_mesh_that_does_not_fit_the_devices_is_named(tmp_path):
-    env = {**subprocess_env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = device_env(4)
     result = _run(train_command(str(tmp_path / "run"), **{"mesh.fsdp": 3}), env=env)
     assert (
         result.returncode == 2 and "mesh.fsdp=3 must be a positive divisor of the 4 devices" in result.stderr
