@@ -7,6 +7,7 @@ import fcntl
 import os
 import shutil
 import socket
+import sys
 from collections.abc import Callable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,6 +30,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 * 2**30))
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import configs  # noqa: E402
@@ -65,6 +67,20 @@ def micro_config(objective: str = "clm", **overrides):
 def train_command(workdir: str, objective: str = "clm", variant: str = "tiny", **overrides) -> list[str]:
     """The command line of a micro run: the variant, then `MICRO_OVERRIDES`, then `overrides`."""
     return configs.train_command(objective, workdir, {**MICRO_OVERRIDES, **overrides}, variant)
+
+
+def with_shard_bytes(cmd: list[str], shard_bytes: int, file_size_limit: int | None = None) -> list[str]:
+    """`cmd` (a `train_command`) as a process whose token cache cuts the corpus into shards of
+    `shard_bytes` of text, so that a small corpus builds in many shards (for kills mid-build);
+    with `file_size_limit`, the process (and the workers it starts) cannot write larger files."""
+    limit = f"import resource; resource.setrlimit(resource.RLIMIT_FSIZE, ({file_size_limit},) * 2); "
+    code = (
+        (limit if file_size_limit else "")
+        + f"import sys; from train.data import corpus; corpus.SHARD_BYTES = {shard_bytes}; "
+        "from absl import app; from train import main; from train.flag_errors import parse_flags; "
+        "app.run(main.main, argv=['train.main', *sys.argv[1:]], flags_parser=parse_flags)"
+    )
+    return [sys.executable, "-c", code, *cmd[3:]]
 
 
 def process_commands(cmd: list[str], count: int = 2) -> list[list[str]]:
@@ -237,3 +253,23 @@ def tensorboard_events(folder: str) -> list[tuple[str, int, object]]:
         for tag in events.Tags()["tensors"]:
             out += [(tag, e.step, e.tensor_proto.string_val[0].decode()) for e in events.Tensors(tag)]
     return out
+
+
+# -- the token cache (tests/test_token_cache.py, tests/test_token_cache_faults.py) ---------------
+
+
+def cache_config(module, dataset: str, cache, **kw):
+    """`module`'s tiny config on `dataset` with its token cache in `cache` (rows of 64, batch 8)."""
+    c = module.get_config("tiny")
+    c.dataset, c.data_cache_dir = dataset, str(cache)
+    c.tokenizer.vocab_size = 512
+    c.seq_len, c.batch_size = 64, 8
+    for k, v in kw.items():
+        setattr(c, k, v)
+    return c
+
+
+def assert_rows_equal(stored: tuple[np.ndarray, np.ndarray], expected: tuple[np.ndarray, np.ndarray]):
+    for got, want in zip(stored, expected, strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_array_equal(np.asarray(got, np.int32), want)

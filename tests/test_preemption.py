@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, run_command, subprocess_env, train_command
+from conftest import REPO, run_command, subprocess_env, train_command, with_shard_bytes
 
 STEPS = 60
 
@@ -96,14 +96,6 @@ def test_time_based_checkpoints_land_on_log_steps_and_change_no_metric(uninterru
     assert _metrics(workdir) == uninterrupted
 
 
-# train.main with the token cache's shards at 4 KB, so that a small corpus builds for seconds.
-_SMALL_SHARDS = (
-    "import sys; from train.data import corpus; corpus.SHARD_BYTES = 4096; "
-    "from absl import app; from train import main; from train.flag_errors import parse_flags; "
-    "app.run(main.main, argv=['train.main', *sys.argv[1:]], flags_parser=parse_flags)"
-)
-
-
 @pytest.mark.slow
 def test_sigterm_while_the_token_cache_builds_stops_within_seconds_and_the_same_command_resumes(tmp_path):
     from conftest import write_corpus
@@ -114,8 +106,9 @@ def test_sigterm_while_the_token_cache_builds_stops_within_seconds_and_the_same_
         "tokenizer.vocab_size": 512,
         "data_cache_dir": str(tmp_path / "cache"),
     }
-    flags = train_command(str(tmp_path / "run"), num_train_steps=10, data_workers=2, **text)[3:]
-    cmd = [sys.executable, "-c", _SMALL_SHARDS, *flags]
+    cmd = with_shard_bytes(
+        train_command(str(tmp_path / "run"), num_train_steps=10, data_workers=2, **text), 4096
+    )
     run = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stderr=subprocess.PIPE, text=True)
     packed, shards = tmp_path / "cache" / "packed", []
     deadline = time.time() + 120

@@ -14,11 +14,10 @@ import os
 import re
 import resource
 import subprocess
-import sys
 import time
 
 import pytest
-from conftest import REPO, run_command, subprocess_env, train_command
+from conftest import REPO, run_command, subprocess_env, train_command, with_shard_bytes
 
 from train.checkpoint.manager import WRITE_FAILED_EXIT
 
@@ -69,14 +68,6 @@ def test_a_failing_checkpoint_write_stops_the_run_and_leaves_earlier_checkpoints
     assert _metrics(workdir) == _metrics(reference)
 
 
-# train.main with the token cache's shards at 64 KB of text: a small corpus makes four shards.
-_SHARDS_64K = (
-    "import sys; from train.data import corpus; corpus.SHARD_BYTES = 65536; "
-    "from absl import app; from train import main; from train.flag_errors import parse_flags; "
-    "app.run(main.main, argv=['train.main', *sys.argv[1:]], flags_parser=parse_flags)"
-)
-
-
 @pytest.mark.parametrize(
     ("where", "limit_kb", "file"),
     [("encode workers", 32, r"\.build/shards/\d+\.npz"), ("packing", 100, r"/out-\d+/train_tokens\.npy")],
@@ -84,33 +75,20 @@ _SHARDS_64K = (
 def test_a_full_disk_during_the_cache_build_exits_4_naming_the_file_and_the_rerun_completes(
     where, limit_kb, file, tmp_path
 ):
-    """A real EFBIG: the file-size limit is set before the run starts, between the sizes of the
+    """A real EFBIG: the file-size limit is set as the run starts, between the sizes of the
     tokenizer (7.7 KB) and of a shard (50 KB), or of a shard and of the packed tokens (158 KB)."""
     from conftest import write_corpus
 
     corpus = write_corpus(tmp_path / "corpus", n_files=100, paragraphs=12)
     overrides = {"dataset": f"text:{corpus}", "tokenizer.vocab_size": 512, "data_workers": 2}
     overrides |= {"data_cache_dir": str(tmp_path / "cache"), "num_train_steps": 10}
-    cmd = [sys.executable, "-c", _SHARDS_64K, *train_command(str(tmp_path / "run"), **overrides)[3:]]
-    limit = limit_kb * 1024
-
-    def lower_limit() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    full = subprocess.run(
-        cmd,
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        preexec_fn=lower_limit,
-        timeout=300,
-    )
+    cmd = train_command(str(tmp_path / "run"), **overrides)
+    full = run_command(with_shard_bytes(cmd, 65536, file_size_limit=limit_kb * 1024))
     assert full.returncode == WRITE_FAILED_EXIT, full.stderr[-3000:]
     errors = [line for line in full.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in full.stderr, full.stderr[-3000:]
     assert re.search(
         rf"error: \[Errno 27\] writing the token cache file \S*{file}: File too large", errors[0]
     )
-    again = run_command(cmd)
+    again = run_command(with_shard_bytes(cmd, 65536))
     assert again.returncode == 0, again.stderr[-3000:]

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from train.data import token_cache
+from train.data import cache_integrity, token_cache
 from train.data.npy_rows import NpyRows
 
 ROW = 1024
@@ -38,7 +38,7 @@ def write_cache(path: str, megabytes: int) -> dict[str, float]:
             out.close()
     written = time.perf_counter() - t
     t = time.perf_counter()
-    files = {name: token_cache.file_record(os.path.join(path, name)) for name in os.listdir(path)}
+    files = {name: cache_integrity.file_record(os.path.join(path, name)) for name in os.listdir(path)}
     checksums = time.perf_counter() - t
     meta = {"rows": split, "token_dtype": "uint16", "segment_dtype": "uint8", "seq_len": ROW}
     with open(os.path.join(path, "meta.json"), "w") as f:
@@ -55,7 +55,7 @@ def main() -> None:
         opens = []
         for _ in range(3):
             t = time.perf_counter()
-            assert token_cache.damage(path, VOCAB) is None
+            assert cache_integrity.damage(path, VOCAB, token_cache.meta) is None
             verified = time.perf_counter() - t
             token_cache.load(path)
             opens.append(

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 
-from train.data import token_cache
+from train.data import cache_encode
 from train.data.corpus import Shard
 from train.data.npy_rows import CacheWriteError
 from train.tokenizer.files import load_tokenizer
@@ -26,7 +26,7 @@ def end_with(launcher: int) -> None:
 
     def watch() -> None:
         while os.getppid() == launcher:
-            time.sleep(0.1)
+            time.sleep(0.02)
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="end-with-launcher").start()
@@ -41,10 +41,10 @@ def main(build: str) -> None:
     ]
     tok = load_tokenizer(os.path.join(build, plan["tokenizer"]))
     try:
-        token_cache.encode_claimed(build, shards, tok, threads=1, published=plan["published"])
+        cache_encode.encode_claimed(build, shards, tok, threads=1, published=plan["published"])
     except CacheWriteError as e:  # one line for the launcher to report (disk full, a size limit)
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(token_cache.WORKER_WRITE_FAILED)
+        sys.exit(cache_encode.WORKER_WRITE_FAILED)
 
 
 if __name__ == "__main__":

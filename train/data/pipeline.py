@@ -22,7 +22,7 @@ import grain
 import numpy as np
 
 from models.errors import ConfigError
-from train.data import corpus, packing, token_cache
+from train.data import cache_encode, corpus, packing, token_cache
 from train.data.corpus import Shard
 from train.tokenizer.files import AnyTokenizer, configured_path, corpus_tokenizer
 
@@ -116,7 +116,7 @@ class TextSource:
         self.seq_len, self.batch_size, self.seed = config.seq_len, config.batch_size, config.seed
         self.eval_max_rows = config.eval_max_rows
         cache = os.path.expanduser(config.data_cache_dir or os.path.join("~", ".cache", "gptbert"))
-        t, workers = config.tokenizer, token_cache.default_workers(config.get("data_workers", 0), shards)
+        t, workers = config.tokenizer, cache_encode.default_workers(config.get("data_workers", 0), shards)
         eval_fraction = config.text.eval_fraction
 
         def sample() -> Iterator[str]:  # read only if the tokenizer must actually be trained
