@@ -1,6 +1,7 @@
-"""`python -m train.hf.export` on trained runs: a learned-position GPT loads in Hugging Face's
-`FlaxGPT2LMHeadModel`, a BERT-option BERT in `FlaxBertForMaskedLM`, each with the project's
-logits within 1e-4; a rotary run is refused naming `model.position`, and nothing is written."""
+"""`python -m train.hf.export` on trained runs: a GPT-2-option GPT trained on text loads in
+Hugging Face's `FlaxGPT2LMHeadModel` and its tokenizer in `AutoTokenizer` (encoding as the run
+did), a BERT-option BERT in `FlaxBertForMaskedLM`, each with the project's logits within 1e-4; a
+rotary run is refused naming `model.position`, and nothing is written."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import run_command, train_command
+from conftest import run_command, train_command, write_corpus
 
 from configs import FILES as CONFIGS
 from models.masks import make_attention_mask
@@ -31,15 +32,28 @@ def _export(workdir: str, out: str) -> subprocess.CompletedProcess:
     return run_command(cmd)
 
 
+TOKENIZER_FILES = ["special_tokens_map.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json"]
+
+
 @pytest.mark.parametrize("fam", ["gpt2", "bert"])
 def test_an_exported_run_loads_in_hugging_face_with_the_same_logits(fam, tmp_path):
+    """GPT-2 from a run on text files (its SentencePiece tokenizer exported too), BERT from a run
+    on the embedded corpus (no tokenizer: ids are the card's rule)."""
     objective, variant = RUNS[fam]
     workdir, out = str(tmp_path / "run"), str(tmp_path / "hf")
-    trained = run_command(train_command(workdir, objective, variant, num_train_steps=20))
+    corpus = write_corpus(tmp_path / "corpus", n_files=30)
+    text = {
+        "dataset": f"text:{corpus}",
+        "tokenizer.vocab_size": 512,
+        "data_cache_dir": str(tmp_path / "cache"),
+    }
+    data = text if fam == "gpt2" else {}
+    trained = run_command(train_command(workdir, objective, variant, num_train_steps=20, **data))
     assert trained.returncode == 0, trained.stderr[-2000:]
     result = _export(workdir, out)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(os.listdir(out)) == ["README.md", "config.json", "model.safetensors"]
+    tokenizer = TOKENIZER_FILES if fam == "gpt2" else []
+    assert sorted(os.listdir(out)) == sorted(["README.md", "config.json", "model.safetensors", *tokenizer])
     umask = os.umask(0)
     os.umask(umask)
     for name in os.listdir(out):  # readable by the other users of a shared machine
@@ -62,6 +76,8 @@ def test_an_exported_run_loads_in_hugging_face_with_the_same_logits(fam, tmp_pat
     want = np.asarray(hf(input_ids=tokens, attention_mask=valid).logits)
     real = valid.astype(bool)
     np.testing.assert_allclose(got[real], want[real], atol=1e-4, rtol=1e-4)
+    if fam == "gpt2":
+        _auto_tokenizer_encodes_as_the_run(workdir, out, corpus)
 
 
 def test_a_rotary_run_is_refused_naming_the_field_and_nothing_is_written(micro_run, tmp_path):
@@ -88,27 +104,13 @@ def test_a_missing_run_or_step_is_one_line_with_exit_2(case, micro_run, tmp_path
     assert expected in lines[0]
 
 
-def test_a_text_run_exports_a_tokenizer_that_auto_tokenizer_loads_and_encodes_as_the_run(tmp_path):
+def _auto_tokenizer_encodes_as_the_run(workdir: str, out: str, corpus: str) -> None:
     """A run on one's own text trains a SentencePiece model; its export holds a tokenizer.json
     that `AutoTokenizer` loads, encoding every document and hard case to the run's ids, framed
     `<bos> ... <eos>` as the run framed each document, and decoding them back."""
-    from conftest import write_corpus
-
     from train.tokenizer.files import load_tokenizer
     from train.tokenizer.spm_to_hf import HARD_CASES
 
-    corpus = write_corpus(tmp_path / "corpus", n_files=30)
-    workdir, out = str(tmp_path / "run"), str(tmp_path / "hf")
-    text = {
-        "dataset": f"text:{corpus}",
-        "tokenizer.vocab_size": 512,
-        "data_cache_dir": str(tmp_path / "cache"),
-    }
-    trained = run_command(train_command(workdir, "clm", "gpt2_tiny", num_train_steps=10, **text))
-    assert trained.returncode == 0, trained.stderr[-2000:]
-    result = _export(workdir, out)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert {"tokenizer.json", "tokenizer.model", "tokenizer_config.json"} <= set(os.listdir(out))
     run = load_tokenizer(os.path.join(workdir, "tokenizer.model"))
     theirs = transformers.AutoTokenizer.from_pretrained(out)
     docs = [open(p).read() for p in sorted(glob.glob(corpus))]
