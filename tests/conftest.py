@@ -139,6 +139,34 @@ def _finished_run(objective: str) -> Callable[[str], None]:
     return make
 
 
+# The files that take longest (seconds on 2 cores, cold), run first: pytest-xdist hands each
+# worker whole files (`--dist loadfile`) in collection order, so with the longest first the
+# workers finish together instead of one waiting on a long file started last.
+LONGEST_FIRST = (
+    "test_run.py",  # 150
+    "test_compare.py",  # 120
+    "test_scaling.py",  # 90
+    "test_preemption_multiprocess.py",  # 75
+    "test_ablate.py",  # 60
+    "test_device_count_resume.py",  # 60
+    "test_switches.py",
+    "test_block_options.py",
+    "test_hf_tokenizer.py",
+    "test_export_hf.py",
+    "test_benchmark.py",
+    "test_observability.py",
+    "test_seq2seq_runs.py",
+    "test_write_failure.py",
+    "test_train_step.py",
+    "test_preemption.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session")
 def micro_run(tmp_path_factory) -> str:
     """The workdir of an uninterrupted micro GPT run (`train_command` defaults), for every test

@@ -95,7 +95,7 @@ def test_sample_generates_from_gpt_and_fills_masks_with_bert(comparison, capsys)
 
 
 @pytest.mark.parametrize("objective", ["clm", "mlm"])
-def test_classify_fine_tunes_a_text_run_on_sst2(objective, tmp_path, capsys):
+def test_classify_fine_tunes_a_text_run_on_sst2(objective, micro_run, tmp_path, capsys):
     tfds = pytest.importorskip("tensorflow_datasets")
     from conftest import REPO, subprocess_env, train_command, write_corpus
 
@@ -120,6 +120,4 @@ def test_classify_fine_tunes_a_text_run_on_sst2(objective, tmp_path, capsys):
     assert [x.get("seed") for x in lines[:2]] == [0, 1]
     assert 0.0 <= lines[-1]["accuracy"]["mean"] <= 1.0 and lines[-1]["accuracy"]["seeds"] == 2
     with pytest.raises(SystemExit, match="trained on the HMM corpus"):
-        hmm_run = os.path.join(tmp_path, "hmm")
-        subprocess.run(train_command(hmm_run, "clm", num_train_steps=10), cwd=REPO, env=subprocess_env())
-        classify.main(["--workdir", hmm_run, "--task", "sst2"])
+        classify.main(["--workdir", micro_run, "--task", "sst2"])
