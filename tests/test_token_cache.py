@@ -4,6 +4,7 @@ stores tokens narrow."""
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import signal
@@ -178,18 +179,8 @@ def test_a_killed_build_resumes_from_its_finished_shards_and_re_encodes_a_damage
     files, tokenizer, reference = big
     cache = str(tmp_path / "cache")
     proc = _builder(files, cache, tokenizer, str(tmp_path / "w1"))
-    shards_dir = None
-    deadline = time.time() + 120
-    while proc.poll() is None and time.time() < deadline:
-        builds = (
-            [d for d in os.listdir(os.path.join(cache, "packed"))] if os.path.isdir(cache + "/packed") else []
-        )
-        found = [os.path.join(cache, "packed", d, "shards") for d in builds if d.endswith(".build")]
-        if found and len([f for f in os.listdir(found[0]) if f.endswith(".npz")]) >= 5:
-            shards_dir = found[0]
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.005)
+    shards_dir = _shards_when(cache, 5, proc)
+    proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert shards_dir is not None, "the build ended before it could be killed"
     kept = {f for f in os.listdir(shards_dir) if f.endswith(".npz")}
@@ -227,13 +218,10 @@ def _shards_when(cache: str, enough: int, proc: subprocess.Popen) -> str | None:
     """The build's shard folder once it holds `enough` shards (None if the build ended first)."""
     deadline = time.time() + 120
     while proc.poll() is None and time.time() < deadline:
-        packed = os.path.join(cache, "packed")
-        found = [
-            os.path.join(packed, d, "shards") for d in (os.listdir(packed) if os.path.isdir(packed) else [])
-        ]
-        found = [f for f in found if f.endswith(".build/shards") and os.path.isdir(f)]
-        if found and len([f for f in os.listdir(found[0]) if f.endswith(".npz")]) >= enough:
-            return found[0]
+        # The build folder vanishes when the build publishes: glob, never list a folder by name.
+        found = glob.glob(os.path.join(cache, "packed", "*.build", "shards", "*.npz"))
+        if len(found) >= enough:
+            return os.path.dirname(found[0])
         time.sleep(0.005)
     return None
 
