@@ -55,7 +55,7 @@ def main() -> None:
         opens = []
         for _ in range(3):
             t = time.perf_counter()
-            assert cache_integrity.damage(path, VOCAB, token_cache.meta) is None
+            assert cache_integrity.damage(path, VOCAB) is None
             verified = time.perf_counter() - t
             token_cache.load(path)
             opens.append(

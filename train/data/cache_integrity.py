@@ -6,10 +6,10 @@ largest token id); a damaged cache is moved aside, never deleted, and the caller
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
-from collections.abc import Callable
 
 import numpy as np
 
@@ -24,12 +24,13 @@ def file_record(path: str) -> dict:
         return {"bytes": os.path.getsize(path), "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
 
 
-def damage(path: str, vocab_size: int, read_meta: Callable[[str], dict]) -> str | None:
+def damage(path: str, vocab_size: int) -> str | None:
     """What is wrong with the published cache `path`, naming the file, or None: a file missing,
     of another size, or whose bytes differ from the SHA-256 written with it (one read of each
     file; for token files the same read finds ids outside the vocabulary)."""
     try:
-        recorded = read_meta(path)
+        with open(os.path.join(path, "meta.json")) as f:
+            recorded = json.load(f)
     except (OSError, ValueError) as e:
         return f"meta.json cannot be read ({e})"
     for name, want in recorded.get("files", {}).items():
@@ -72,10 +73,10 @@ def _data_offset(head: bytes) -> int:
     return (10 if head[6] == 1 else 12) + size
 
 
-def set_aside_if_damaged(path: str, vocab_size: int, read_meta: Callable[[str], dict]) -> None:
+def set_aside_if_damaged(path: str, vocab_size: int) -> None:
     """Moves a damaged cache to `PATH.damaged-TIME` (kept for a look, never deleted) with a warning
     naming what is wrong; the caller then rebuilds it from the corpus."""
-    problem = damage(path, vocab_size, read_meta)
+    problem = damage(path, vocab_size)
     if problem is None:
         return
     aside = f"{path}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"

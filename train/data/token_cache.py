@@ -129,7 +129,7 @@ def build(
     """The packed rows of every split (memory-mapped), built into `path` if it is not there. A
     cache whose files do not match the checksums written with them is moved aside and rebuilt."""
     if os.path.isdir(path):
-        cache_integrity.set_aside_if_damaged(path, tokenizer.vocab_size, meta)
+        cache_integrity.set_aside_if_damaged(path, tokenizer.vocab_size)
     if not os.path.isdir(path):
         build_dir = f"{path}.build"
         os.makedirs(os.path.join(build_dir, "shards"), exist_ok=True)

@@ -141,7 +141,7 @@ def write_config_record(config: Any, workdir: str, run: Run, command: str) -> No
     new = config.to_dict()
     if os.path.exists(path):
         recorded = _read_json(path)
-        differing = config_differences(recorded, new) if recorded else []
+        differing = record_differences(recorded, new) if recorded else []
         if differing:
             log.warning(
                 "%s is a record of the run, not an input: this run uses the command's config, which "
@@ -154,7 +154,7 @@ def write_config_record(config: Any, workdir: str, run: Run, command: str) -> No
     write_json_atomic(path, {**new, "resolved": resolved})
 
 
-def config_differences(recorded: dict, current: dict, prefix: str = "") -> list[str]:
+def record_differences(recorded: dict, current: dict, prefix: str = "") -> list[str]:
     """`field: recorded -> current` for every leaf field that differs (`resolved` left out)."""
     out = []
     for key in sorted(set(recorded) | set(current)):
@@ -162,7 +162,7 @@ def config_differences(recorded: dict, current: dict, prefix: str = "") -> list[
             continue
         a, b = recorded.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += config_differences(a, b, f"{prefix}{key}.")
+            out += record_differences(a, b, f"{prefix}{key}.")
         elif a != b and not (isinstance(a, list) and isinstance(b, tuple) and a == list(b)):
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out
