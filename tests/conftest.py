@@ -23,8 +23,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(REPO, ".pytest_cache", "jax"))
 # The tests' programs are tiny: XLA:CPU's backend optimisations cost more compile time than they
 # save at run time (three in-process test files on a cold cache: 80 s with them, 51 s without; a
-# micro run 8.6 s and 6.8 s). Every test process and every process it starts uses the same flags.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# micro run 8.6 s and 6.8 s). XLA:CPU's newer fusion emitters and its codegen split across threads
+# cost compile time too (a micro train step 1.56 -> 0.65 s; test_block_options.py and
+# test_switches.py on a cold cache 143 -> 80 s). Every test process and every process it starts
+# uses the same flags, so whatever a test compares was computed alike.
+TEST_XLA_FLAGS = (
+    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    " --xla_cpu_use_fusion_emitters=false --xla_cpu_parallel_codegen_split_count=1"
+)
 os.environ.setdefault("XLA_FLAGS", TEST_XLA_FLAGS)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
