@@ -42,10 +42,10 @@ import pytest  # noqa: E402
 import configs  # noqa: E402
 from configs.sizes import SIZES  # noqa: E402
 from experiments.tools.make_text_corpus import write_corpus  # noqa: E402, F401  (re-exported for tests)
-from train.devices.host_memory import retain_freed_memory  # noqa: E402
+from train.devices.startup import before_jax_starts  # noqa: E402
 
-# As every entry point does, before any test starts JAX's CPU client (train/devices/host_memory.py).
-retain_freed_memory()
+# As every entry point does, before any test starts a JAX backend (train/devices/startup.py).
+before_jax_starts()
 
 # Small enough that a real `train.main` process runs 40 steps in a few seconds on 2 cores.
 MICRO_OVERRIDES = {

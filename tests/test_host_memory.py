@@ -4,6 +4,7 @@ page-faulting its temporary buffer in anew on every call; without it (the defaul
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -110,3 +111,44 @@ def test_too_late_is_refused_with_a_warning():
     )
     assert out.stdout.strip() == "False"
     assert "Call it first thing" in out.stderr
+
+
+_STARTUP = (
+    "from train.devices.startup import before_jax_starts\n"
+    "tuned = before_jax_starts()\n"
+    "import jax\n"
+    "print(tuned, jax.devices()[0].platform)\n"
+)
+
+
+@pytest.mark.slow
+@needs_glibc
+def test_a_host_without_a_tpu_runs_on_the_cpu_quietly_with_libtpu_installed():
+    """The test extra installs libtpu (ahead-of-time TPU compiles); on a host without a TPU an
+    entry point neither probes for one (libtpu's initialisation errors) nor skips the host
+    allocator setting. Without libtpu the same holds trivially."""
+    env = {k: v for k, v in subprocess_env().items() if k != "JAX_PLATFORMS"}
+    out = subprocess.run([sys.executable, "-c", _STARTUP], cwd=REPO, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "cpu"]
+    for noise in ("TPU", "libtpu", "InitGoogle"):
+        assert noise not in out.stderr, out.stderr[-2000:]
+
+
+def test_the_platform_is_left_to_jax_where_it_is_set_or_a_tpu_may_be_attached(monkeypatch):
+    from train.devices import platform
+
+    monkeypatch.setattr(platform, "libtpu_installed", lambda: True)
+    monkeypatch.setattr(platform, "gpu_plugin_installed", lambda: False)
+    monkeypatch.setenv("JAX_PLATFORMS", "tpu")
+    assert not platform.skip_absent_tpu() and os.environ["JAX_PLATFORMS"] == "tpu"
+    monkeypatch.delenv("JAX_PLATFORMS")
+    monkeypatch.setattr(platform, "tpu_attached", lambda: True)
+    assert not platform.skip_absent_tpu() and "JAX_PLATFORMS" not in os.environ
+    monkeypatch.setattr(platform, "tpu_attached", lambda: False)
+    monkeypatch.setattr(platform, "gpu_plugin_installed", lambda: True)
+    assert not platform.skip_absent_tpu() and "JAX_PLATFORMS" not in os.environ
+    assert not platform.model_runs_on_host()
+    monkeypatch.setattr(platform, "gpu_plugin_installed", lambda: False)
+    assert platform.skip_absent_tpu() and os.environ["JAX_PLATFORMS"] == "cpu"
+    assert platform.model_runs_on_host()

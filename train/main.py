@@ -28,7 +28,7 @@ from train.checkpoint.nonfinite import EXIT_STATUS as NONFINITE_EXIT
 from train.checkpoint.nonfinite import NonFiniteError
 from train.checkpoint.preemption import Preempted
 from train.checkpoint.restore import CheckpointMismatch
-from train.devices.host_memory import retain_freed_memory
+from train.devices.startup import before_jax_starts
 from train.flag_errors import parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py:<variant>", lock_config=True)
@@ -49,7 +49,7 @@ def main(argv: list[str]) -> None:
     status (module docstring)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    retain_freed_memory()  # before JAX starts its CPU client (train/devices/host_memory.py)
+    before_jax_starts()  # train/devices/startup.py
     # Orbax and JAX log every checkpoint at INFO through absl; keep the run's own lines readable.
     absl_logging.set_verbosity(absl_logging.WARNING)
     handler = logging.StreamHandler()

@@ -24,7 +24,7 @@ from experiments.ablate import report
 from experiments.ablate.tables import Row, Table, make_tables, run_overrides
 from experiments.common import cached_json, parse_set
 from experiments.progress import Progress
-from train.devices.host_memory import retain_freed_memory
+from train.devices.startup import before_jax_starts
 
 TIMING_LENGTHS = {"cpu": (64, 128, 256, 512, 1024), "gpu": (128, 256, 512, 1024, 2048, 4096)}
 
@@ -119,7 +119,7 @@ def _attention_kinds(
 
 
 def main(argv: list[str] | None = None) -> None:
-    retain_freed_memory()  # before JAX starts its CPU client (train/devices/host_memory.py)
+    before_jax_starts()  # train/devices/startup.py
     tables = make_tables()
     parser = argparse.ArgumentParser(prog="python -m experiments.ablate", description=__doc__.splitlines()[0])
     parser.add_argument("table", choices=sorted(tables))

@@ -49,10 +49,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from train.config_checks import validate
     from train.data.sources import make_source
-    from train.devices.host_memory import retain_freed_memory
+    from train.devices.startup import before_jax_starts
 
     # Both models of a --baseline run share this process, so both get it.
-    host_malloc_tuned = retain_freed_memory()
+    host_malloc_tuned = before_jax_starts()
     config = _CONFIG.value
     validate(config)
     if _STEPS.value < 10:

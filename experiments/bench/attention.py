@@ -20,7 +20,7 @@ from flax import nnx
 
 from models.masks import make_attention_mask
 from models.transformer import ATTENTION_IMPLS, Attention, TransformerConfig
-from train.devices.host_memory import retain_freed_memory
+from train.devices.startup import before_jax_starts
 
 
 def time_attention(impl: str, B: int, L: int, N: int, H: int, repeats: int = 9) -> float:
@@ -46,7 +46,7 @@ def time_attention(impl: str, B: int, L: int, N: int, H: int, repeats: int = 9) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    retain_freed_memory()  # before JAX starts its CPU client (train/devices/host_memory.py)
+    before_jax_starts()  # train/devices/startup.py
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq_len", type=int, default=256)

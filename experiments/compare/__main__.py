@@ -28,7 +28,7 @@ from experiments import common, runs
 from experiments.compare import report
 from experiments.compare.evaluate import EVAL_FILE, evaluate_run
 from experiments.progress import Progress
-from train.devices.host_memory import retain_freed_memory
+from train.devices.startup import before_jax_starts
 
 OBJECTIVES: tuple[str, ...] = ("clm", "mlm", "prefix_lm", "hybrid")
 
@@ -105,7 +105,7 @@ def _evaluate_one(
 
 
 def main(argv: list[str] | None = None) -> None:
-    retain_freed_memory()  # before JAX starts its CPU client (train/devices/host_memory.py)
+    before_jax_starts()  # train/devices/startup.py
     parser = argparse.ArgumentParser(
         prog="python -m experiments.compare", description=__doc__.splitlines()[0]
     )

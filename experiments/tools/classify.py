@@ -23,13 +23,13 @@ import numpy as np
 from experiments.downstream.classification_data import TASKS, load_task
 from experiments.downstream.finetune import finetune
 from models.errors import ConfigError
-from train.devices.host_memory import retain_freed_memory
+from train.devices.startup import before_jax_starts
 from train.inference.load import load_trained
 from train.tokenizer.vocab import SymbolTokenizer
 
 
 def main(argv: list[str] | None = None) -> None:
-    retain_freed_memory()  # before JAX starts its CPU client (train/devices/host_memory.py)
+    before_jax_starts()  # train/devices/startup.py
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="a real-text run (folder, checkpoints/ or step)")
     parser.add_argument("--task", choices=sorted(TASKS), required=True)

@@ -22,13 +22,13 @@ import sys
 
 import numpy as np
 
-from train.devices.host_memory import retain_freed_memory
+from train.devices.startup import before_jax_starts
 from train.inference.load import load_hf, load_trained
 from train.tokenizer.vocab import BOS_ID, EOS_ID
 
 
 def main(argv: list[str] | None = None) -> None:
-    retain_freed_memory()  # before JAX starts its CPU client (train/devices/host_memory.py)
+    before_jax_starts()  # train/devices/startup.py
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--workdir", help="run folder, checkpoints/ or one step folder")

@@ -13,20 +13,21 @@ without bound), no `mmap`, no trimming: after the first step the same pages are 
 cost is that the process keeps its peak heap. It has to run before JAX starts its CPU client
 (the executor threads pick their arena when they first allocate), so every entry point that
 runs a model (train.main, experiments.bench, bench.attention, ablate, compare, tools.classify,
-tools.sample) calls it first thing; bench.input, which runs none, does not. It does nothing where the
-host does not run the model (an accelerator plugin is installed, or `JAX_PLATFORMS` names
-another platform), off glibc, or when `GPTBERT_HOST_MALLOC=default` is set.
+tools.sample) calls it first thing, through train/devices/startup.py; bench.input, which runs
+none, does not. It does nothing where the host does not run the model (an accelerator plugin is
+installed and may be used, or `JAX_PLATFORMS` names another platform: train/devices/platform.py),
+off glibc, or when `GPTBERT_HOST_MALLOC=default` is set.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import importlib.metadata
-import importlib.util
 import logging
 import os
 import sys
+
+from train.devices.platform import model_runs_on_host
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +37,6 @@ _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 OPT_OUT_ENV = "GPTBERT_HOST_MALLOC"
 _applied = False
-
-
-def _model_runs_on_host() -> bool:
-    platforms = os.environ.get("JAX_PLATFORMS", "")
-    if platforms:
-        return platforms.split(",")[0].strip() == "cpu"
-    accelerator_plugin = any(importlib.metadata.entry_points(group="jax_plugins")) or (
-        importlib.util.find_spec("libtpu") is not None
-    )
-    return not accelerator_plugin
 
 
 def _backend_started() -> bool:
@@ -60,7 +51,7 @@ def retain_freed_memory() -> bool:
         return True
     if os.environ.get(OPT_OUT_ENV, "") == "default" or not sys.platform.startswith("linux"):
         return False
-    if not _model_runs_on_host():
+    if not model_runs_on_host():
         return False
     if _backend_started():
         log.warning(

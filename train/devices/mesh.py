@@ -10,6 +10,7 @@ them. `mesh.fsdp = 1` is plain data parallelism. Each process passes only its ow
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -66,14 +67,20 @@ def initialize_distributed(
         )
 
 
-def make_mesh(config: Any) -> Mesh:
-    data, fsdp = mesh_shape(config, jax.device_count())
-    if config.batch_size % (data * fsdp) or config.batch_size % jax.process_count():
+def make_mesh(config: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The (`data`, `fsdp`) mesh over `devices`: every device of the run by default, or the
+    compile-only devices of a TPU topology (experiments/bench/aot.py compiles for those)."""
+    devices = list(jax.devices() if devices is None else devices)
+    processes = len({d.process_index for d in devices})
+    data, fsdp = mesh_shape(config, len(devices))
+    if config.batch_size % (data * fsdp) or config.batch_size % processes:
         raise ConfigError(
             f"batch_size={config.batch_size} must be divisible by the {data * fsdp} data-parallel "
-            f"devices and the {jax.process_count()} processes; change batch_size or mesh.data / mesh.fsdp"
+            f"devices and the {processes} processes; change batch_size or mesh.data / mesh.fsdp"
         )
-    return jax.make_mesh((data, fsdp), ("data", "fsdp"), axis_types=(AxisType.Auto, AxisType.Auto))
+    return jax.make_mesh(
+        (data, fsdp), ("data", "fsdp"), axis_types=(AxisType.Auto, AxisType.Auto), devices=devices
+    )
 
 
 def param_spec(shape: tuple[int, ...], fsdp: int) -> P:

@@ -9,7 +9,7 @@ measurements all build their step here, so what they time or measure is what a r
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -80,14 +80,18 @@ class Run:
         return registry.make_model(self.model_config, nnx.Rngs(params=params_rng))
 
 
-def build_run(config: Any, workdir: str, *, vocab_size: int | None = None) -> Run:
+def build_run(
+    config: Any, workdir: str, *, vocab_size: int | None = None, devices: Sequence[jax.Device] | None = None
+) -> Run:
     """Everything a step of `config` needs; the data source is built (in `workdir`) unless a
-    `vocab_size` is given. The config should already have passed `config_checks.validate`."""
+    `vocab_size` is given. The mesh spans `devices` (default: every device of the run; a TPU
+    topology's compile-only devices to compile ahead of time). The config should already have
+    passed `config_checks.validate`."""
     source = (
         make_source(config, workdir, jax.process_index(), jax.process_count()) if vocab_size is None else None
     )
     vocab_size = source.vocab_size if source is not None else vocab_size
-    mesh = make_mesh(config)
+    mesh = make_mesh(config, devices)
     model_cfg = registry.model_config(config, vocab_size)
     objective = make_objective(config, vocab_size, source.specials if source is not None else DEFAULT)
     tx = step_lib.make_optimizer(config)
