@@ -92,7 +92,8 @@ TRAIN_LAYERS = (
     ("train.inference",),
     ("train.loop",),
     ("train.config_checks",),
-    ("train.checkpoint", "train.observe", "train.hf", "train.devices"),
+    ("train.checkpoint", "train.observe", "train.hf"),
+    ("train.devices",),
     ("train.objectives", "train.data"),
     ("train.tokenizer",),
     ("train.flag_errors",),  # the commands' flag parsing

@@ -13,6 +13,8 @@ from typing import Any
 
 import jax
 
+from train.devices.chips import chip_of
+
 
 def non_embedding_params(params: Any) -> int:
     total = sum(int(x.size) for x in jax.tree.leaves(params))
@@ -50,19 +52,6 @@ def step_flops(
     return train_flops_per_step(config, n, vocab_size, head, causal_attention_halved=causal_attention_halved)
 
 
-# Dense bf16 peak FLOP/s per chip, from the vendors' data sheets.
-DEVICE_PEAKS = {
-    "H200": 989e12,
-    "H100": 989e12,
-    "A100": 312e12,
-    "L4": 121e12,
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,
-}
-
-
 def matmul_peak(dtype: Any = "float32", n: int = 2048, repeats: int = 10) -> float:
     """Measured FLOP/s of a large square matmul on the default device (the best of `repeats`)."""
     import time
@@ -86,7 +75,7 @@ def device_peak(per_device: float = 0.0, *, matmul_n: int = 2048, repeats: int =
         return per_device * count, f"set: {per_device:.3g} FLOP/s x {count}"
     if device.platform == "cpu":
         return matmul_peak("float32", matmul_n, repeats), f"measured float32 matmul ({matmul_n}^3)"
-    for kind, peak in DEVICE_PEAKS.items():
-        if kind.lower() in device.device_kind.lower():
-            return peak * count, f"{device.device_kind} bf16 data sheet x {count}"
+    chip = chip_of(device.device_kind)
+    if chip is not None:
+        return chip.bf16_flops * count, f"{device.device_kind} bf16 data sheet x {count}"
     return matmul_peak("bfloat16", 8192, repeats) * count, "measured bf16 matmul (8192^3)"

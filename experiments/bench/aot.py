@@ -1,0 +1,69 @@
+"""A config's real train step compiled ahead of time for a TPU slice, on a CPU host.
+
+    python -m experiments.bench.aot --config configs/gpt.py:gpt2 --config.model.dtype=bfloat16 \
+        --topology v5e:2x2 --vocab_size 50257 --per_device_batch 8
+    python -m experiments.bench.aot --config configs/bert.py:bert_base --config.model.dtype=bfloat16 \
+        --topology v5e:4x4 --config.mesh.fsdp=16 --vocab_size 30522 --search
+
+libtpu (installed with the test extra) describes a slice without one (`v4:2x2x1`, `v5e:2x2`,
+`v5p:2x2x1`, `v6e:4x4`, ...; a slice of more than one host too) and compiles for it. The step is
+`build_run`'s, with the mesh over the slice's compile-only devices: the shardings, donation,
+remat and dtype that a run on that slice would compile. One JSON line reports the compile
+time; the memory one chip needs (arguments, temporaries, peak) against its HBM
+(train/devices/chips.py); XLA's FLOPs and bytes accessed per chip beside the model FLOPs that
+MFU counts (train/observe/flops.py); a roofline step time (FLOPs at the chip's bf16 peak, bytes
+at its HBM bandwidth, whichever takes longer; collectives are not counted) and the MFU it bounds.
+`--search` also finds the largest per-device batch that compiles within the chip's memory: two
+compiles fit memory as a line in the batch, the batch the line predicts is compiled, and the
+search steps from there until it holds one batch that fits and the next that does not.
+"""
+
+from __future__ import annotations
+
+import json
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments.bench.tpu_compile import measure
+from models.errors import ConfigError
+from train.flag_errors import fail, parse_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py:<variant>", lock_config=True)
+_TOPOLOGY = flags.DEFINE_string("topology", "v5e:2x2", "TPU slice: GENERATION:SHAPE, e.g. v4:2x2x1, v5e:4x4")
+_VOCAB = flags.DEFINE_integer("vocab_size", 0, "vocabulary (0: the config's tokenizer.vocab_size)")
+_BATCH = flags.DEFINE_integer("per_device_batch", 0, "rows per chip (0: the config's batch over the chips)")
+_SEARCH = flags.DEFINE_bool("search", False, "also find the largest per-device batch that fits")
+
+
+def main(argv: list[str]) -> None:
+    """absl's entry point: one JSON line (module docstring); bad input exits 2 in one line."""
+    if len(argv) > 1:
+        fail(f"unexpected arguments: {argv[1:]}")
+    from train.config_checks import validate
+    from train.devices.platform import libtpu_installed, skip_absent_tpu
+
+    skip_absent_tpu()  # the host runs no model: only the TPU compiler is used
+    if not libtpu_installed():
+        fail("libtpu is not installed: pip install -e '.[test]' (or '.[tpu]') brings the TPU compiler")
+    config = _CONFIG.value
+    try:
+        validate(config)
+        print(
+            json.dumps(
+                measure(
+                    config,
+                    _TOPOLOGY.value,
+                    _VOCAB.value or config.tokenizer.vocab_size,
+                    _BATCH.value,
+                    _SEARCH.value,
+                )
+            )
+        )
+    except ConfigError as e:
+        fail(str(e))
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config"])
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,245 @@
+"""Compiling a config's train step for a TPU slice that is not there: the slice's compile-only
+devices (libtpu), the compile with its memory and cost analyses, and the roofline estimate.
+experiments/bench/aot.py is the command around it."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from models.errors import ConfigError
+from train.devices.chips import CHIPS, GIB, TPU_KINDS, Chip
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 sent nowhere: libtpu prints initialisation errors for the TPU host it
+    is not running on, which say nothing about the compile (its own errors are raised)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def topology_devices(topology: str) -> list[Any]:
+    """The compile-only devices of a TPU slice named GENERATION:SHAPE (v4 as megacore chips)."""
+    from jax.experimental import topologies
+
+    generation = topology.partition(":")[0]
+    if generation not in TPU_KINDS:
+        raise ConfigError(f"--topology {topology!r}: the generation must be one of {sorted(TPU_KINDS)}")
+    options = {"chip_config_name": "megacore"} if generation == "v4" else {}
+    with quiet_stderr():
+        try:
+            return list(topologies.get_topology_desc(topology, "tpu", **options).devices)
+        except Exception as e:
+            raise ConfigError(f"--topology {topology!r}: {e}") from e
+
+
+def with_batch(config: Any, per_device: int, devices: int) -> Any:
+    """A copy of `config` whose global batch is `per_device` rows on each of `devices`."""
+    config = copy.deepcopy(config)
+    with config.unlocked():
+        config.batch_size = per_device * devices
+    return config
+
+
+@dataclasses.dataclass
+class Compiled:
+    """One ahead-of-time compile: whether the step fits the chip, and what it needs."""
+
+    per_device_batch: int
+    fits: bool
+    compile_seconds: float
+    memory: dict[str, int]  # per chip, as train/devices/memory.py reads it; {} when it did not fit
+    xla_flops: float  # per chip, XLA's cost analysis (every op, remat recomputation included)
+    xla_bytes: float
+    error: str = ""
+
+
+def compile_step(config: Any, devices: list[Any], vocab_size: int, per_device: int) -> Compiled:
+    """Compiles `config`'s train step with `per_device` rows on each of `devices`."""
+    import jax
+    import jax.numpy as jnp
+
+    from train.devices.memory import step_memory
+    from train.loop.build import build_run
+
+    config = with_batch(config, per_device, len(devices))
+    run = build_run(config, "", vocab_size=vocab_size, devices=devices)
+    shape = (config.batch_size, config.seq_len)
+    batch = {
+        k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=run.data_sharding)
+        for k in ("tokens", "segment_ids", "positions")
+    }
+    t0 = time.perf_counter()
+    try:
+        compiled = run.train_step.lower(run.abstract_state, batch).compile()
+    except Exception as e:  # the TPU compiler refuses a program larger than the chip's memory
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        return Compiled(per_device, False, time.perf_counter() - t0, {}, 0.0, 0.0, str(e).splitlines()[0])
+    seconds = time.perf_counter() - t0
+    memory = step_memory(compiled)
+    memory["generated_code_bytes"] = int(compiled.memory_analysis().generated_code_size_in_bytes)
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return Compiled(per_device, True, seconds, memory, float(cost["flops"]), float(cost["bytes accessed"]))
+
+
+def model_flops_per_device(config: Any, vocab_size: int, per_device: int, devices: int) -> float:
+    """The model FLOPs of one step (train/observe/flops.py, what MFU counts) on each chip."""
+    from models import registry
+    from train.loop import step as step_lib
+    from train.objectives import make_objective
+    from train.observe.flops import step_flops
+
+    config = with_batch(config, per_device, devices)
+    _, params = step_lib.abstract_model(registry.model_config(config, vocab_size))
+    return step_flops(config, make_objective(config, vocab_size), params, vocab_size) / devices
+
+
+def roofline(compiled: Compiled, chip: Chip, model_flops: float, tokens: int) -> dict[str, Any]:
+    """Step time if the chip ran at its peak: XLA's FLOPs at the bf16 peak or its bytes at the
+    HBM bandwidth, whichever takes longer; the MFU and tokens/s that time bounds."""
+    compute = compiled.xla_flops / chip.bf16_flops
+    memory = compiled.xla_bytes / chip.hbm_bandwidth
+    seconds = max(compute, memory)
+    return {
+        "roofline_seconds": seconds,
+        "bound_by": "compute" if compute >= memory else "memory",
+        "mfu_bound": model_flops / (seconds * chip.bf16_flops) if seconds else 0.0,
+        "tokens_per_sec_per_chip_bound": tokens / seconds if seconds else 0.0,
+    }
+
+
+# Where the search stops: more rows per chip than any run here would use.
+MAX_BATCH = 4096
+
+
+def hbm_limit(compiled: list[Compiled], chip: Chip) -> float:
+    """The bytes a chip's program may use: what the TPU compiler said when it refused one (the
+    data sheet's HBM less what the runtime keeps), else the data sheet's HBM."""
+    for c in compiled:
+        match = re.search(r"available HBM \(([\d.]+)G\)", c.error)
+        if match:
+            return float(match.group(1)) * GIB
+    return chip.hbm_bytes
+
+
+def next_batch(tried: dict[int, Compiled], limit: float, max_batch: int = MAX_BATCH) -> int | None:
+    """The next per-device batch to compile, or None once the largest that fits is known (it
+    fits and the next does not; 0 when even one row does not; `max_batch` when that fits). With
+    two batches that fit, the guess is where the line through their peaks meets `limit`; else it
+    doubles from a batch that fits or halves towards one that does not."""
+    fit = sorted(b for b, c in tried.items() if c.fits)
+    over = [b for b, c in tried.items() if not c.fits]
+    lo, hi = (fit[-1] if fit else 0), min([*over, max_batch + 1])
+    if hi == lo + 1:
+        return None
+    guess = _on_the_line(tried, fit, limit) if len(fit) >= 2 else None
+    if guess is not None:
+        guess = min(max(guess, lo + 1), hi - 1)
+    if guess is None or guess in tried:
+        guess = min(2 * lo, hi - 1) if hi > max_batch else (lo + hi) // 2
+    return guess
+
+
+def _on_the_line(tried: dict[int, Compiled], fit: list[int], limit: float) -> int | None:
+    b0, b1 = fit[-2:]
+    m0, m1 = (tried[b].memory["peak_bytes"] for b in (b0, b1))
+    per_row = (m1 - m0) / (b1 - b0)
+    return b1 + int((limit - m1) // per_row) if per_row > 0 else None
+
+
+def largest_batch(
+    compile_at: Any, chip: Chip, start: int = 8, max_batch: int = MAX_BATCH
+) -> tuple[int, dict[int, Compiled]]:
+    """(the largest per-device batch that fits, up to `max_batch`; every compile of the search)."""
+    tried: dict[int, Compiled] = {}
+    batch: int | None = start
+    while batch is not None:
+        tried[batch] = compile_at(batch)
+        batch = next_batch(tried, hbm_limit(list(tried.values()), chip), max_batch)
+    fit = [b for b, c in tried.items() if c.fits]
+    return max(fit, default=0), tried
+
+
+def describe(config: Any, devices: list[Any], chip: Chip, vocab_size: int, c: Compiled) -> dict[str, Any]:
+    """One compile as the JSON line reports it: memory per chip against HBM, FLOPs and bytes,
+    the roofline estimate."""
+    out: dict[str, Any] = {
+        "per_device_batch": c.per_device_batch,
+        "fits": c.fits,
+        "compile_seconds": round(c.compile_seconds, 2),
+        "memory_per_chip": c.memory,
+        "hbm_bytes": chip.hbm_bytes,
+    }
+    if not c.fits:
+        return {**out, "error": c.error}
+    model_flops = model_flops_per_device(config, vocab_size, c.per_device_batch, len(devices))
+    return {
+        **out,
+        "xla_flops_per_chip": c.xla_flops,
+        "xla_bytes_per_chip": c.xla_bytes,
+        "model_flops_per_chip": model_flops,
+        **roofline(c, chip, model_flops, c.per_device_batch * config.seq_len),
+    }
+
+
+def measure(config: Any, topology: str, vocab_size: int, per_device: int, search: bool) -> dict[str, Any]:
+    """Everything the command prints for `config` on `topology` (module docstring)."""
+    from train.devices.mesh import mesh_shape
+
+    devices = topology_devices(topology)
+    chip = CHIPS[TPU_KINDS[topology.partition(":")[0]]]
+    per_device = per_device or max(config.batch_size // len(devices), 1)
+    data, fsdp = mesh_shape(config, len(devices))
+    head = {
+        "topology": topology,
+        "chip": chip.name,
+        "chips": len(devices),
+        "hosts": len({d.process_index for d in devices}),
+        "mesh": {"data": data, "fsdp": fsdp},
+        "objective": config.objective,
+        "num_layers": config.model.num_layers,
+        "d_model": config.model.d_model,
+        "seq_len": config.seq_len,
+        "vocab_size": vocab_size,
+        "dtype": config.model.dtype,
+        "remat": config.model.remat,
+    }
+
+    def compile_at(batch: int) -> Compiled:
+        return compile_step(config, devices, vocab_size, batch)
+
+    if not search:
+        return {**head, **describe(config, devices, chip, vocab_size, compile_at(per_device))}
+    largest, tried = largest_batch(compile_at, chip, start=per_device)
+    return {
+        **head,
+        "largest_per_device_batch": largest,
+        "search": [
+            {
+                "per_device_batch": b,
+                "fits": c.fits,
+                "peak_bytes": c.memory.get("peak_bytes"),
+                "compile_seconds": round(c.compile_seconds, 2),
+            }
+            for b, c in sorted(tried.items())
+        ],
+        "at_start": describe(config, devices, chip, vocab_size, tried[per_device]),
+        "at_largest": describe(config, devices, chip, vocab_size, tried[largest]) if largest else None,
+    }
