@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -30,6 +31,7 @@ def test_train_benchmark_reports_speed_flops_mfu_and_memory(config):
     assert out["flops_per_step_causal_halved"] < out["flops_per_step"]
     assert 0 < out["mfu"] == pytest.approx(out["model_flops_per_sec"] / out["peak_flops_per_sec"])
     assert out["step_memory"]["peak_bytes"] > 0
+    assert out["xla_flops_per_device"] >= 0.9 * out["flops_per_step"]  # XLA counts every op
     if "bert" in config:  # 15% of 31 eligible tokens per row are predicted
         assert out["predicted_tokens_per_sec"] == pytest.approx(8 * 5 / out["step_seconds_median"], rel=1e-6)
 
@@ -78,3 +80,36 @@ def test_attention_benchmark_times_each_implementation_here(capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["shape_BLNH"] == [2, 16, 2, 8]
     assert out["xla_ms"] > 0 and out["einsum_ms"] > 0 and "cudnn_ms" not in out
+
+
+def test_the_accelerator_table_runs_here_at_tiny_shapes(tmp_path):
+    """`python -m experiments.bench.accelerator` (GPT-2 and BERT-base in bf16 on a GPU or TPU) runs
+    end to end on this CPU at the `tiny` shapes: one row per model and remat (no cuDNN here)."""
+    from experiments.bench import accelerator
+
+    accelerator.main(
+        [
+            "--out",
+            str(tmp_path),
+            "--shapes",
+            "tiny",
+            "--vocab_size",
+            "64",
+            "--per_device_batch",
+            "2",
+            "--steps",
+            "10",
+        ]
+    )
+    rows = list(csv.DictReader(open(tmp_path / "accelerator_cpu.csv")))
+    assert [(r["model"], r["attention"], r["remat"]) for r in rows] == [
+        (m, "xla", remat) for m in ("gpt2", "bert_base") for remat in ("none", "dots")
+    ]
+    for r in rows:
+        assert float(r["tokens_per_s_per_device"]) == pytest.approx(2 * 128 / (float(r["step_ms"]) / 1e3))
+        assert 0 < float(r["mfu"]) and float(r["memory_gib"]) > 0 and r["roofline_ms"] == ""
+    md = open(tmp_path / "accelerator_cpu.md").read()
+    assert (
+        "command: `python -m experiments.bench.accelerator --out" in md
+        and "| gpt2 | xla | dots | 2 x 128 |" in md
+    )

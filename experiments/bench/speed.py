@@ -115,7 +115,21 @@ def train_benchmark(config: Any, vocab_size: int, steps: int, baseline: str = ""
         "mfu": flops / median / peak,
         "mfu_causal_halved": flops_causal / median / peak,
         "step_memory": step_memory(compiled),
+        **xla_cost(compiled),
         **extra,
+    }
+
+
+def xla_cost(compiled: Any) -> dict[str, float]:
+    """XLA's FLOPs and bytes accessed per device for one step (its cost analysis), where the
+    backend gives them: what a roofline estimate of the step is made of."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    if not cost or "flops" not in cost:
+        return {}
+    return {
+        "xla_flops_per_device": float(cost["flops"]),
+        "xla_bytes_per_device": float(cost.get("bytes accessed", 0)),
     }
 
 

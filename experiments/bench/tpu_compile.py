@@ -41,6 +41,9 @@ def topology_devices(topology: str) -> list[Any]:
     if generation not in TPU_KINDS:
         raise ConfigError(f"--topology {topology!r}: the generation must be one of {sorted(TPU_KINDS)}")
     options = {"chip_config_name": "megacore"} if generation == "v4" else {}
+    # libtpu takes a machine-wide lock file for the chips it drives; compile-only devices open
+    # none, and without this a second compiling process (a test beside the table) is refused.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     with quiet_stderr():
         try:
             return list(topologies.get_topology_desc(topology, "tpu", **options).devices)

@@ -1,0 +1,150 @@
+"""GPT-2 124M and BERT-base in bf16 on the accelerator at hand: one command, a table (md + csv).
+
+    python -m experiments.bench.accelerator --out experiments/results        # on a GPU or a TPU
+    python -m experiments.bench.accelerator --out /tmp/acc --shapes tiny --vocab_size 512 \
+        --per_device_batch 2                                                  # anywhere (the tests)
+
+Rows: `configs/gpt.py:gpt2` and `configs/bert.py:bert_base` (`--shapes tiny`: `gpt2_tiny` and
+`bert_tiny`, the same architectures at the `tiny` shapes) in bf16, with `xla` attention and, on a
+GPU, `cudnn`, remat off and `dots`, at `PER_DEVICE_BATCH` rows per device (the largest batch
+that fits a 16 GiB v5e chip with remat off in experiments/results/tpu_aot.md, so every row fits
+every chip of that table and any GPU of 16 GB or more). Each row is `python -m experiments.bench`'s
+measurement of the step as the trainer builds it (experiments/bench/speed.py): tokens/s, MFU
+against the chip's data-sheet bf16 peak, the step's memory per device, compile time; and beside
+it the estimate the ahead-of-time table makes, from XLA's cost analysis of the same compiled
+step: the roofline step time at the chip's peak and HBM bandwidth (train/devices/chips.py) and
+the MFU it bounds, so measured and estimated read side by side. Writes
+OUT/accelerator_CHIP.md and .csv (CHIP: v5e, H200, ..., or the platform where the chip is not in
+the table, such as cpu).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from typing import Any
+
+from experiments.common import commit_stamp, markdown_table
+
+# model -> (objective, variant, tiny variant, vocabulary)
+MODELS: dict[str, tuple[str, str, str, int]] = {
+    "gpt2": ("clm", "gpt2", "gpt2_tiny", 50257),
+    "bert_base": ("mlm", "bert_base", "bert_tiny", 30522),
+}
+PER_DEVICE_BATCH = {"gpt2": 16, "bert_base": 32}
+COLUMNS = (
+    *("model", "attention", "remat", "per_device_batch", "seq_len", "tokens_per_s_per_device", "mfu"),
+    *("step_ms", "step_ms_iqr", "compile_s", "memory_gib", "roofline_ms", "mfu_bound", "device_kind"),
+)
+
+
+def measure_row(model: str, attention: str, remat: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One row: the benchmark of `model` with that attention and remat, and its roofline."""
+    import jax
+
+    import configs
+    from experiments.bench.speed import train_benchmark
+    from train.devices.chips import chip_of
+
+    objective, variant, tiny, vocab = MODELS[model]
+    per_device = args.per_device_batch or PER_DEVICE_BATCH[model]
+    overrides = {"model.dtype": "bfloat16", "model.attention_impl": attention, "model.remat": remat}
+    overrides["batch_size"] = per_device * jax.device_count()
+    config = configs.get_config(objective, tiny if args.shapes == "tiny" else variant, overrides)
+    result = train_benchmark(config, args.vocab_size or vocab, args.steps)
+    row = {
+        "model": model,
+        "attention": attention,
+        "remat": remat,
+        "per_device_batch": per_device,
+        "seq_len": config.seq_len,
+        "tokens_per_s_per_device": result["tokens_per_sec"] / result["devices"],
+        "mfu": result["mfu"],
+        "step_ms": 1e3 * result["step_seconds_median"],
+        "step_ms_iqr": 1e3 * result["step_seconds_iqr"],
+        "compile_s": result["compile_seconds"],
+        "memory_gib": result["step_memory"].get("peak_bytes", 0) / 2**30,
+        "device_kind": result["device_kind"],
+    }
+    chip = chip_of(result["device_kind"])
+    if chip is not None and "xla_flops_per_device" in result:
+        seconds = max(
+            result["xla_flops_per_device"] / chip.bf16_flops,
+            result["xla_bytes_per_device"] / chip.hbm_bandwidth,
+        )
+        row["roofline_ms"] = 1e3 * seconds
+        row["mfu_bound"] = result["flops_per_step"] / result["devices"] / (seconds * chip.bf16_flops)
+    return row
+
+
+def write(rows: list[dict[str, Any]], out: str, command: str, name: str) -> str:
+    """OUT/accelerator_NAME.csv and .md; returns the markdown's path."""
+    base = os.path.join(out, f"accelerator_{name}")
+    with open(f"{base}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: r.get(k, "") for k in COLUMNS} for r in rows)
+
+    def num(value: Any, fmt: str) -> str:
+        return "" if value in ("", None) else format(value, fmt)
+
+    header = ("model", "attention", "remat", "rows per device x tokens", "tokens/s per device", "MFU")
+    header += ("step (ms, median ± IQR)", "compile (s)", "GiB per device", "roofline (ms)", "MFU bound")
+    cells = [
+        [r["model"], r["attention"], r["remat"], f"{r['per_device_batch']} x {r['seq_len']}"]
+        + [num(r["tokens_per_s_per_device"], ",.0f"), num(r["mfu"], ".1%")]
+        + [
+            f"{r['step_ms']:.1f} ± {r['step_ms_iqr']:.1f}",
+            num(r["compile_s"], ".1f"),
+            num(r["memory_gib"], ".2f"),
+        ]
+        + [num(r.get("roofline_ms"), ".1f"), num(r.get("mfu_bound"), ".1%")]
+        for r in rows
+    ]
+    lines = [
+        f"# GPT-2 and BERT-base in bf16 on {rows[0]['device_kind']}",
+        "",
+        f"command: `{command}`  ",
+        f"commit: {commit_stamp()}",
+        "",
+        "MFU: model FLOPs (train/observe/flops.py) per second over the chip's data-sheet bf16 peak. "
+        "Roofline and MFU bound: the estimate of experiments/results/tpu_aot.md for this chip, from "
+        "XLA's cost analysis of the same compiled step (blank where the chip is not in "
+        "train/devices/chips.py).",
+        "",
+        *markdown_table(header, cells),
+        "",
+    ]
+    with open(f"{base}.md", "w") as f:
+        f.write("\n".join(lines))
+    return f"{base}.md"
+
+
+def main(argv: list[str] | None = None) -> None:
+    from train.devices.startup import before_jax_starts
+
+    before_jax_starts()  # train/devices/startup.py
+    parser = argparse.ArgumentParser(prog="python -m experiments.bench.accelerator", description=__doc__)
+    parser.add_argument("--out", default="experiments/results")
+    parser.add_argument("--shapes", choices=("full", "tiny"), default="full")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per row (after two warm-up steps)")
+    parser.add_argument("--per_device_batch", type=int, default=0, help="0: PER_DEVICE_BATCH per model")
+    parser.add_argument("--vocab_size", type=int, default=0, help="0: the model's own (50257, 30522)")
+    args = parser.parse_args(argv)
+    import jax
+
+    from train.devices.chips import chip_of
+
+    device = jax.devices()[0]
+    attentions = ("xla", "cudnn") if device.platform == "gpu" else ("xla",)
+    rows = [measure_row(m, a, r, args) for m in MODELS for a in attentions for r in ("none", "dots")]
+    chip = chip_of(device.device_kind)
+    os.makedirs(args.out, exist_ok=True)
+    command = "python -m experiments.bench.accelerator " + " ".join(sys.argv[1:] if argv is None else argv)
+    print(write(rows, args.out, command, chip.name if chip else device.platform))
+
+
+if __name__ == "__main__":
+    main()

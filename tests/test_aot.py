@@ -1,0 +1,152 @@
+"""The accelerator path without an accelerator: every preset's train step lowered for CUDA
+(`jax.export`), the `tiny` step compiled for TPU slices by libtpu on this CPU host (one host and
+four), and the search for the largest per-device batch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+from conftest import REPO, subprocess_env
+
+import configs
+from experiments.bench import tpu_compile
+from experiments.bench.tpu_compile import Compiled, largest_batch
+from train.devices.chips import CHIPS, chip_of
+from train.loop.build import build_run
+
+V5E = CHIPS["TPU v5 lite"]
+OOM = "RESOURCE_EXHAUSTED: Ran out of memory on HBM, ... temporaries (26.92G) exceeds available HBM (15.75G)."
+
+
+def test_chips_are_found_by_the_device_kind_jax_reports():
+    assert chip_of("TPU v5").name == "v5p" and chip_of("TPU v5 lite").name == "v5e"
+    assert chip_of("TPU v6 lite").name == "v6e" and chip_of("NVIDIA H100 80GB HBM3").name == "H100"
+    assert chip_of("cpu") is None
+
+
+def _fake_compiles(per_row: float, fixed: float = 6.5e9, limit: float = 15.75 * 2**30, bend: float = 0.0):
+    """Compiles whose peak grows by `per_row` a row (more steeply with `bend`) and that the
+    compiler refuses past `limit`, as libtpu does; counts how many were asked for."""
+    asked = []
+
+    def compile_at(batch: int) -> Compiled:
+        asked.append(batch)
+        peak = fixed + per_row * batch + bend * batch**2
+        if peak > limit:
+            return Compiled(batch, False, 9.0, {}, 0.0, 0.0, OOM)
+        return Compiled(batch, True, 45.0, {"peak_bytes": int(peak)}, 1.0, 1.0)
+
+    return compile_at, asked
+
+
+@pytest.mark.parametrize("per_row,bend", [(0.63e9, 0), (1e8, 0), (2e9, 0), (1e7, 0), (1e8, 2e6), (2e10, 0)])
+def test_the_search_ends_on_a_batch_that_fits_and_one_more_that_does_not(per_row, bend):
+    compile_at, asked = _fake_compiles(per_row, bend=bend)
+    largest, tried = largest_batch(compile_at, V5E)
+    assert sorted(tried) == sorted(asked) and len(asked) == len(set(asked))
+    if largest:
+        assert tried[largest].fits and not tried[largest + 1].fits
+    else:
+        assert not tried[1].fits  # not even one row
+    truth = max((b for b in range(1, 5000) if compile_at(b).fits), default=0)
+    assert largest == truth
+    if bend == 0 and largest > 8:  # memory linear in the batch: the line finds it at once
+        assert len(tried) <= 5
+
+
+def test_the_search_stops_at_its_cap():
+    compile_at, _ = _fake_compiles(1e3)
+    largest, tried = largest_batch(compile_at, V5E, max_batch=64)
+    assert largest == 64 and max(tried) == 64
+
+
+def _abstract_batch(config, run) -> dict:
+    shape = (config.batch_size, config.seq_len)
+    return {
+        k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=run.data_sharding)
+        for k in ("tokens", "segment_ids", "positions")
+    }
+
+
+def _lower_for_cuda(objective: str, variant: str, **overrides):
+    config = configs.get_config(objective, variant, {"batch_size": 8, **overrides})
+    run = build_run(config, "", vocab_size=512)
+    exported = jax.export.export(run.train_step, platforms=["cuda"])(
+        run.abstract_state, _abstract_batch(config, run)
+    )
+    return config, run, exported
+
+
+def test_the_tiny_train_step_lowers_for_cuda():
+    config, run, exported = _lower_for_cuda("clm", "tiny")
+    assert exported.platforms == ("cuda",)
+    # The same program: the state goes in and comes out with its shapes (donated, updated).
+    state_avals = [(a.shape, a.dtype) for a in jax.tree.leaves(run.abstract_state)]
+    assert [(a.shape, a.dtype) for a in exported.in_avals[: len(state_avals)]] == state_avals
+    assert [(a.shape, a.dtype) for a in exported.out_avals[: len(state_avals)]] == state_avals
+
+
+PRESETS = [
+    *[("clm", v) for v in ("tiny", "small", "base", "gpt2", "gpt2_tiny")],
+    *[("mlm", v) for v in ("tiny", "small", "base", "bert_base", "bert_tiny")],
+    *[(o, "tiny") for o in ("prefix_lm", "hybrid")],
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective,variant", PRESETS)
+@pytest.mark.parametrize(
+    "switches", [{}, {"model.remat": "dots", "model.scan_layers": True}], ids=["plain", "remat-scan"]
+)
+def test_every_preset_lowers_for_cuda_in_bf16(objective, variant, switches):
+    """`jax.export` lowers for CUDA without a GPU; `attention_impl="cudnn"` cannot be lowered so
+    (JAX looks for cuDNN while it traces), so the default `xla` attention is what is checked."""
+    _, _, exported = _lower_for_cuda(objective, variant, **{"model.dtype": "bfloat16", **switches})
+    assert exported.platforms == ("cuda",)
+    assert "bf16" in exported.mlir_module()  # the matmuls run in bf16
+
+
+def _aot_command(*flags: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "experiments.bench.aot", "--config", "configs/gpt.py:tiny", *flags]
+    return subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_the_tiny_step_compiles_for_a_tpu_slice_and_reports_memory_flops_and_a_roofline():
+    pytest.importorskip("libtpu")
+    result = _aot_command("--topology", "v5e:2x2", "--per_device_batch", "8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "InitGoogle" not in result.stderr  # libtpu's noise about the absent TPU host is kept out
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (out["chip"], out["chips"], out["hosts"], out["fits"]) == ("v5e", 4, 1, True)
+    memory = out["memory_per_chip"]
+    assert memory["peak_bytes"] >= memory["argument_bytes"] > 0 and out["hbm_bytes"] == 16 * 2**30
+    # XLA counts every op, the model count only matmuls: close, and XLA's not below it.
+    assert 1.0 <= out["xla_flops_per_chip"] / out["model_flops_per_chip"] < 1.3
+    assert 0 < out["mfu_bound"] <= out["model_flops_per_chip"] / out["xla_flops_per_chip"]
+    bad = _aot_command("--topology", "v9x:2x2")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: --topology 'v9x:2x2': the generation must be one of ['v4', 'v5e', 'v5p', 'v6e']"
+    ]
+
+
+@pytest.mark.slow
+def test_fsdp_over_a_four_host_slice_compiles_and_divides_the_state():
+    pytest.importorskip("libtpu")
+    from train.devices.platform import skip_absent_tpu
+
+    skip_absent_tpu()
+    devices = tpu_compile.topology_devices("v5e:4x4")
+    assert len(devices) == 16 and len({d.process_index for d in devices}) == 4
+    state = {}
+    for fsdp in (1, 16):
+        config = configs.get_config("clm", "tiny", {"mesh.fsdp": fsdp})
+        compiled = tpu_compile.compile_step(config, devices, 8192, per_device=8)
+        assert compiled.fits
+        state[fsdp] = compiled.memory["argument_bytes"]
+    assert state[16] < state[1] / 4  # each chip holds a sixteenth of the sharded matrices
