@@ -71,19 +71,7 @@ def train_benchmark(config: Any, vocab_size: int, steps: int, baseline: str = ""
     flops_causal = step_flops(config, objective, state.params, vocab_size, causal_attention_halved=True)
     peak, peak_source = device_peak(config.peak_flops_per_device)
     tokens = config.batch_size * L
-    extra = {}
-    if hf:
-        hf_median = statistics.median(hf_times)
-        extra["baseline"] = {
-            "model": hf.name,
-            "params": hf.num_params,
-            "tokens_per_sec": tokens / hf_median,
-            "step_seconds_median": hf_median,
-            "step_seconds_iqr": float(np.subtract(*np.percentile(hf_times, [75, 25]))),
-            "compile_seconds": hf.compile_seconds,
-            "mfu": flops / hf_median / peak,
-        }
-        extra["speedup_vs_baseline"] = hf_median / median
+    extra = baseline_figures(hf, hf_times, median, tokens, flops / peak) if hf else {}
     return {
         "objective": config.objective,
         "platform": jax.devices()[0].platform,
@@ -117,6 +105,25 @@ def train_benchmark(config: Any, vocab_size: int, steps: int, baseline: str = ""
         "step_memory": step_memory(compiled),
         **xla_cost(compiled),
         **extra,
+    }
+
+
+def baseline_figures(
+    hf: Any, hf_times: list[float], median: float, tokens: int, flops_over_peak: float
+) -> dict:
+    """The Hugging Face baseline's figures, and our speed over its (`median`: our step time)."""
+    hf_median = statistics.median(hf_times)
+    return {
+        "baseline": {
+            "model": hf.name,
+            "params": hf.num_params,
+            "tokens_per_sec": tokens / hf_median,
+            "step_seconds_median": hf_median,
+            "step_seconds_iqr": float(np.subtract(*np.percentile(hf_times, [75, 25]))),
+            "compile_seconds": hf.compile_seconds,
+            "mfu": flops_over_peak / hf_median,
+        },
+        "speedup_vs_baseline": hf_median / median,
     }
 
 
