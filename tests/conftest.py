@@ -153,6 +153,7 @@ LONGEST_FIRST = (  # 150, 120, 90, 75, 60, 60 s, then tens of seconds each
     *("test_ablate.py", "test_device_count_resume.py", "test_switches.py", "test_block_options.py"),
     *("test_hf_tokenizer.py", "test_export_hf.py", "test_benchmark.py", "test_observability.py"),
     *("test_seq2seq_runs.py", "test_write_failure.py", "test_train_step.py", "test_preemption.py"),
+    "test_aot.py",
 )
 
 

@@ -84,26 +84,21 @@ def test_attention_benchmark_times_each_implementation_here(capsys):
 
 def test_the_accelerator_table_runs_here_at_tiny_shapes(tmp_path):
     """`python -m experiments.bench.accelerator` (GPT-2 and BERT-base in bf16 on a GPU or TPU) runs
-    end to end on this CPU at the `tiny` shapes: one row per model and remat (no cuDNN here)."""
+    end to end on this CPU at the `tiny` shapes: a row per model (remat off; no cuDNN here)."""
     from experiments.bench import accelerator
 
-    accelerator.main(
-        [
-            "--out",
-            str(tmp_path),
-            "--shapes",
-            "tiny",
-            "--vocab_size",
-            "64",
-            "--per_device_batch",
-            "2",
-            "--steps",
-            "10",
-        ]
-    )
+    flags = {
+        "--out": tmp_path,
+        "--shapes": "tiny",
+        "--vocab_size": 64,
+        "--per_device_batch": 2,
+        "--steps": 10,
+    }
+    accelerator.main([str(x) for kv in {**flags, "--remats": "none"}.items() for x in kv])
     rows = list(csv.DictReader(open(tmp_path / "accelerator_cpu.csv")))
     assert [(r["model"], r["attention"], r["remat"]) for r in rows] == [
-        (m, "xla", remat) for m in ("gpt2", "bert_base") for remat in ("none", "dots")
+        ("gpt2", "xla", "none"),
+        ("bert_base", "xla", "none"),
     ]
     for r in rows:
         assert float(r["tokens_per_s_per_device"]) == pytest.approx(2 * 128 / (float(r["step_ms"]) / 1e3))
@@ -111,5 +106,5 @@ def test_the_accelerator_table_runs_here_at_tiny_shapes(tmp_path):
     md = open(tmp_path / "accelerator_cpu.md").read()
     assert (
         "command: `python -m experiments.bench.accelerator --out" in md
-        and "| gpt2 | xla | dots | 2 x 128 |" in md
+        and "| bert_base | xla | none | 2 x 128 |" in md
     )

@@ -132,14 +132,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per row (after two warm-up steps)")
     parser.add_argument("--per_device_batch", type=int, default=0, help="0: PER_DEVICE_BATCH per model")
     parser.add_argument("--vocab_size", type=int, default=0, help="0: the model's own (50257, 30522)")
+    parser.add_argument(
+        "--models", default=",".join(MODELS), help=f"comma-separated subset of {tuple(MODELS)}"
+    )
+    parser.add_argument("--remats", default="none,dots", help="comma-separated model.remat values")
     args = parser.parse_args(argv)
+    models, remats = args.models.split(","), args.remats.split(",")
+    if set(models) - set(MODELS):
+        parser.error(f"--models: {sorted(set(models) - set(MODELS))} not in {tuple(MODELS)}")
     import jax
 
     from train.devices.chips import chip_of
 
     device = jax.devices()[0]
     attentions = ("xla", "cudnn") if device.platform == "gpu" else ("xla",)
-    rows = [measure_row(m, a, r, args) for m in MODELS for a in attentions for r in ("none", "dots")]
+    rows = [measure_row(m, a, r, args) for m in models for a in attentions for r in remats]
     chip = chip_of(device.device_kind)
     os.makedirs(args.out, exist_ok=True)
     command = "python -m experiments.bench.accelerator " + " ".join(sys.argv[1:] if argv is None else argv)
