@@ -226,7 +226,13 @@ def measure(config: Any, topology: str, vocab_size: int, per_device: int, search
     }
 
     def compile_at(batch: int) -> Compiled:
-        return compile_step(config, devices, vocab_size, batch)
+        compiled = compile_step(config, devices, vocab_size, batch)
+        fits = f"{compiled.memory['peak_bytes'] / GIB:.2f} GiB" if compiled.fits else "does not fit"
+        print(
+            f"[aot] {topology}: {batch} rows per chip: {fits} ({compiled.compile_seconds:.0f} s)",
+            file=sys.stderr,
+        )
+        return compiled
 
     if not search:
         return {**head, **describe(config, devices, chip, vocab_size, compile_at(per_device))}
