@@ -29,7 +29,7 @@ MODELS: dict[str, tuple[str, str, int]] = {
     "bert_base": ("mlm", "bert_base", 30522),
     "small": ("clm", "small", 8192),
 }
-TOPOLOGIES = ("v4:2x2x1", "v5p:2x2x1", "v6e:2x2", "v5e:4x4")
+TOPOLOGIES = ("v5e:4x4", "v6e:2x2", "v5p:2x2x1", "v4:2x2x1")
 REMATS = ("none", "dots")
 START_BATCH = 8  # the per-device batch every search starts from; its memory is a column
 COLUMNS = (
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     path = os.path.join(args.out, "tpu_aot.csv")
     rows = read_rows(path)
     done = {key(r) for r in rows}
-    todo = [(m, t, a, r) for m in models for t in topologies for a in (False, True) for r in REMATS]
+    todo = [(m, t, a, r) for t in topologies for m in models for a in (False, True) for r in REMATS]
     todo = [c for c in todo if (c[0], c[1], str(c[2]), c[3]) not in done]
     progress = Progress("tpu_aot", len(todo), verb="search")
     for m, t, fsdp_all, remat in todo:
