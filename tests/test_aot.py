@@ -178,3 +178,26 @@ def test_a_line_that_bends_near_the_limit_still_ends_in_few_compiles():
 
     largest, tried = largest_batch(compile_at, CHIPS["TPU v4"])
     assert largest == 65 and len(tried) <= 12
+
+
+def test_the_table_says_how_many_of_its_rows_are_done_and_plots_them(tmp_path):
+    from experiments.bench import aot_report
+    from experiments.bench.aot_table import COLUMNS
+
+    done = dict.fromkeys(COLUMNS, "")
+    done.update(model="gpt2", topology="v5e:4x4", chip="v5e", chips=16, hosts=4, fsdp=1, remat="dots")
+    done.update(gib_at_8=5.8, state_gib_at_8=1.4, temp_gib_at_8=4.4, compile_s_at_8=46, largest_batch=31)
+    done.update(gib_at_largest=15.2, roofline_ms=500.0, bound_by="memory", mfu_bound=0.3)
+    done.update(tokens_per_s_per_chip_bound=60000, compile_s_at_8=46)
+    refused = {**done, "fsdp": 16, "remat": "none", "gib_at_8": "", "largest_batch": 4}
+    path = aot_report.write(
+        [done, refused], str(tmp_path), "python -m experiments.bench.aot_table", ("gpt2",), 48
+    )
+    md = open(path).read()
+    assert "rows: 2 of 48 (each search takes minutes; the same command adds the rest)" in md
+    assert (
+        "| gpt2 | v5e:4x4 (16 / 4) | 1 | dots | 5.80 (1.40 + 4.40) | 31 | 15.20 | 500.0 | memory | 0.30 |"
+        in md
+    )
+    assert "| gpt2 | v5e:4x4 (16 / 4) | 16 | none | does not fit | 4 |" in md
+    assert (tmp_path / "tpu_aot.png").stat().st_size > 10_000

@@ -40,8 +40,9 @@ def _cells(r: dict[str, Any]) -> list[str]:
     ]
 
 
-def write(rows: list[dict[str, Any]], out: str, command: str, models: tuple[str, ...]) -> str:
-    """Writes the table (models in the order of `models`) and its plot; returns the markdown's path."""
+def write(rows: list[dict[str, Any]], out: str, command: str, models: tuple[str, ...], planned: int) -> str:
+    """Writes the table (models in the order of `models`; `planned` rows when complete) and its
+    plot; returns the markdown's path."""
     import jax
 
     order = {m: i for i, m in enumerate(models)}
@@ -52,6 +53,9 @@ def write(rows: list[dict[str, Any]], out: str, command: str, models: tuple[str,
         "# TPU slices, compiled ahead of time on a CPU host",
         "",
         f"command: `{command}`  ",
+        f"rows: {len(rows)} of {planned}"
+        + ("" if len(rows) >= planned else " (each search takes minutes; the same command adds the rest)")
+        + "  ",
         f"commit: {commit_stamp()}; JAX {jax.__version__}; the TPU compiler of libtpu {_libtpu_version()}",
         "",
         "Each model in bf16 (parameters and optimizer state float32), its real train step compiled "

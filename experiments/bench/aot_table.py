@@ -128,14 +128,17 @@ def main(argv: list[str] | None = None) -> None:
     todo = [(m, t, a, r) for t in topologies for m in models for a in (False, True) for r in REMATS]
     todo = [c for c in todo if (c[0], c[1], str(c[2]), c[3]) not in done]
     progress = Progress("tpu_aot", len(todo), verb="search")
+    planned = len(models) * len(topologies) * 2 * len(REMATS)
+    command = "python -m experiments.bench.aot_table " + " ".join(sys.argv[1:] if argv is None else argv)
     for m, t, fsdp_all, remat in todo:
         label = f"{m} on {t}, fsdp {'all' if fsdp_all else 1}, remat {remat}"
         progress.start(label, "ahead-of-time compiles")
         rows.append(cell(m, t, fsdp_all, remat))
         progress.finish(label, f"largest batch {rows[-1]['largest_batch']} per chip")
+        # After every row, so that the table on disk always says what the csv holds.
         write_csv(rows, path)
-    command = "python -m experiments.bench.aot_table " + " ".join(sys.argv[1:] if argv is None else argv)
-    print(aot_report.write(read_rows(path), args.out, command, tuple(MODELS)))
+        aot_report.write(read_rows(path), args.out, command, tuple(MODELS), planned)
+    print(aot_report.write(read_rows(path), args.out, command, tuple(MODELS), planned))
 
 
 if __name__ == "__main__":
