@@ -188,7 +188,7 @@ def test_the_table_says_how_many_of_its_rows_are_done_and_plots_them(tmp_path):
     done.update(model="gpt2", topology="v5e:4x4", chip="v5e", chips=16, hosts=4, fsdp=1, remat="dots")
     done.update(gib_at_8=5.8, state_gib_at_8=1.4, temp_gib_at_8=4.4, compile_s_at_8=46, largest_batch=31)
     done.update(gib_at_largest=15.2, roofline_ms=500.0, bound_by="memory", mfu_bound=0.3)
-    done.update(tokens_per_s_per_chip_bound=60000, compile_s_at_8=46)
+    done.update(tokens_per_s_per_chip_bound=60000, compile_s_at_8=46, xla_over_model_flops=1.25)
     refused = {**done, "fsdp": 16, "remat": "none", "gib_at_8": "", "largest_batch": 4}
     path = aot_report.write(
         [done, refused], str(tmp_path), "python -m experiments.bench.aot_table", ("gpt2",), 48

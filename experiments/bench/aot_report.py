@@ -10,6 +10,7 @@ from experiments.common import commit_stamp, markdown_table
 HEADER = (
     *("model", "slice (chips / hosts)", "fsdp", "remat", "GiB per chip at 8 rows (state + temp)"),
     *("largest rows per chip", "GiB at largest", "roofline step (ms)", "bound by", "MFU bound"),
+    "MFU bound, FLOPs alone",
     *("tokens/s per chip bound", "compile (s)"),
 )
 
@@ -35,6 +36,9 @@ def _cells(r: dict[str, Any]) -> list[str]:
         _number(r.get("roofline_ms"), 1),
         r.get("bound_by", ""),
         _number(r.get("mfu_bound"), 2),
+        _number(1 / float(r["xla_over_model_flops"]), 2)
+        if r.get("xla_over_model_flops") not in ("", None)
+        else "",
         _number(r.get("tokens_per_s_per_chip_bound"), 0),
         _number(r["compile_s_at_8"], 0),
     ]
@@ -65,7 +69,9 @@ def write(rows: list[dict[str, Any]], out: str, command: str, models: tuple[str,
         "search (it fits, one more row does not). Roofline: XLA's FLOPs per chip at the chip's bf16 "
         "peak or its bytes accessed at the HBM bandwidth, whichever is longer, at the largest batch; "
         "collectives are not counted, so it is a bound, not a forecast. MFU bound: the model FLOPs "
-        "(train/observe/flops.py) over that time at the peak. Compile: seconds for the 8-row step on "
+        "(train/observe/flops.py) over that time at the peak; FLOPs alone: the model FLOPs over XLA's "
+        "(what recomputation and the ops besides matmuls leave of the peak if memory were free). "
+        "Compile: seconds for the 8-row step on "
         "this 2-core host. Rows: gpt2 and small at 1024 / 512 tokens, bert_base at 512.",
         "",
         *markdown_table(HEADER, [_cells(r) for r in rows]),
