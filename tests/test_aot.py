@@ -201,3 +201,13 @@ def test_the_table_says_how_many_of_its_rows_are_done_and_plots_them(tmp_path):
     )
     assert "| gpt2 | v5e:4x4 (16 / 4) | 16 | none | does not fit | 4 |" in md
     assert (tmp_path / "tpu_aot.png").stat().st_size > 10_000
+
+
+def test_a_row_read_back_from_the_csv_is_known_as_done(tmp_path):
+    from experiments.bench import aot_table
+
+    row = {"model": "gpt2", "topology": "v5e:4x4", "fsdp": 1, "remat": "dots"}
+    path = str(tmp_path / "tpu_aot.csv")
+    aot_table.write_csv([row, {**row, "fsdp": 16}], path)
+    keys = [aot_table.key(r) for r in aot_table.read_rows(path)]
+    assert keys == [("gpt2", "v5e:4x4", "False", "dots"), ("gpt2", "v5e:4x4", "True", "dots")]

@@ -82,7 +82,7 @@ def cell(model: str, topology: str, fsdp_all: bool, remat: str) -> dict[str, Any
 
 
 def key(row: dict[str, Any]) -> tuple[str, ...]:
-    return (row["model"], row["topology"], str(row["fsdp"] != 1), row["remat"])
+    return (row["model"], row["topology"], str(int(row["fsdp"]) != 1), row["remat"])
 
 
 def read_rows(path: str) -> list[dict[str, Any]]:
