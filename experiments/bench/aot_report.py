@@ -7,6 +7,7 @@ from typing import Any
 
 from experiments.common import commit_stamp, markdown_table
 
+REMAT_ORDER = {"none": 0, "dots": 1, "full": 2}
 HEADER = (
     *("model", "slice (chips / hosts)", "fsdp", "remat", "GiB per chip at 8 rows (state + temp)"),
     *("largest rows per chip", "GiB at largest", "roofline step (ms)", "bound by", "MFU bound"),
@@ -51,7 +52,8 @@ def write(rows: list[dict[str, Any]], out: str, command: str, models: tuple[str,
 
     order = {m: i for i, m in enumerate(models)}
     rows = sorted(
-        rows, key=lambda r: (order.get(r["model"], 99), r["topology"], int(r["fsdp"]) > 1, r["remat"])
+        rows,
+        key=lambda r: (order.get(r["model"], 99), r["topology"], int(r["fsdp"]) > 1, REMAT_ORDER[r["remat"]]),
     )
     lines = [
         "# TPU slices, compiled ahead of time on a CPU host",
@@ -66,7 +68,10 @@ def write(rows: list[dict[str, Any]], out: str, command: str, models: tuple[str,
         "for the slice by the TPU compiler. GiB per chip: XLA's memory analysis of the compiled step "
         "(state and batch + temporaries; the step's outputs reuse the donated state). Largest rows "
         "per chip: the largest per-device batch the compiler accepts within the chip's HBM, found by "
-        "search (it fits, one more row does not). Roofline: XLA's FLOPs per chip at the chip's bf16 "
+        "search (it fits, one more row does not); GiB at largest sums XLA's argument, output and "
+        "temporary sizes less the outputs written into donated inputs, which can come out above "
+        "what the compiler itself counted against the HBM when it accepted the step. Roofline: "
+        "XLA's FLOPs per chip at the chip's bf16 "
         "peak or its bytes accessed at the HBM bandwidth, whichever is longer, at the largest batch; "
         "collectives are not counted, so it is a bound, not a forecast. MFU bound: the model FLOPs "
         "(train/observe/flops.py) over that time at the peak; FLOPs alone: the model FLOPs over XLA's "
