@@ -86,8 +86,8 @@ def write(rows: list[dict[str, Any]], out: str, command: str, models: tuple[str,
         "moves matmuls into asynchronous collective fusions, which XLA's cost analysis leaves out "
         "(about half of the matmuls of `small` with fsdp 16 and remat `dots`); the roofline then "
         "takes the model's FLOPs, and its bytes miss those fusions' too, so the bound is optimistic. "
-        "Compile: wall seconds for the 8-row step on "
-        "this 2-core host, at times busy with other work (a rough guide). Rows: gpt2 and small at 1024 / 512 tokens, bert_base at 512.",
+        "Compile: wall seconds for the 8-row step on this 2-core host, at times busy with other "
+        "work (a rough guide). Rows: gpt2 and small at 1024 / 512 tokens, bert_base at 512.",
         "",
         *markdown_table(HEADER, [_cells(r) for r in rows]),
         "",
