@@ -198,6 +198,7 @@ def test_the_table_says_how_many_of_its_rows_are_done_and_plots_them(tmp_path):
     done.update(gib_at_largest=15.2, roofline_ms=500.0, bound_by="memory", mfu_bound=0.3)
     done.update(tokens_per_s_per_chip_bound=60000, compile_s_at_8=46, xla_over_model_flops=1.25)
     refused = {**done, "fsdp": 16, "remat": "none", "gib_at_8": "", "largest_batch": 4}
+    refused.update(xla_over_model_flops=0.62)
     path = aot_report.write(
         [done, refused], str(tmp_path), "python -m experiments.bench.aot_table", ("gpt2",), 48
     )
@@ -208,6 +209,8 @@ def test_the_table_says_how_many_of_its_rows_are_done_and_plots_them(tmp_path):
         in md
     )
     assert "| gpt2 | v5e:4x4 (16 / 4) | 16 | none | does not fit | 4 |" in md
+    assert "| 0.30 | 0.80 | 60,000 |" in md  # the model's FLOPs over XLA's 1.25x
+    assert "| 0.30 | 1.00* | 60,000 |" in md  # XLA counted fewer: starred, not above 1
     assert (tmp_path / "tpu_aot.png").stat().st_size > 10_000
 
 
@@ -219,3 +222,16 @@ def test_a_row_read_back_from_the_csv_is_known_as_done(tmp_path):
     aot_table.write_csv([row, {**row, "fsdp": 16}], path)
     keys = [aot_table.key(r) for r in aot_table.read_rows(path)]
     assert keys == [("gpt2", "v5e:4x4", "False", "dots"), ("gpt2", "v5e:4x4", "True", "dots")]
+
+
+def test_the_roofline_counts_the_model_flops_where_xla_counts_fewer():
+    chip = CHIPS["TPU v5 lite"]
+    counted = Compiled(8, True, 45.0, {}, xla_flops=2e12, xla_bytes=1e9)
+    assert tpu_compile.roofline(counted, chip, 1e12, 8192)["bound_by"] == "compute"
+    assert tpu_compile.roofline(counted, chip, 1e12, 8192)["roofline_seconds"] == 2e12 / chip.bf16_flops
+    # With the state sharded, XLA's cost analysis leaves out the matmuls the TPU compiler moved
+    # into collective fusions: the bound takes the model's count, never less work than it has.
+    undercounted = Compiled(8, True, 45.0, {}, xla_flops=0.5e12, xla_bytes=1e9)
+    bound = tpu_compile.roofline(undercounted, chip, 1e12, 8192)
+    assert bound["roofline_seconds"] == 1e12 / chip.bf16_flops
+    assert bound["mfu_bound"] == pytest.approx(1.0)
