@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     path = os.path.join(args.out, "tpu_aot.csv")
     rows = read_rows(path)
     done = {key(r) for r in rows}
-    todo = [(m, t, a, r) for t in topologies for m in models for a in (False, True) for r in REMATS]
+    # The replicated, remat-off row of every model on every slice first, so that a table still
+    # filling already says which runs fit where.
+    todo = [(m, t, a, r) for a in (False, True) for r in REMATS for m in models for t in topologies]
     todo = [c for c in todo if (c[0], c[1], str(c[2]), c[3]) not in done]
     progress = Progress("tpu_aot", len(todo), verb="search")
     planned = len(models) * len(topologies) * 2 * len(REMATS)
