@@ -188,6 +188,19 @@ def test_a_line_that_bends_near_the_limit_still_ends_in_few_compiles():
     assert largest == 65 and len(tried) <= 12
 
 
+def test_fits_whose_memory_sums_above_the_limit_are_bisected_not_crept_along():
+    """The compiler accepts steps whose memory analysis sums above its limit (GPT-2 on v5e: 16.18
+    GiB accepted against 15.75): a line through such fits points at one row more each time."""
+
+    def compile_at(batch: int) -> Compiled:
+        if batch > 200:
+            return Compiled(batch, False, 9.0, {}, 0.0, 0.0, OOM)
+        return Compiled(batch, True, 45.0, {"peak_bytes": int(1e9 + 0.1e9 * batch)}, 1.0, 1.0)
+
+    largest, tried = largest_batch(compile_at, V5E)
+    assert largest == 200 and len(tried) <= 14, sorted(tried)  # 8, 16, the line, then halving
+
+
 def test_the_table_says_how_many_of_its_rows_are_done_and_plots_them(tmp_path):
     from experiments.bench import aot_report
     from experiments.bench.aot_table import COLUMNS

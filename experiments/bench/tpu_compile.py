@@ -155,11 +155,14 @@ def next_batch(tried: dict[int, Compiled], limit: float, max_batch: int = MAX_BA
     lo, hi = (fit[-1] if fit else 0), min([*over, max_batch + 1])
     if hi == lo + 1:
         return None
-    # The line is followed only after a batch that fit: near the limit the compiler trades
-    # recomputation for memory and the line bends, so after a refusal the bracket is halved
-    # (else each guess past the bend is refused one row lower than the last).
-    last_fit = tried[list(tried)[-1]].fits
-    guess = _on_the_line(tried, fit, limit) if len(fit) >= 2 and last_fit else None
+    # The line is followed only after a batch that fit, below the limit: near the limit the
+    # compiler trades recomputation for memory and the line bends, so after a refusal the
+    # bracket is halved (else each guess past the bend is refused one row lower than the last);
+    # and a fit whose memory analysis sums above the limit (it can: see the table's notes)
+    # puts the line's next guess at one row more, every time.
+    last = tried[list(tried)[-1]]
+    follow = len(fit) >= 2 and last.fits and last.memory["peak_bytes"] < limit
+    guess = _on_the_line(tried, fit, limit) if follow else None
     if guess is not None:
         guess = min(max(guess, lo + 1), hi - 1)
     if guess is None or guess in tried:
