@@ -114,11 +114,16 @@ class Attention(nnx.Module):
         B, T, N, H = q_BTNH.shape
         if self.cfg.attention_impl == "einsum":
             # Written out (scaled queries, two einsums, float32 softmax), as Flax Linen's
-            # attention: on CPU its backward pass runs ~30% faster than the library call's.
-            logits_BNTS = jnp.einsum("btnh,bsnh->bnts", q_BTNH * self.cfg.logit_scale, kv["k"])
+            # attention, with the heads moved next to the batch first: every einsum is then a
+            # batched matmul over leading axes, which XLA:CPU runs ~15% faster (forward and
+            # backward) than the same products with the heads between tokens and features.
+            q_BNTH, k_BNSH, v_BNSH = (
+                x.transpose(0, 2, 1, 3) for x in (q_BTNH * self.cfg.logit_scale, kv["k"], kv["v"])
+            )
+            logits_BNTS = jnp.einsum("bnth,bnsh->bnts", q_BNTH, k_BNSH)
             logits_BNTS = jnp.where(mask_B1TS, logits_BNTS.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-            probs_BNTS = jax.nn.softmax(logits_BNTS, axis=-1).astype(kv["v"].dtype)
-            o_BTNH = jnp.einsum("bnts,bsnh->btnh", probs_BNTS, kv["v"])
+            probs_BNTS = jax.nn.softmax(logits_BNTS, axis=-1).astype(v_BNSH.dtype)
+            o_BTNH = jnp.einsum("bnts,bnsh->bnth", probs_BNTS, v_BNSH).transpose(0, 2, 1, 3)
         else:
             o_BTNH = jax.nn.dot_product_attention(
                 q_BTNH,

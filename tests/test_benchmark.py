@@ -45,8 +45,14 @@ def test_decode_benchmark_generates_the_same_tokens_both_ways():
 @pytest.mark.parametrize("config", ["configs/gpt.py:tiny", "configs/bert.py:tiny"])
 def test_hf_baseline_runs_interleaved_at_the_same_shapes(config):
     pytest.importorskip("transformers")
-    out = _bench(config, "--steps=10", "--vocab_size=64", "--baseline=hf", "--config.model.position=learned")
+    flags = ("--steps=10", "--vocab_size=64", "--config.model.position=learned")
+    out = _bench(config, *flags, "--baseline=hf", "--matmul_floor")
     base = out["baseline"]
+    ours, hf = out["matmul_floor"], base["matmul_floor"]
+    assert out["speedup_vs_baseline_bound"] == pytest.approx(base["step_seconds_median"] / ours["seconds"])
+    assert ours["seconds"] == pytest.approx(sum(d["count"] * d["seconds_each"] for d in ours["by_dot"]))
+    if "gpt" in config:  # the same matmuls in other forms; HF's BERT projects every position
+        assert ours["flops"] == hf["flops"]
     assert base["model"] == ("FlaxGPT2LMHeadModel" if "gpt" in config else "FlaxBertForMaskedLM")
     assert out["speedup_vs_baseline"] == pytest.approx(
         base["step_seconds_median"] / out["step_seconds_median"]

@@ -21,6 +21,10 @@ whether it did, and `GPTBERT_HOST_MALLOC=default` measures without it.
 `--baseline hf` also times Hugging Face's FlaxGPT2LMHeadModel / FlaxBertForMaskedLM at the same
 shapes, batch and optimizer (experiments/bench/hf_baseline.py), interleaved step by step with ours in
 the same process, and reports its figures under "baseline" and the ratio "speedup_vs_baseline".
+`--matmul_floor` also times every matmul of each step alone (experiments/bench/matmul_floor.py):
+"matmul_floor" (and "baseline"."matmul_floor") is the sum, per distinct matmul its count and
+GFLOP/s; with the baseline, "speedup_vs_baseline_bound" = HF's step time / our floor, the most
+our step can be ahead of HF's without running matmuls faster than XLA runs each alone.
 `--decode N` instead measures generation: new tokens/s with the KV cache vs recomputing the
 whole prefix at every step, N new tokens from a batch of 8-token prompts.
 """
@@ -40,6 +44,9 @@ _VOCAB = flags.DEFINE_integer("vocab_size", 0, "vocabulary of the random tokens 
 _DECODE = flags.DEFINE_integer("decode", 0, "measure generation of this many new tokens instead")
 _BASELINE = flags.DEFINE_enum(
     "baseline", "", ["", "hf"], "also time Hugging Face's Flax GPT-2 / BERT at the same shapes, interleaved"
+)
+_FLOOR = flags.DEFINE_bool(
+    "matmul_floor", False, "also time every matmul of the step alone (experiments/bench/matmul_floor.py)"
 )
 
 
@@ -63,7 +70,7 @@ def main(argv: list[str]) -> None:
             raise app.UsageError("--decode measures generation: use a causal config (configs/gpt.py)")
         result = decode_benchmark(config, vocab_size, _DECODE.value)
     else:
-        result = train_benchmark(config, vocab_size, _STEPS.value, _BASELINE.value)
+        result = train_benchmark(config, vocab_size, _STEPS.value, _BASELINE.value, _FLOOR.value)
     result["host_malloc"] = "retained" if host_malloc_tuned else "default"
     print(json.dumps(result))
 

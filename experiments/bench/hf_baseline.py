@@ -32,6 +32,7 @@ class HFRunner:
     batch: dict
     num_params: int
     compile_seconds: float = 0.0
+    traceable: Any = None  # the jitted step before compiling, for experiments/bench/matmul_floor.py
 
     def run(self) -> None:
         self.params, self.opt_state, loss = self.step(self.params, self.opt_state, self.batch)
@@ -112,7 +113,8 @@ def make_hf_runner(config: Any, vocab_size: int, batch: dict) -> HFRunner:
     params, batch = model.params, {k: jnp.asarray(v) for k, v in batch.items()}
     opt_state = tx.init(params)
     t0 = time.perf_counter()
-    compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(params, opt_state, batch).compile()
+    jitted = jax.jit(train_step, donate_argnums=(0, 1))
+    compiled = jitted.lower(params, opt_state, batch).compile()
     return HFRunner(
         name=name,
         step=compiled,
@@ -121,4 +123,5 @@ def make_hf_runner(config: Any, vocab_size: int, batch: dict) -> HFRunner:
         batch=batch,
         num_params=int(sum(x.size for x in jax.tree.leaves(params))),
         compile_seconds=time.perf_counter() - t0,
+        traceable=jitted,
     )

@@ -13,6 +13,7 @@ import numpy as np
 from flax import nnx
 
 from experiments.bench.hf_baseline import make_hf_runner
+from experiments.bench.matmul_floor import matmul_floor, step_dots
 from experiments.bench.peak import timed
 from models import registry
 from models.decode import SamplingConfig, generate
@@ -37,20 +38,25 @@ def random_batch(config: Any, vocab_size: int, seed: int = 0) -> dict[str, np.nd
     }
 
 
-def train_benchmark(config: Any, vocab_size: int, steps: int, baseline: str = "") -> dict[str, Any]:
-    """Speed, FLOPs, MFU and memory of the train step (and of the HF baseline with `baseline="hf"`)."""
+def train_benchmark(
+    config: Any, vocab_size: int, steps: int, baseline: str = "", with_matmul_floor: bool = False
+) -> dict[str, Any]:
+    """Speed, FLOPs, MFU and memory of the train step (and of the HF baseline with `baseline="hf"`);
+    `with_matmul_floor`: also each step's matmul floor (experiments/bench/matmul_floor.py)."""
     run = build_run(config, "/tmp/benchmark_unused", vocab_size=vocab_size)
     mesh, objective, state = run.mesh, run.objective, run.init_state()
     data_sharding = run.data_sharding
     step = run.train_step
     host_batch = random_batch(config, vocab_size)
     batch = to_global(host_batch, data_sharding)
+    dots = step_dots(step, state, batch) if with_matmul_floor else None
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_seconds = time.perf_counter() - t0
-    hf = None
+    hf, hf_dots = None, None
     if baseline == "hf":
         hf = make_hf_runner(config, vocab_size, host_batch)
+        hf_dots = step_dots(hf.traceable, hf.params, hf.opt_state, hf.batch) if with_matmul_floor else None
     for _ in range(2):
         state, metrics = compiled(state, batch)
         if hf:
@@ -72,6 +78,14 @@ def train_benchmark(config: Any, vocab_size: int, steps: int, baseline: str = ""
     peak, peak_source = device_peak(config.peak_flops_per_device)
     tokens = config.batch_size * L
     extra = baseline_figures(hf, hf_times, median, tokens, flops / peak) if hf else {}
+    if dots is not None:  # timed after the steps, so the steps ran on a machine in the same state
+        seconds: dict = {}
+        ours = extra["matmul_floor"] = floor_figures(matmul_floor(dots, timed=seconds), median)
+        if hf:
+            hf_median = extra["baseline"]["step_seconds_median"]
+            extra["baseline"]["matmul_floor"] = floor_figures(matmul_floor(hf_dots, timed=seconds), hf_median)
+            # The most our step could be ahead of HF's without faster matmuls than XLA's alone.
+            extra["speedup_vs_baseline_bound"] = hf_median / ours["seconds"]
     return {
         "objective": config.objective,
         "platform": jax.devices()[0].platform,
@@ -124,6 +138,16 @@ def baseline_figures(
             "mfu": flops_over_peak / hf_median,
         },
         "speedup_vs_baseline": hf_median / median,
+    }
+
+
+def floor_figures(floor: dict[str, Any], step_seconds: float) -> dict[str, Any]:
+    """A matmul floor beside the step it belongs to: the share of the step it is, and the time
+    the step spends beyond it (other ops, and matmuls slower than alone)."""
+    return {
+        **floor,
+        "fraction_of_step": floor["seconds"] / step_seconds,
+        "seconds_beyond": step_seconds - floor["seconds"],
     }
 
 
