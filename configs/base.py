@@ -135,7 +135,9 @@ def _model(c: ml_collections.ConfigDict) -> None:
             dtype="float32",  # compute dtype; "bfloat16" for mixed precision (params stay param_dtype)
             param_dtype="float32",
             remat="none",  # "none", "full" or "dots": recompute block activations in backward
-            attention_impl="xla",  # or "cudnn" (GPU, bf16/fp16 only), or "einsum" (written out)
+            # "auto": written out on CPU, else "xla" (jax.nn.dot_product_attention); or "cudnn"
+            # (GPU, bf16/fp16 only), or "einsum" (written out) everywhere.
+            attention_impl="auto",
             scan_layers=False,  # run the blocks as one lax.scan: compile time flat in depth
         )
     )

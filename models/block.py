@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models.positions import apply_rotary
-from models.transformer_config import TransformerConfig
+from models.transformer_config import TransformerConfig, attention_impl_for
 
 
 def norm_layer(cfg: TransformerConfig, rngs: nnx.Rngs) -> nnx.Module:
@@ -110,9 +110,13 @@ class Attention(nnx.Module):
 
     def attend(self, q_BTNH, kv: dict, mask_B1TS):
         """Attention of the queries over `kv` (keys and values, projected and positioned) under the
-        boolean mask: written out for `attention_impl="einsum"`, else `jax.nn.dot_product_attention`."""
+        boolean mask: written out for `attention_impl="einsum"` (and "auto" on CPU), else
+        `jax.nn.dot_product_attention`."""
         B, T, N, H = q_BTNH.shape
-        if self.cfg.attention_impl == "einsum":
+        # A run resolves "auto" for its mesh's platform (train/loop/build.py); a model built
+        # elsewhere (a notebook, a tool) runs on the default backend.
+        impl = attention_impl_for(self.cfg.attention_impl, jax.default_backend())
+        if impl == "einsum":
             # Written out (scaled queries, two einsums, float32 softmax), as Flax Linen's
             # attention, with the heads moved next to the batch first: every einsum is then a
             # batched matmul over leading axes, which XLA:CPU runs ~15% faster (forward and
@@ -131,7 +135,7 @@ class Attention(nnx.Module):
                 kv["v"],
                 mask=mask_B1TS,
                 scale=self.cfg.logit_scale,
-                implementation=self.cfg.attention_impl,
+                implementation=impl,
             )
         return _per_token(self.out, o_BTNH.reshape(B, T, N * H))
 

@@ -22,6 +22,7 @@ from models.errors import ConfigError
 from models.lstm import LSTMLM, LSTMConfig
 from models.lstm_seq2seq import LSTMSeq2Seq, LSTMSeq2SeqConfig
 from models.transformer import Transformer, TransformerConfig
+from models.transformer_config import attention_impl_for
 
 ModelConfig = TransformerConfig | LSTMConfig | EncoderDecoderConfig | LSTMSeq2SeqConfig
 
@@ -84,6 +85,15 @@ def model_config(config: Any, vocab_size: int) -> ModelConfig:
     if arch not in ARCHS:
         raise ConfigError(f"model.arch={arch!r}: use one of {tuple(ARCHS)}")
     return ARCHS[arch].from_run(config, vocab_size)
+
+
+def for_platform(cfg: ModelConfig, platform: str) -> ModelConfig:
+    """`cfg` with `attention_impl="auto"` made `platform`'s choice (`attention_impl_for`)."""
+    if isinstance(cfg, TransformerConfig):
+        return dataclasses.replace(cfg, attention_impl=attention_impl_for(cfg.attention_impl, platform))
+    if isinstance(cfg, EncoderDecoderConfig):
+        return dataclasses.replace(cfg, stack=for_platform(cfg.stack, platform))
+    return cfg
 
 
 def config_from_identity(fields: dict[str, Any]) -> ModelConfig:

@@ -23,8 +23,21 @@ REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
 }
-# "xla" and "cudnn" through jax.nn.dot_product_attention(implementation=); "einsum" written out.
-ATTENTION_IMPLS: tuple[str, ...] = ("xla", "cudnn", "einsum")
+# "xla" and "cudnn" through jax.nn.dot_product_attention(implementation=); "einsum" written out;
+# "auto" the platform's choice (`attention_impl_for`).
+ATTENTION_IMPLS: tuple[str, ...] = ("auto", "xla", "cudnn", "einsum")
+
+
+def attention_impl_for(impl: str, platform: str) -> str:
+    """What `impl` runs as on `platform` ("cpu", "gpu", "tpu"): "auto" is the written-out
+    attention on CPU, whose batched matmuls XLA:CPU runs faster than the library call's
+    (docs/performance.md: the GPT benchmark step 0.91x -> 1.04x Hugging Face's), and
+    `jax.nn.dot_product_attention` elsewhere; any other value is itself."""
+    if impl != "auto":
+        return impl
+    return "einsum" if platform == "cpu" else "xla"
+
+
 # GELU as GPT-2 computes it (tanh approximation) or exactly (erf), as BERT does.
 ACTIVATIONS: tuple[str, ...] = ("gelu_tanh", "gelu")
 # The output head: logits through the tied embedding, or BERT's (dense, activation and norm
@@ -66,7 +79,7 @@ class TransformerConfig:
     scan_layers: bool = False
     # How, not what: neither changes the parameters or the function computed.
     remat: str = "none"
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
 
     def __post_init__(self):
         check(self.errors())

@@ -16,6 +16,7 @@ from conftest import REPO, subprocess_env
 import configs
 from experiments.bench import tpu_compile
 from experiments.bench.tpu_compile import Compiled, largest_batch
+from models.transformer_config import attention_impl_for
 from train.devices.chips import CHIPS, chip_of
 from train.loop.build import build_run
 
@@ -74,7 +75,11 @@ def _abstract_batch(config, run) -> dict:
 
 
 def _lower_for_cuda(objective: str, variant: str, **overrides):
-    config = configs.get_config(objective, variant, {"batch_size": 8, **overrides})
+    # What a run on a GPU resolves the default "auto" attention to (the build here is on CPU).
+    impl = attention_impl_for("auto", "gpu")
+    config = configs.get_config(
+        objective, variant, {"batch_size": 8, "model.attention_impl": impl, **overrides}
+    )
     run = build_run(config, "", vocab_size=512)
     exported = jax.export.export(run.train_step, platforms=["cuda"])(
         run.abstract_state, _abstract_batch(config, run)
@@ -147,6 +152,18 @@ def test_the_tiny_step_compiles_for_a_tpu_slice_and_reports_memory_flops_and_a_r
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "error: --topology 'v9x:2x2': the generation must be one of ['v4', 'v5e', 'v5p', 'v6e']"
     ]
+
+
+def test_a_step_built_for_a_tpu_slice_on_a_cpu_host_resolves_auto_attention_for_the_tpu():
+    pytest.importorskip("libtpu")
+    from train.devices.platform import skip_absent_tpu
+
+    skip_absent_tpu()
+    config = configs.get_config("clm", "tiny")
+    assert config.model.attention_impl == "auto"
+    tpu = build_run(config, "", vocab_size=512, devices=tpu_compile.topology_devices("v5e:2x2"))
+    cpu = build_run(config, "", vocab_size=512)
+    assert (tpu.model_config.attention_impl, cpu.model_config.attention_impl) == ("xla", "einsum")
 
 
 @pytest.mark.slow

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -64,19 +66,15 @@ def test_dot_flops_count_batch_free_and_contracted_axes():
     assert dict(count_dots(jaxpr.jaxpr)) == {dot: 1}
 
 
-def test_a_dot_shared_by_two_programs_is_timed_once_and_charged_alike(monkeypatch):
-    calls = []
-    monkeypatch.setattr(floor_lib, "time_dot", lambda dot, repeats: calls.append(dot) or 0.5)
+def test_two_programs_timed_together_are_charged_alike_for_the_same_dot(monkeypatch):
     a = Dot((4, 8), (8, 2), "float32", "float32", (((1,), (0,)), ((), ())), "float32")
     b = Dot((4, 8), (4, 2), "float32", "float32", (((0,), (0,)), ((), ())), "float32")
-    seconds: dict = {}
-    first = matmul_floor({a: 3}, timed=seconds)
-    second = matmul_floor({a: 1, b: 2}, timed=seconds)
-    assert calls == [a, b]
-    assert first["seconds"] == 1.5 and second["seconds"] == 1.5
+    seconds = floor_lib.time_dots([a, b, a], repeats=2)
+    assert set(seconds) == {a, b} and all(0 < t < 10 for t in seconds.values())
+    first, second = matmul_floor(Counter({a: 3}), seconds), matmul_floor(Counter({a: 1, b: 2}), seconds)
+    assert first["seconds"] == 3 * seconds[a] and second["seconds"] == seconds[a] + 2 * seconds[b]
     assert second["flops"] == a.flops + 2 * b.flops and second["dots"] == 3 and second["distinct"] == 2
-
-
-def test_time_dot_compiles_and_runs_the_dot_alone():
-    dot = Dot((64, 32), (32, 16), "float32", "float32", (((1,), (0,)), ((), ())), "float32")
-    assert 0 < floor_lib.time_dot(dot, repeats=2) < 10
+    # Alone, each dot compiles once and runs once a round.
+    compiles = []
+    monkeypatch.setattr(floor_lib, "_alone", lambda dot: compiles.append(dot) or (lambda: None))
+    assert set(floor_lib.time_dots([a, b, a], repeats=3)) == {a, b} and compiles == [a, b]

@@ -12,10 +12,12 @@ import optax
 import pytest
 from flax import nnx
 
+from experiments.bench.matmul_floor import count_dots
 from models import registry
 from models.errors import ConfigError
 from models.layer_scan import stack_layer_params
 from models.masks import make_attention_mask
+from models.transformer_config import attention_impl_for
 from train.config_checks import validate
 from train.data.sources import make_source
 from train.devices.memory import check_fits, step_memory
@@ -120,10 +122,31 @@ def test_a_scanned_run_refuses_a_looped_runs_checkpoint(micro, tmp_path):
         train_and_evaluate(scanned, str(tmp_path))
 
 
+IMPLS = ("auto", "einsum", "xla")
+
+
+def test_auto_attention_is_written_out_on_cpu_and_the_library_call_elsewhere(micro):
+    assert [attention_impl_for("auto", p) for p in ("cpu", "gpu", "tpu")] == ["einsum", "xla", "xla"]
+    assert [attention_impl_for(i, "cpu") for i in ("xla", "cudnn", "einsum")] == ["xla", "cudnn", "einsum"]
+    # A model built outside a run (a notebook) keeps "auto" and runs the default backend's choice.
+    cfg = registry.model_config(micro("clm"), 40)
+    assert cfg.attention_impl == "auto"
+    tokens = jnp.array([[1, 9, 10, 11, 12]])
+    mask = make_attention_mask("causal", jnp.ones_like(tokens))
+    positions = jnp.arange(5)[None]
+    models = {i: registry.make_model(dataclasses.replace(cfg, attention_impl=i), nnx.Rngs(0)) for i in IMPLS}
+    # Which matmuls each runs (the library call's are 5-D, grouped for GQA): the same as einsum's.
+    dots = {
+        impl: count_dots(jax.make_jaxpr(lambda m=model: m(tokens, mask, positions))().jaxpr)
+        for impl, model in models.items()
+    }
+    assert dots["auto"] == dots["einsum"] != dots["xla"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", ["clm", "mlm", "prefix_lm"])
 def test_written_out_attention_equals_the_library_call(objective, micro, tmp_path):
-    ref_state, ref = _setup(micro, tmp_path, objective)(1)
+    ref_state, ref = _setup(micro, tmp_path, objective, **{"model.attention_impl": "xla"})(1)
     state, metrics = _setup(micro, tmp_path, objective, **{"model.attention_impl": "einsum"})(1)
     assert float(metrics["loss"]) == pytest.approx(float(ref["loss"]), rel=1e-6)
     assert float(metrics["grad_norm"]) == pytest.approx(float(ref["grad_norm"]), rel=1e-5)

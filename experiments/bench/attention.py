@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--head_dim", type=int, default=64)
     args = parser.parse_args(argv)
-    impls = [i for i in ATTENTION_IMPLS if i != "cudnn" or jax.devices()[0].platform == "gpu"]
+    on_gpu = jax.devices()[0].platform == "gpu"
+    # "auto" is one of the others; "cudnn" runs on GPU only.
+    impls = [i for i in ATTENTION_IMPLS if i != "auto" and (i != "cudnn" or on_gpu)]
     shape = (args.batch, args.seq_len, args.heads, args.head_dim)
     result = {"platform": jax.devices()[0].platform, "shape_BLNH": shape}
     result.update({f"{impl}_ms": time_attention(impl, *shape) for impl in impls})

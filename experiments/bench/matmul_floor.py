@@ -1,11 +1,12 @@
 """The matmul floor of a jitted step: every `dot_general` it runs, each timed alone at its shape.
 
 A step's matmuls are read off its jaxpr (forward and backward, inside `jit`, `remat`, custom
-derivatives and `scan`, counted once per iteration), each distinct one (shapes, dtypes, dimension
-numbers) is compiled alone and timed (best of `repeats` calls), and the floor is the sum over
-every occurrence. It is what the step would take if nothing but its matmuls ran, one after the
-other, each as fast as XLA runs it in isolation: a step can beat it only by running matmuls
-faster than that (a better layout, or overlapping them), never by trimming the ops around them.
+derivatives and `scan`, counted once per iteration), each distinct one (shapes, dtypes,
+dimension numbers) is compiled alone and timed (the best of `repeats` rounds over all of them),
+and the floor is the sum over every occurrence. It is what the step would take if nothing but
+its matmuls ran, one after the other, each as fast as XLA runs it in isolation: a step can beat
+it only by running matmuls faster than that (a better layout, or overlapping them), never by
+trimming the ops around them.
 `python -m experiments.bench ... --baseline hf --matmul_floor` reports it for our step and Hugging
 Face's, and so the most our step can be ahead of HF's at the same matmuls (HF's step time over
 our floor).
@@ -17,7 +18,7 @@ import dataclasses
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import jax
@@ -82,40 +83,41 @@ def _operand(key: jax.Array, shape: tuple[int, ...], dtype: str) -> jax.Array:
     return jnp.ones(shape, dtype)  # integer dots (HF's BERT has one)
 
 
-def time_dot(dot: Dot, repeats: int = 10) -> float:
-    """Seconds of `dot` compiled alone, the best of `repeats` calls after one warm-up."""
+def _alone(dot: Dot) -> Callable[[], Any]:
+    """`dot` compiled alone on random operands, run once: a call that runs it again."""
     dims, out_dtype = dot.dimension_numbers, jnp.dtype(dot.out_dtype)
-    a, b = (
-        _operand(key, shape, dtype)
-        for key, shape, dtype in zip(
-            jax.random.split(jax.random.PRNGKey(0)),
-            (dot.lhs, dot.rhs),
-            (dot.lhs_dtype, dot.rhs_dtype),
-            strict=True,
-        )
-    )
+    keys = jax.random.split(jax.random.PRNGKey(0))
+    a = _operand(keys[0], dot.lhs, dot.lhs_dtype)
+    b = _operand(keys[1], dot.rhs, dot.rhs_dtype)
     f = jax.jit(lambda a, b: jax.lax.dot_general(a, b, dims, preferred_element_type=out_dtype))
     compiled = f.lower(a, b).compile()
     compiled(a, b).block_until_ready()
-    best = float("inf")
+    return lambda: compiled(a, b).block_until_ready()
+
+
+def time_dots(dots: Iterable[Dot], repeats: int = 10) -> dict[Dot, float]:
+    """Seconds of each dot compiled alone: the best of `repeats` rounds that run every dot once
+    in turn, so a machine that slows down for a while slows every dot alike."""
+    calls = {dot: _alone(dot) for dot in dict.fromkeys(dots)}
+    best = dict.fromkeys(calls, float("inf"))
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        compiled(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
+        for dot, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            best[dot] = min(best[dot], time.perf_counter() - t0)
     return best
 
 
-def matmul_floor(counts: Counter, repeats: int = 10, timed: dict[Dot, float] | None = None) -> dict[str, Any]:
+def matmul_floor(
+    counts: Counter, seconds: dict[Dot, float] | None = None, repeats: int = 10
+) -> dict[str, Any]:
     """The floor of a program that runs `counts` (from `step_dots`): seconds, FLOPs, and per
-    distinct dot its count, seconds and GFLOP/s, the largest share first. `timed` holds the
-    seconds of dots already measured and gets the new ones: two programs sharing it are charged
-    the same time for the same dot, so their floors differ only where their dots do."""
-    timed = {} if timed is None else timed
+    distinct dot its count, seconds and GFLOP/s, the largest share first. `seconds` (from
+    `time_dots`) may hold every dot of two programs timed together, so that the same dot is
+    charged alike and their floors differ only where their dots do; else they are timed here."""
+    seconds = time_dots(counts, repeats) if seconds is None else seconds
     rows = []
     for dot, n in counts.items():
-        if dot not in timed:
-            timed[dot] = time_dot(dot, repeats)
-        seconds = timed[dot]
         rows.append(
             {
                 "lhs": list(dot.lhs),
@@ -123,8 +125,8 @@ def matmul_floor(counts: Counter, repeats: int = 10, timed: dict[Dot, float] | N
                 "contract": [list(d) for d in dot.dimension_numbers[0]],
                 "batch": [list(d) for d in dot.dimension_numbers[1]],
                 "count": n,
-                "seconds_each": seconds,
-                "gflops_per_sec": dot.flops / seconds / 1e9,
+                "seconds_each": seconds[dot],
+                "gflops_per_sec": dot.flops / seconds[dot] / 1e9,
             }
         )
     rows.sort(key=lambda r: -r["count"] * r["seconds_each"])

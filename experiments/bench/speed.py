@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections import Counter
 from typing import Any
 
 import jax
@@ -13,7 +14,7 @@ import numpy as np
 from flax import nnx
 
 from experiments.bench.hf_baseline import make_hf_runner
-from experiments.bench.matmul_floor import matmul_floor, step_dots
+from experiments.bench.matmul_floor import matmul_floor, step_dots, time_dots
 from experiments.bench.peak import timed
 from models import registry
 from models.decode import SamplingConfig, generate
@@ -49,14 +50,10 @@ def train_benchmark(
     step = run.train_step
     host_batch = random_batch(config, vocab_size)
     batch = to_global(host_batch, data_sharding)
-    dots = step_dots(step, state, batch) if with_matmul_floor else None
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_seconds = time.perf_counter() - t0
-    hf, hf_dots = None, None
-    if baseline == "hf":
-        hf = make_hf_runner(config, vocab_size, host_batch)
-        hf_dots = step_dots(hf.traceable, hf.params, hf.opt_state, hf.batch) if with_matmul_floor else None
+    hf = make_hf_runner(config, vocab_size, host_batch) if baseline == "hf" else None
     for _ in range(2):
         state, metrics = compiled(state, batch)
         if hf:
@@ -78,14 +75,8 @@ def train_benchmark(
     peak, peak_source = device_peak(config.peak_flops_per_device)
     tokens = config.batch_size * L
     extra = baseline_figures(hf, hf_times, median, tokens, flops / peak) if hf else {}
-    if dots is not None:  # timed after the steps, so the steps ran on a machine in the same state
-        seconds: dict = {}
-        ours = extra["matmul_floor"] = floor_figures(matmul_floor(dots, timed=seconds), median)
-        if hf:
-            hf_median = extra["baseline"]["step_seconds_median"]
-            extra["baseline"]["matmul_floor"] = floor_figures(matmul_floor(hf_dots, timed=seconds), hf_median)
-            # The most our step could be ahead of HF's without faster matmuls than XLA's alone.
-            extra["speedup_vs_baseline_bound"] = hf_median / ours["seconds"]
+    if with_matmul_floor:  # after the steps, so they ran on a machine in the same state
+        extra.update(floor_figures(step_dots(step, state, batch), median, hf, extra.get("baseline")))
     return {
         "objective": config.objective,
         "platform": jax.devices()[0].platform,
@@ -141,14 +132,24 @@ def baseline_figures(
     }
 
 
-def floor_figures(floor: dict[str, Any], step_seconds: float) -> dict[str, Any]:
-    """A matmul floor beside the step it belongs to: the share of the step it is, and the time
-    the step spends beyond it (other ops, and matmuls slower than alone)."""
-    return {
-        **floor,
-        "fraction_of_step": floor["seconds"] / step_seconds,
-        "seconds_beyond": step_seconds - floor["seconds"],
-    }
+def beside(floor: dict[str, Any], step_seconds: float) -> dict[str, Any]:
+    """A matmul floor with the share of its step it is and the step's time beyond it (other
+    ops, and matmuls slower than alone)."""
+    beyond = step_seconds - floor["seconds"]
+    return {**floor, "fraction_of_step": floor["seconds"] / step_seconds, "seconds_beyond": beyond}
+
+
+def floor_figures(dots: Counter, median: float, hf: Any, hf_figures: dict | None) -> dict[str, Any]:
+    """The matmul floor of our step (its `dots`, `median` seconds a step) and of HF's, and the
+    most our step could be ahead of HF's without matmuls faster than XLA runs each alone."""
+    if hf is None:
+        return {"matmul_floor": beside(matmul_floor(dots), median)}
+    hf_dots = step_dots(hf.traceable, hf.params, hf.opt_state, hf.batch)
+    seconds = time_dots([*dots, *hf_dots])  # together: a dot both steps run is charged alike
+    ours = beside(matmul_floor(dots, seconds), median)
+    hf_median = hf_figures["step_seconds_median"]
+    hf_figures["matmul_floor"] = beside(matmul_floor(hf_dots, seconds), hf_median)
+    return {"matmul_floor": ours, "speedup_vs_baseline_bound": hf_median / ours["seconds"]}
 
 
 def xla_cost(compiled: Any) -> dict[str, float]:

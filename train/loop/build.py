@@ -92,7 +92,10 @@ def build_run(
     )
     vocab_size = source.vocab_size if source is not None else vocab_size
     mesh = make_mesh(config, devices)
-    model_cfg = registry.model_config(config, vocab_size)
+    # Resolved for the devices the step compiles for, which a TPU compiled ahead of time on a
+    # CPU host is not the default backend of.
+    platform = mesh.devices.flat[0].platform
+    model_cfg = registry.for_platform(registry.model_config(config, vocab_size), platform)
     objective = make_objective(config, vocab_size, source.specials if source is not None else DEFAULT)
     tx = step_lib.make_optimizer(config)
     schedule = step_lib.make_schedule(config)
