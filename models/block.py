@@ -52,7 +52,7 @@ def _linear(cfg: TransformerConfig, din: int, dout: int, std: float, rngs: nnx.R
 
 
 class Attention(nnx.Module):
-    """Multi-head attention through `jax.nn.dot_product_attention`.
+    """Multi-head attention, written out or through `jax.nn.dot_product_attention` (`attend`).
 
     Self-attention, or cross-attention (`cross=True`) when the keys and values come from a
     `context`, an encoder's output: queries from the decoder, keys and values from the encoder.
