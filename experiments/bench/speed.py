@@ -76,7 +76,11 @@ def train_benchmark(
     tokens = config.batch_size * L
     extra = baseline_figures(hf, hf_times, median, tokens, flops / peak) if hf else {}
     if with_matmul_floor:  # after the steps, so they ran on a machine in the same state
-        extra.update(floor_figures(step_dots(step, state, batch), median, hf, extra.get("baseline")))
+        hf_median = statistics.median(hf_times) if hf else 0.0
+        ours, hf_floor = floor_figures(step_dots(step, state, batch), median, hf, hf_median)
+        extra.update(ours)
+        if hf_floor:
+            extra["baseline"]["matmul_floor"] = hf_floor
     return {
         "objective": config.objective,
         "platform": jax.devices()[0].platform,
@@ -139,17 +143,19 @@ def beside(floor: dict[str, Any], step_seconds: float) -> dict[str, Any]:
     return {**floor, "fraction_of_step": floor["seconds"] / step_seconds, "seconds_beyond": beyond}
 
 
-def floor_figures(dots: Counter, median: float, hf: Any, hf_figures: dict | None) -> dict[str, Any]:
-    """The matmul floor of our step (its `dots`, `median` seconds a step) and of HF's, and the
-    most our step could be ahead of HF's without matmuls faster than XLA runs each alone."""
+def floor_figures(dots: Counter, median: float, hf: Any, hf_median: float) -> tuple[dict, dict | None]:
+    """(the matmul floor of our step, its `dots` at `median` seconds a step, with the most it
+    could be ahead of HF's without matmuls faster than XLA runs each alone; HF's floor, or None
+    without the baseline)."""
     if hf is None:
-        return {"matmul_floor": beside(matmul_floor(dots), median)}
+        return {"matmul_floor": beside(matmul_floor(dots), median)}, None
     hf_dots = step_dots(hf.traceable, hf.params, hf.opt_state, hf.batch)
     seconds = time_dots([*dots, *hf_dots])  # together: a dot both steps run is charged alike
     ours = beside(matmul_floor(dots, seconds), median)
-    hf_median = hf_figures["step_seconds_median"]
-    hf_figures["matmul_floor"] = beside(matmul_floor(hf_dots, seconds), hf_median)
-    return {"matmul_floor": ours, "speedup_vs_baseline_bound": hf_median / ours["seconds"]}
+    return (
+        {"matmul_floor": ours, "speedup_vs_baseline_bound": hf_median / ours["seconds"]},
+        beside(matmul_floor(hf_dots, seconds), hf_median),
+    )
 
 
 def xla_cost(compiled: Any) -> dict[str, float]:
