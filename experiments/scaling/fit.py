@@ -107,12 +107,19 @@ def fit_law(
 
 
 def bootstrap(
-    N: np.ndarray, D: np.ndarray, L: np.ndarray, E: float | None, samples: int = 200, seed: int = 0
+    N: np.ndarray,
+    D: np.ndarray,
+    L: np.ndarray,
+    E: float | None,
+    samples: int = 200,
+    seed: int = 0,
+    full: Law | None = None,
 ) -> list[Law]:
-    """Fits to `samples` resamplings (with replacement) of the runs."""
+    """Fits to `samples` resamplings (with replacement) of the runs, each started from `full`,
+    the fit to all of them (computed here when not given)."""
     rng = np.random.default_rng(seed)
     N, D, L = (np.asarray(x, float) for x in (N, D, L))
-    full = fit_law(N, D, L, E)
+    full = full if full is not None else fit_law(N, D, L, E)
     laws = []
     for _ in range(samples):
         pick = rng.integers(0, len(L), len(L))

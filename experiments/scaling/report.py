@@ -44,6 +44,7 @@ def analyse(rows: list[dict[str, Any]], samples: int) -> dict[str, dict[str, Any
             float(np.mean([r["oracle_loss"] for r in mine])),
             float(np.mean([r["unigram_loss"] for r in mine])),
         )
+        fixed, free = fit_law(N, D, L, E), fit_law(N, D, L)
         out[objective] = {
             "N": N,
             "D": D,
@@ -51,10 +52,10 @@ def analyse(rows: list[dict[str, Any]], samples: int) -> dict[str, dict[str, Any
             "C": 6 * N * D,
             "E": E,
             "U": U,
-            "fixed": fit_law(N, D, L, E),
-            "free": fit_law(N, D, L),
-            "fixed_bs": bootstrap(N, D, L, E, samples),
-            "free_bs": bootstrap(N, D, L, None, samples, seed=1),
+            "fixed": fixed,
+            "free": free,
+            "fixed_bs": bootstrap(N, D, L, E, samples, full=fixed),
+            "free_bs": bootstrap(N, D, L, None, samples, seed=1, full=free),
         }
     return out
 
