@@ -22,10 +22,13 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("compare"))
-    sizes = dict(probe_train=32, probe_eval=16, pairs=16, finetune_train=64, finetune_steps=10)
+    sizes = dict(
+        probe_train=32, probe_eval=16, pairs=16, finetune_train=64, finetune_eval=64, finetune_steps=10
+    )
     old = dict(evaluate.EVALS["cpu"])
     evaluate.EVALS["cpu"].update(sizes)
     sets = {k: v for k, v in MICRO_OVERRIDES.items() if not k.startswith("hmm.")}
+    sets["hmm.eval_sequences"] = MICRO_OVERRIDES["hmm.eval_sequences"]
     sets.update({"num_train_steps": 20, "model.max_len": 64, "checkpoint_every_steps": 20})
     try:
         with contextlib.redirect_stdout(io.StringIO()) as printed:

@@ -24,8 +24,22 @@ from train.observe.flops import step_flops
 
 # Sizes of the downstream evaluations. Rows are 64 tokens (BOS + 63 symbols).
 EVALS: dict[str, dict[str, int]] = {
-    "cpu": dict(probe_train=512, probe_eval=256, pairs=200, finetune_train=4096, finetune_steps=300),
-    "gpu": dict(probe_train=2048, probe_eval=1024, pairs=1000, finetune_train=16384, finetune_steps=1000),
+    "cpu": dict(
+        probe_train=512,
+        probe_eval=256,
+        pairs=200,
+        finetune_train=4096,
+        finetune_eval=1024,
+        finetune_steps=300,
+    ),
+    "gpu": dict(
+        probe_train=2048,
+        probe_eval=1024,
+        pairs=1000,
+        finetune_train=16384,
+        finetune_eval=1024,
+        finetune_steps=1000,
+    ),
 }
 EVAL_SEQ_LEN = 64
 
@@ -118,7 +132,11 @@ def _evaluate(workdir: str, objective: str, preset: str, seed: int, cache: dict)
 
     if "pair_task" not in cache:
         cache["pair_task"] = hmm_pair_task(
-            hmm.spec, num_train=sizes["finetune_train"], num_eval=1024, seq_len=EVAL_SEQ_LEN, seed=0
+            hmm.spec,
+            num_train=sizes["finetune_train"],
+            num_eval=sizes["finetune_eval"],
+            seq_len=EVAL_SEQ_LEN,
+            seed=0,
         )
     train, eval_, bayes = cache["pair_task"]
     ft = finetune(model, mask_kind, train, eval_, num_classes=2, steps=sizes["finetune_steps"], seed=seed)
