@@ -9,6 +9,7 @@ at the K gathered positions by the masked LM. Embedding and position lookups cos
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -52,8 +53,10 @@ def step_flops(
     return train_flops_per_step(config, n, vocab_size, head, causal_attention_halved=causal_attention_halved)
 
 
+@functools.cache
 def matmul_peak(dtype: Any = "float32", n: int = 2048, repeats: int = 10) -> float:
-    """Measured FLOP/s of a large square matmul on the default device (the best of `repeats`)."""
+    """Measured FLOP/s of a large square matmul on the default device (the best of `repeats`).
+    Measured once per process: the rows of one benchmark share one denominator."""
     import time
 
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
