@@ -27,7 +27,8 @@ from train.objectives import make_objective
 
 
 def _setup(micro, tmp_path, objective="clm", adam=False, **overrides):
-    config = micro(objective, **{"optim.warmup_steps": 0, **overrides})
+    # One block: every switch compared here acts within a block or around the whole step.
+    config = micro(objective, **{"optim.warmup_steps": 0, "model.num_layers": 1, **overrides})
     source = make_source(config, str(tmp_path))
     cfg = registry.model_config(config, source.vocab_size)
     # Plain SGD with rate 1: the update is minus the gradient, so comparing parameters after
@@ -48,9 +49,10 @@ def _setup(micro, tmp_path, objective="clm", adam=False, **overrides):
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", ["clm", "mlm", "hybrid"])
 def test_gradient_accumulation_equals_the_full_batch(objective, micro, tmp_path):
-    full_state, full = _setup(micro, tmp_path, objective)(1)
+    step = _setup(micro, tmp_path, objective)
+    full_state, full = step(1)
     for accum in (2, 4):
-        state, metrics = _setup(micro, tmp_path, objective)(accum)
+        state, metrics = step(accum)
         assert float(metrics["loss"]) == pytest.approx(float(full["loss"]), rel=1e-5)
         assert float(metrics["predicted_tokens"]) == float(full["predicted_tokens"])
         assert float(metrics["grad_norm"]) == pytest.approx(float(full["grad_norm"]), rel=1e-5)
