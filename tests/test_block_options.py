@@ -154,9 +154,8 @@ OPTIONS = (
 @pytest.mark.parametrize("objective_name", ["clm", "mlm"])
 @pytest.mark.parametrize("option", OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
 def test_each_option_builds_and_trains_a_step(option, objective_name, micro, tmp_path):
-    config = micro(
-        objective_name, **{"model.num_layers": 1, **option}
-    )  # one block: each option's code, half the compile
+    # One block: each option's code runs, at half the compile of two.
+    config = micro(objective_name, **{"model.num_layers": 1, **option})
     source = make_source(config, str(tmp_path))
     cfg = registry.model_config(config, source.vocab_size)
     tx = step_lib.make_optimizer(config)
