@@ -41,7 +41,7 @@ import pytest  # noqa: E402
 
 import configs  # noqa: E402
 from configs.sizes import SIZES  # noqa: E402
-from experiments.tools.make_text_corpus import write_corpus  # noqa: E402, F401  (re-exported for tests)
+from experiments.tools.make_text_corpus import write_corpus  # noqa: E402  (re-exported for tests too)
 from train.devices.startup import before_jax_starts  # noqa: E402
 
 # As every entry point does, before any test starts a JAX backend (train/devices/startup.py).
@@ -157,6 +157,14 @@ LONGEST_FIRST = (  # 150, 120, 90, 75, 60, 60 s, then tens of seconds each
 )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist (3.7 and later) reorders `--dist loadfile`'s files by their number of tests
+    # unless told not to, which put the long files with few tests last and left one worker
+    # finishing them alone.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
@@ -173,6 +181,33 @@ def micro_run(tmp_path_factory) -> str:
 def micro_bert_run(tmp_path_factory) -> str:
     """As `micro_run`, for the masked LM."""
     return shared_folder(tmp_path_factory, "micro_bert_run", _finished_run("mlm"))
+
+
+def text_overrides(folder: str) -> dict[str, str | int]:
+    """The overrides of a micro run on `micro_text_runs`'s corpus and token cache (in `folder`)."""
+    return {
+        "dataset": f"text:{os.path.join(folder, 'corpus', '*.txt')}",
+        "tokenizer.vocab_size": 512,
+        "data_cache_dir": os.path.join(folder, "cache"),
+    }
+
+
+@pytest.fixture(scope="session")
+def micro_text_runs(tmp_path_factory) -> dict[str, str]:
+    """Uninterrupted micro runs of both objectives on 60 generated text files, sharing one token
+    cache: `{"clm": workdir, "mlm": workdir, "overrides": text_overrides(...)}`. Tests that read
+    the runs or start more runs on the same data (reading the built cache) share them."""
+
+    def make(folder: str) -> None:
+        write_corpus(os.path.join(folder, "corpus"), n_files=60)
+        for objective in ("clm", "mlm"):
+            result = run_command(
+                train_command(os.path.join(folder, objective), objective, **text_overrides(folder))
+            )
+            assert result.returncode == 0, result.stderr[-3000:]
+
+    folder = shared_folder(tmp_path_factory, "micro_text_runs", make)
+    return {o: os.path.join(folder, o) for o in ("clm", "mlm")} | {"overrides": text_overrides(folder)}
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import os
-import subprocess
 
 import pytest
 from conftest import MICRO_OVERRIDES
@@ -98,23 +97,11 @@ def test_sample_generates_from_gpt_and_fills_masks_with_bert(comparison, capsys)
 
 
 @pytest.mark.parametrize("objective", ["clm", "mlm"])
-def test_classify_fine_tunes_a_text_run_on_sst2(objective, micro_run, tmp_path, capsys):
+def test_classify_fine_tunes_a_text_run_on_sst2(objective, micro_run, micro_text_runs, capsys):
     tfds = pytest.importorskip("tensorflow_datasets")
-    from conftest import REPO, subprocess_env, train_command, write_corpus
-
     from experiments.tools import classify
 
-    overrides = {
-        "dataset": f"text:{write_corpus(tmp_path / 'corpus', n_files=40)}",
-        "tokenizer.vocab_size": 512,
-        "data_cache_dir": str(tmp_path / "cache"),
-        "num_train_steps": 10,
-    }
-    workdir = str(tmp_path / "run")
-    result = subprocess.run(
-        train_command(workdir, objective, **overrides), cwd=REPO, env=subprocess_env(), capture_output=True
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    workdir = micro_text_runs[objective]
     with tfds.testing.mock_data(num_examples=40):
         classify.main(
             ["--workdir", workdir, "--task", "sst2", "--seq_len", "32", "--steps", "5", "--seeds", "2"]

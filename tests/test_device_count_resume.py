@@ -18,7 +18,6 @@ from conftest import (
     process_commands,
     run_command,
     train_command,
-    write_corpus,
 )
 
 
@@ -63,18 +62,12 @@ def _assert_same_metrics(after: list[dict], reference: list[dict]) -> None:
 
 
 @pytest.mark.slow
-def test_a_two_process_text_run_resumes_on_one_process_with_its_data_position(tmp_path):
+def test_a_two_process_text_run_resumes_on_one_process_with_its_data_position(micro_text_runs, tmp_path):
     # MLM: its mask is drawn per position of the global batch, so the metrics tell whether the
-    # rows arrive in the same order (a CLM loss would only tell the same set of rows).
-    text = {
-        "dataset": f"text:{write_corpus(tmp_path / 'corpus', n_files=60)}",
-        "tokenizer.vocab_size": 512,
-        "data_cache_dir": str(tmp_path / "cache"),
-    }
-    reference = str(tmp_path / "one_process")
-    result = run_command(train_command(reference, "mlm", **text), env=_env(2))
-    assert result.returncode == 0, result.stderr[-2000:]
-
+    # rows arrive in the same order (a CLM loss would only tell the same set of rows). The
+    # reference is the shared one-process run on the same files (it built the token cache that
+    # these processes read).
+    text, reference = micro_text_runs["overrides"], micro_text_runs["mlm"]
     workdir = str(tmp_path / "two_then_one")
     procs = [
         subprocess.Popen(

@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, device_env, subprocess_env, train_command, write_corpus
+from conftest import REPO, device_env, subprocess_env, train_command
 
 pytestmark = pytest.mark.slow
 
@@ -90,36 +90,18 @@ def _kill_when(proc, workdir, ready) -> bool:
     return False
 
 
-@pytest.fixture(scope="module")
-def text_runs(tmp_path_factory):
-    """Uninterrupted runs of both objectives on generated text files (one shared cache)."""
-    root = tmp_path_factory.mktemp("text")
-    overrides = {
-        "dataset": f"text:{write_corpus(root / 'corpus', n_files=60)}",
-        "tokenizer.vocab_size": 512,
-        "data_cache_dir": str(root / "cache"),
-    }
-    runs = {"overrides": overrides}
+def test_text_runs_report_bits_per_byte_and_masked_loss(micro_text_runs):
     for objective in ("clm", "mlm"):
-        workdir = str(root / objective)
-        result = _run(train_command(workdir, objective, **overrides))
-        assert result.returncode == 0, result.stderr[-3000:]
-        runs[objective] = workdir
-    return runs
-
-
-def test_text_runs_report_bits_per_byte_and_masked_loss(text_runs):
-    for objective in ("clm", "mlm"):
-        rows = [json.loads(line) for line in _metrics(text_runs[objective]).splitlines()]
+        rows = [json.loads(line) for line in _metrics(micro_text_runs[objective]).splitlines()]
         evals = [r for r in rows if r["split"] == "eval"]
         assert [r["step"] for r in evals] == [10, 20, 30, 40]
         assert evals[-1]["loss"] < evals[0]["loss"]
         assert ("bits_per_byte" in evals[-1]) == (objective == "clm")
         assert "captured" not in evals[-1]
-        assert os.path.exists(os.path.join(text_runs[objective], "tokenizer.model"))
+        assert os.path.exists(os.path.join(micro_text_runs[objective], "tokenizer.model"))
     with (
-        open(os.path.join(text_runs["clm"], "tokenizer.model"), "rb") as a,
-        open(os.path.join(text_runs["mlm"], "tokenizer.model"), "rb") as b,
+        open(os.path.join(micro_text_runs["clm"], "tokenizer.model"), "rb") as a,
+        open(os.path.join(micro_text_runs["mlm"], "tokenizer.model"), "rb") as b,
     ):
         assert a.read() == b.read()  # GPT and BERT share one tokenizer
 
@@ -127,12 +109,14 @@ def test_text_runs_report_bits_per_byte_and_masked_loss(text_runs):
 # Each objective and each data source once: the masked LM's per-step masks and the HMM stream's
 # position (mlm on hmm), the text stream's position (clm on text).
 @pytest.mark.parametrize("objective,dataset", [("mlm", "hmm"), ("clm", "text")])
-def test_sigkill_then_same_command_ends_bit_identical(reference, text_runs, objective, dataset, tmp_path):
+def test_sigkill_then_same_command_ends_bit_identical(
+    reference, micro_text_runs, objective, dataset, tmp_path
+):
     """Killed while a checkpoint is being written, rerun, killed again after one, rerun."""
     workdir = str(tmp_path / "run")
-    overrides = text_runs["overrides"] if dataset == "text" else {}
+    overrides = micro_text_runs["overrides"] if dataset == "text" else {}
     cmd = train_command(workdir, objective, **overrides)
-    reference = {"clm": text_runs["clm"]} if dataset == "text" else reference
+    reference = {"clm": micro_text_runs["clm"]} if dataset == "text" else reference
     mid_write = lambda names: any("tmp" in n for n in names)  # noqa: E731
     after_20 = lambda names: "20" in names  # noqa: E731
     for ready in (mid_write, after_20):
