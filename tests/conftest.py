@@ -135,9 +135,10 @@ def shared_folder(tmp_path_factory, name: str, make: Callable[[str], None]) -> s
     return path
 
 
-def _finished_run(objective: str) -> Callable[[str], None]:
+def _finished_run(objective: str, devices: int = 1, **overrides) -> Callable[[str], None]:
     def make(workdir: str) -> None:
-        result = run_command(train_command(workdir, objective))
+        env = device_env(devices) if devices > 1 else None
+        result = run_command(train_command(workdir, objective, **overrides), env)
         assert result.returncode == 0, result.stderr[-3000:]
         with open(f"{workdir}.stderr.txt", "w") as f:
             f.write(result.stderr)
@@ -181,6 +182,20 @@ def micro_run(tmp_path_factory) -> str:
 def micro_bert_run(tmp_path_factory) -> str:
     """As `micro_run`, for the masked LM."""
     return shared_folder(tmp_path_factory, "micro_bert_run", _finished_run("mlm"))
+
+
+@pytest.fixture(scope="session")
+def two_device_run(tmp_path_factory) -> str:
+    """As `micro_run`, data parallel over 2 CPU devices in one process."""
+    return shared_folder(tmp_path_factory, "two_device_run", _finished_run("clm", devices=2))
+
+
+@pytest.fixture(scope="session")
+def four_device_run(tmp_path_factory) -> str:
+    """As `micro_run`, over 4 CPU devices as a mesh of data 2 x fsdp 2 (state sharded in pairs)."""
+    return shared_folder(
+        tmp_path_factory, "four_device_run", _finished_run("clm", devices=4, **{"mesh.fsdp": 2})
+    )
 
 
 def text_overrides(folder: str) -> dict[str, str | int]:

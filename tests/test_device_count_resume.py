@@ -29,19 +29,11 @@ def _lines(workdir: str) -> list[dict]:
     return [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
 
 
-@pytest.fixture(scope="module")
-def four_devices(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("devices") / "four")
-    cmd = train_command(workdir, **{"mesh.fsdp": 2})
-    result = run_command(cmd, env=_env(4))
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert json.load(open(os.path.join(workdir, "summary.json")))["mesh"] == {"data": 2, "fsdp": 2}
-    return workdir
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("devices", [2, 1])
-def test_a_four_device_checkpoint_resumes_on_fewer_devices(four_devices, devices, tmp_path):
+def test_a_four_device_checkpoint_resumes_on_fewer_devices(four_device_run, devices, tmp_path):
+    four_devices = four_device_run  # the shared run, data 2 x fsdp 2 (conftest)
+    assert json.load(open(os.path.join(four_devices, "summary.json")))["mesh"] == {"data": 2, "fsdp": 2}
     workdir = str(tmp_path / "run")
     shutil.copytree(four_devices, workdir)
     for step in ("30", "40"):  # as if the 4-device run had stopped after its step-20 checkpoint

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 
 import jax
 import pytest
-from conftest import REPO, device_env, micro_config, train_command
+from conftest import micro_config
 
 from models import registry
 from train.checkpoint.restore import CheckpointMismatch
@@ -22,21 +21,8 @@ from train.objectives import make_objective
 from train.tokenizer.vocab import SymbolTokenizer
 
 
-@pytest.fixture(scope="module")
-def four_device_run(tmp_path_factory):
-    """A micro GPT trained by a real `train.main` process on 4 simulated CPU devices."""
-    workdir = str(tmp_path_factory.mktemp("four") / "run")
-    env = device_env(4)
-    result = subprocess.run(
-        train_command(workdir, "clm", num_train_steps=20), cwd=REPO, env=env, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.load(open(os.path.join(workdir, "summary.json")))["devices"] == 4
-    return workdir
-
-
 def _eval_loss(trained) -> float:
-    config = micro_config("clm", num_train_steps=20)
+    config = micro_config("clm")
     source = make_source(config, "unused")
     graphdef, params, rest = step_lib.split_model(trained.model)
     sharding = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
@@ -46,24 +32,25 @@ def _eval_loss(trained) -> float:
 
 @pytest.mark.slow
 def test_loads_a_four_device_checkpoint_on_one_cpu_device_and_evaluates_the_same(four_device_run):
+    """The shared run of 4 devices (data 2 x fsdp 2, state sharded in pairs; conftest)."""
     trained = load_trained(four_device_run)
     leaves = jax.tree.leaves(step_lib.split_model(trained.model)[1])
     assert {d for leaf in leaves for d in leaf.devices()} == {jax.devices("cpu")[0]}
-    assert trained.step == 20 and trained.mask_kind == "causal" and trained.objective_name == "clm"
+    assert trained.step == 40 and trained.mask_kind == "causal" and trained.objective_name == "clm"
     assert trained.config.model.d_model == 32 and trained.config.is_locked
     summary = json.load(open(os.path.join(four_device_run, "summary.json")))
     assert _eval_loss(trained) == pytest.approx(summary["eval"]["loss"], rel=1e-5)
     # An earlier step, by number or by its folder, is another model.
-    earlier = load_trained(four_device_run, step=10)
-    assert earlier.step == 10
-    assert load_trained(os.path.join(four_device_run, "checkpoints", "10")).step == 10
+    earlier = load_trained(four_device_run, step=20)
+    assert earlier.step == 20
+    assert load_trained(os.path.join(four_device_run, "checkpoints", "20")).step == 20
     assert _eval_loss(earlier) != pytest.approx(summary["eval"]["loss"], rel=1e-5)
 
 
 @pytest.mark.slow
 def test_a_step_folder_copied_on_its_own_still_loads(four_device_run, tmp_path):
-    copy = tmp_path / "drive" / "gpt_step20"
-    shutil.copytree(os.path.join(four_device_run, "checkpoints", "20"), copy)
+    copy = tmp_path / "drive" / "gpt_step40"
+    shutil.copytree(os.path.join(four_device_run, "checkpoints", "40"), copy)
     trained = load_trained(str(copy))
     assert trained.config is None  # no workdir around it; the identity alone rebuilds the model
     assert isinstance(trained.tokenizer, SymbolTokenizer)

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 
 import pytest
-from conftest import REPO, device_env, start_processes, train_command
+from conftest import start_processes
 
 pytestmark = pytest.mark.slow
 
@@ -20,12 +19,10 @@ def _metrics(workdir: str) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
-def test_two_processes_match_one_process_with_two_devices_and_resume(two_process_run, tmp_path):
-    one = str(tmp_path / "one_process")
-    env = device_env(2)
-    result = subprocess.run(train_command(one), cwd=REPO, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-
+def test_two_processes_match_one_process_with_two_devices_and_resume(
+    two_process_run, two_device_run, tmp_path
+):
+    one = two_device_run
     two = two_process_run
     summary = json.load(open(os.path.join(two, "summary.json")))
     assert summary["devices"] == 2
