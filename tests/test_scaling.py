@@ -106,15 +106,15 @@ def test_a_small_grid_runs_end_to_end_resumes_and_jobs_do_not_change_it(tmp_path
         assert os.path.getsize(os.path.join(two, name)) > 0
     summary = os.path.join(two, "runs", "scaling", "clm", "k2_steps20", "seed0", "summary.json")
     before = os.path.getmtime(summary)
-    scaling.main([*args, "--out", two, "--jobs", "2"])  # everything finished: no training
+    # The same grid again (what the command runs before its report): everything finished, no
+    # training, the same rows.
+    keys = ("objective", "size", "steps", "params", "tokens", "eval_loss")
+    again = scaling.run_grid("micro", 1, two, {}, ("clm",), 2)
     assert os.path.getmtime(summary) == before
+    written = [tuple(r[k] for k in keys) for r in csv.DictReader(open(os.path.join(two, "scaling.csv")))]
+    assert [tuple(str(r[k]) for k in keys) for r in again] == written
     # One run at a time (the smaller size's two budgets) gives the numbers of two at once.
     monkeypatch.setitem(grid.PRESETS, "micro", grid.Preset(sizes=(1,), steps=(10, 20), base=base))
-    one = str(tmp_path / "one")
-    scaling.main([*args, "--out", one])
-    keys = ("objective", "size", "steps", "params", "tokens", "eval_loss")
-    rows = {
-        o: [tuple(r[k] for k in keys) for r in csv.DictReader(open(os.path.join(o, "scaling.csv")))]
-        for o in (one, two)
-    }
-    assert rows[one] == [r for r in rows[two] if r[1] == "1"] and len(rows[one]) == 2
+    one = scaling.run_grid("micro", 1, str(tmp_path / "one"), {}, ("clm",), 1)
+    assert [tuple(str(r[k]) for k in keys) for r in one] == [r for r in written if r[1] == "1"]
+    assert len(one) == 2
