@@ -11,15 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import (
-    micro_config,
-    param_dict,
-    random_transformer,
-    run_command,
-    train_command,
-    write_hub_dir,
-)
+from conftest import micro_config, run_command, train_command
 from flax import nnx
+from hub_models import param_dict, random_transformer, write_hub_dir
 
 from models import registry
 from models.errors import ConfigError

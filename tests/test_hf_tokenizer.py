@@ -200,7 +200,8 @@ def test_continued_pretraining_from_a_gpt2_directory_uses_its_tokenizer_and_expo
 ):
     """The README's path: a local GPT-2 directory (weights and tokenizer.json) -> a run on new
     text -> an exported directory whose tokenizer transformers loads and encodes as ours."""
-    from conftest import micro_config, param_dict, random_transformer, write_hub_dir
+    from conftest import micro_config
+    from hub_models import param_dict, random_transformer, write_hub_dir
 
     from models import registry
     from train.hf.config import hf_config

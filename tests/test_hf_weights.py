@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import param_dict, random_transformer, transformer_with, write_hub_dir
 from flax import nnx
+from hub_models import param_dict, random_transformer, transformer_with, write_hub_dir
 
 from models.masks import make_attention_mask
 from models.transformer import Transformer, TransformerConfig
