@@ -42,10 +42,8 @@ def main(argv: list[str]) -> None:
         fail(f"unexpected arguments: {argv[1:]}")
     from train.config_checks import validate
     from train.devices.platform import libtpu_installed, skip_absent_tpu
-    from train.devices.tracing_gc import collect_less_often
 
     skip_absent_tpu()  # the host runs no model: only the TPU compiler is used
-    collect_less_often()  # it traces the step (train/devices/tracing_gc.py)
     if not libtpu_installed():
         fail("libtpu is not installed: pip install -e '.[test]' (or '.[tpu]') brings the TPU compiler")
     config = _CONFIG.value

@@ -111,10 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from experiments.bench import aot_report
     from train.devices.platform import libtpu_installed, skip_absent_tpu
-    from train.devices.tracing_gc import collect_less_often
 
     skip_absent_tpu()
-    collect_less_often()  # every search traces the step (train/devices/tracing_gc.py)
     if not libtpu_installed():
         parser.error(
             "libtpu is not installed: pip install -e '.[test]' (or '.[tpu]') brings the TPU compiler"

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from train.devices.host_memory import retain_freed_memory
 from train.devices.platform import skip_absent_tpu
-from train.devices.tracing_gc import collect_less_often
 
 
 def before_jax_starts() -> bool:
     """Settles the platform (no TPU probe on a host without a TPU: train/devices/platform.py),
-    makes Python's cycle collector run less often while JAX traces (train/devices/tracing_gc.py),
     then sets the host allocator for a model that runs on the CPU (train/devices/host_memory.py).
     Returns whether the allocator was set."""
     skip_absent_tpu()
-    collect_less_often()
     return retain_freed_memory()
