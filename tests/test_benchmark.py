@@ -98,7 +98,7 @@ def test_the_accelerator_table_runs_here_at_tiny_shapes(tmp_path):
         "--shapes": "tiny",
         "--vocab_size": 64,
         "--per_device_batch": 2,
-        "--steps": 10,
+        "--steps": 3,  # the timing's arithmetic, not its precision
     }
     accelerator.main([str(x) for kv in {**flags, "--remats": "none"}.items() for x in kv])
     rows = list(csv.DictReader(open(tmp_path / "accelerator_cpu.csv")))
