@@ -32,10 +32,10 @@ def _lines(workdir: str) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize("devices", [2, 1])
 def test_a_four_device_checkpoint_resumes_on_fewer_devices(four_device_run, devices, tmp_path):
-    four_devices = four_device_run  # the shared run, data 2 x fsdp 2 (conftest)
-    assert json.load(open(os.path.join(four_devices, "summary.json")))["mesh"] == {"data": 2, "fsdp": 2}
+    # The shared run (conftest), data 2 x fsdp 2.
+    assert json.load(open(os.path.join(four_device_run, "summary.json")))["mesh"] == {"data": 2, "fsdp": 2}
     workdir = str(tmp_path / "run")
-    shutil.copytree(four_devices, workdir)
+    shutil.copytree(four_device_run, workdir)
     for step in ("30", "40"):  # as if the 4-device run had stopped after its step-20 checkpoint
         shutil.rmtree(os.path.join(workdir, "checkpoints", step))
     os.remove(os.path.join(workdir, "summary.json"))
@@ -44,7 +44,7 @@ def test_a_four_device_checkpoint_resumes_on_fewer_devices(four_device_run, devi
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resumed from step 20" in result.stderr
     assert json.load(open(os.path.join(workdir, "summary.json")))["devices"] == devices
-    _assert_same_metrics(_lines(workdir), _lines(four_devices))
+    _assert_same_metrics(_lines(workdir), _lines(four_device_run))
 
 
 def _assert_same_metrics(after: list[dict], reference: list[dict]) -> None:

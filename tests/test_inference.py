@@ -39,6 +39,7 @@ def test_loads_a_four_device_checkpoint_on_one_cpu_device_and_evaluates_the_same
     assert trained.step == 40 and trained.mask_kind == "causal" and trained.objective_name == "clm"
     assert trained.config.model.d_model == 32 and trained.config.is_locked
     summary = json.load(open(os.path.join(four_device_run, "summary.json")))
+    assert summary["devices"] == 4
     assert _eval_loss(trained) == pytest.approx(summary["eval"]["loss"], rel=1e-5)
     # An earlier step, by number or by its folder, is another model.
     earlier = load_trained(four_device_run, step=20)
