@@ -39,6 +39,15 @@ def _per_token(layer: nnx.Module, x_xD: jnp.ndarray) -> jnp.ndarray:
     return layer(x_xD.reshape(-1, x_xD.shape[-1])).reshape(*x_xD.shape[:-1], -1)
 
 
+def _written_out(q_BNTH, k_BNSH, v_BNSH, mask_B1TS):
+    """Attention written out, as Flax Linen's: two einsums and a float32 softmax over the allowed
+    keys (queries already scaled)."""
+    logits_BNTS = jnp.einsum("bnth,bnsh->bnts", q_BNTH, k_BNSH)
+    logits_BNTS = jnp.where(mask_B1TS, logits_BNTS.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+    probs_BNTS = jax.nn.softmax(logits_BNTS, axis=-1).astype(v_BNSH.dtype)
+    return jnp.einsum("bnts,bnsh->bnth", probs_BNTS, v_BNSH)
+
+
 def _linear(cfg: TransformerConfig, din: int, dout: int, std: float, rngs: nnx.Rngs, use_bias=True):
     return nnx.Linear(
         din,
@@ -89,9 +98,9 @@ class Attention(nnx.Module):
             k_BSNH = apply_rotary(k_BSNH, positions_BS)
         return {"k": k_BSNH, "v": self._heads(_per_token(self.value, x_BSD))}
 
-    def __call__(self, x_BLD, mask_B1LS, positions_BL, context_BSD=None):
+    def __call__(self, x_BLD, mask_B1LS, positions_BL, context_BSD=None, key_limits=None):
         kv = self.keys_values(x_BLD if context_BSD is None else context_BSD, positions_BL)
-        return self.attend(self.queries(x_BLD, positions_BL), kv, mask_B1LS)
+        return self.attend(self.queries(x_BLD, positions_BL), kv, mask_B1LS, key_limits)
 
     def extend(self, x_BTD, mask_B1TS, positions_BT, kv: dict, index):
         """Attention of T new tokens over a KV cache of S slots, after writing theirs at `index`.
@@ -108,26 +117,40 @@ class Attention(nnx.Module):
         }
         return self.attend(self.queries(x_BTD, positions_BT), kv, mask_B1TS), kv
 
-    def attend(self, q_BTNH, kv: dict, mask_B1TS):
+    def attend(self, q_BTNH, kv: dict, mask_B1TS, key_limits: tuple[int, ...] | None = None):
         """Attention of the queries over `kv` (keys and values, projected and positioned) under the
         boolean mask: written out for `attention_impl="einsum"` (and "auto" on CPU), else
-        `jax.nn.dot_product_attention`."""
+        `jax.nn.dot_product_attention`. Written out, it takes the mask's static `key_limits`
+        (`models.masks.key_limits`) to skip the keys a chunk of queries may never see; the
+        library call computes every key (its path on GPU and TPU is left as measured there)."""
         B, T, N, H = q_BTNH.shape
         # A run resolves "auto" for its mesh's platform (train/loop/build.py); a model built
         # elsewhere (a notebook, a tool) runs on the default backend.
         impl = attention_impl_for(self.cfg.attention_impl, jax.default_backend())
         if impl == "einsum":
-            # Written out (scaled queries, two einsums, float32 softmax), as Flax Linen's
-            # attention, with the heads moved next to the batch first: every einsum is then a
-            # batched matmul over leading axes, which XLA:CPU runs ~15% faster (forward and
-            # backward) than the same products with the heads between tokens and features.
+            # With the heads moved next to the batch first, every einsum is a batched matmul over
+            # leading axes, which XLA:CPU runs ~15% faster (forward and backward) than the same
+            # products with the heads between tokens and features.
             q_BNTH, k_BNSH, v_BNSH = (
                 x.transpose(0, 2, 1, 3) for x in (q_BTNH * self.cfg.logit_scale, kv["k"], kv["v"])
             )
-            logits_BNTS = jnp.einsum("bnth,bnsh->bnts", q_BNTH, k_BNSH)
-            logits_BNTS = jnp.where(mask_B1TS, logits_BNTS.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-            probs_BNTS = jax.nn.softmax(logits_BNTS, axis=-1).astype(v_BNSH.dtype)
-            o_BTNH = jnp.einsum("bnts,bnsh->bnth", probs_BNTS, v_BNSH).transpose(0, 2, 1, 3)
+            if key_limits is None:
+                o_BNTH = _written_out(q_BNTH, k_BNSH, v_BNSH, mask_B1TS)
+            else:
+                chunk = T // len(key_limits)
+                o_BNTH = jnp.concatenate(
+                    [
+                        _written_out(
+                            q_BNTH[:, :, i * chunk : (i + 1) * chunk],
+                            k_BNSH[:, :, :limit],
+                            v_BNSH[:, :, :limit],
+                            mask_B1TS[:, :, i * chunk : (i + 1) * chunk, :limit],
+                        )
+                        for i, limit in enumerate(key_limits)
+                    ],
+                    axis=2,
+                )
+            o_BTNH = o_BNTH.transpose(0, 2, 1, 3)
         else:
             o_BTNH = jax.nn.dot_product_attention(
                 q_BTNH,
@@ -189,8 +212,13 @@ class Block(nnx.Module):
         self.cross_norm = norm_layer(cfg, rngs) if cross_attention else None
         self.cross = Attention(cfg, rngs=rngs, cross=True) if cross_attention else None
 
-    def __call__(self, x_BLD, mask_B1LL, positions_BL, context_BSD=None, cross_mask_B1LS=None):
-        x_BLD = self._sublayer(x_BLD, self.attn_norm, lambda h: self.attn(h, mask_B1LL, positions_BL))
+    def __call__(
+        self, x_BLD, mask_B1LL, positions_BL, context_BSD=None, cross_mask_B1LS=None, key_limits=None
+    ):
+        """`key_limits`: static bounds of the self-attention mask (`models.masks.key_limits`)."""
+        x_BLD = self._sublayer(
+            x_BLD, self.attn_norm, lambda h: self.attn(h, mask_B1LL, positions_BL, key_limits=key_limits)
+        )
         if self.cross is not None:
             if context_BSD is None:
                 raise ValueError("a block with cross-attention needs the encoder output (context_BSD)")

@@ -69,8 +69,8 @@ class LSTMLM(nnx.Module):
         self.layers = nnx.List([LSTMLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
         self.final_norm = nnx.LayerNorm(cfg.d_model, rngs=rngs)
 
-    def hidden_states(self, tokens_BL, mask_B1LL=None, positions_BL=None) -> jnp.ndarray:
-        del mask_B1LL, positions_BL  # direction is structural; order is in the recurrence
+    def hidden_states(self, tokens_BL, mask_B1LL=None, positions_BL=None, *, key_limits=None) -> jnp.ndarray:
+        del mask_B1LL, positions_BL, key_limits  # direction is structural; order is in the recurrence
         x_BLD = self.embed(tokens_BL)
         for layer in self.layers:
             x_BLD = layer(x_BLD)

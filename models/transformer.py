@@ -87,7 +87,7 @@ class Transformer(nnx.Module):
         return self.embed_norm(x_BLD) if self.embed_norm is not None else x_BLD
 
     def residual_stream(
-        self, tokens_BL, mask_B1LL, positions_BL, *, context_BSD=None, cross_mask_B1LS=None
+        self, tokens_BL, mask_B1LL, positions_BL, *, context_BSD=None, cross_mask_B1LS=None, key_limits=None
     ) -> list[jnp.ndarray]:
         """The residual stream `[B, L, D]` after the embedding (index 0) and after each block.
 
@@ -95,27 +95,36 @@ class Transformer(nnx.Module):
         """
         x_BLD = self._inputs(tokens_BL, positions_BL)
         states = [x_BLD]
+        args = (mask_B1LL, positions_BL, context_BSD, cross_mask_B1LS)
         if self.cfg.scan_layers:
-            args = (mask_B1LL, positions_BL, context_BSD, cross_mask_B1LS)
             policy, remat = REMAT_POLICIES[self.cfg.remat], self.cfg.remat != "none"
-            return states + self.blocks(x_BLD, args, policy, remat)[1]
+            return states + self.blocks(x_BLD, (*args, key_limits), policy, remat)[1]
         for block in self.blocks:
-            x_BLD = self._block(block, x_BLD, mask_B1LL, positions_BL, context_BSD, cross_mask_B1LS)
+            x_BLD = self._block(block, x_BLD, args, key_limits)
             states.append(x_BLD)
         return states
 
-    def _block(self, block: Block, x_BLD, mask_B1LL, positions_BL, context_BSD, cross_mask_B1LS):
+    def _block(self, block: Block, x_BLD, args: tuple, key_limits):
+        """`block(x_BLD, *args)`; `key_limits` is static, so remat closes over it."""
         if self.cfg.remat == "none":
-            return block(x_BLD, mask_B1LL, positions_BL, context_BSD, cross_mask_B1LS)
+            return block(x_BLD, *args, key_limits)
         # Activations inside the block are recomputed in the backward pass (per the policy):
         # memory for compute, the function and its gradients unchanged.
-        run = nnx.remat(lambda b, *args: b(*args), policy=REMAT_POLICIES[self.cfg.remat])
-        return run(block, x_BLD, mask_B1LL, positions_BL, context_BSD, cross_mask_B1LS)
+        run = nnx.remat(lambda b, *a: b(*a, key_limits), policy=REMAT_POLICIES[self.cfg.remat])
+        return run(block, x_BLD, *args)
 
-    def hidden_states(self, tokens_BL, mask_B1LL, positions_BL, *, context_BSD=None, cross_mask_B1LS=None):
-        """Final hidden states `[B, L, D]`."""
+    def hidden_states(
+        self, tokens_BL, mask_B1LL, positions_BL, *, context_BSD=None, cross_mask_B1LS=None, key_limits=None
+    ):
+        """Final hidden states `[B, L, D]`. `key_limits`: the mask's static bounds
+        (`models.masks.key_limits`), which written-out attention uses to skip forbidden keys."""
         x_BLD = self.residual_stream(
-            tokens_BL, mask_B1LL, positions_BL, context_BSD=context_BSD, cross_mask_B1LS=cross_mask_B1LS
+            tokens_BL,
+            mask_B1LL,
+            positions_BL,
+            context_BSD=context_BSD,
+            cross_mask_B1LS=cross_mask_B1LS,
+            key_limits=key_limits,
         )[-1]
         return self.final_norm(x_BLD) if self.final_norm is not None else x_BLD
 
@@ -189,11 +198,19 @@ class Transformer(nnx.Module):
             cache, kv=new_kv, valid_BS=valid_BS, index=cache.index + T
         )
 
+    def vocab_projection(self, h_xD) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray | None]:
+        """(the states the tied embedding projects, the embedding `[V, D]`, both in the compute
+        dtype; the output bias or None): `logits` is `x @ E.T (+ bias)` in float32. An objective
+        that fuses the projection into its loss reads these (train/objectives/vocab_loss.py)."""
+        x_xD = h_xD if self.head is None else self.head(h_xD)
+        x_xD, E_VD = self.embed.promote_dtype((x_xD, self.embed.embedding[...]), dtype=self.embed.dtype)
+        return x_xD, E_VD, None if self.head is None else self.head.bias[...]
+
     def logits(self, h_xD) -> jnp.ndarray:
         """Vocabulary logits (float32) for hidden states of any leading shape, via the tied embedding."""
-        if self.head is None:
-            return self.embed.attend(h_xD).astype(jnp.float32)
-        return (self.embed.attend(self.head(h_xD)) + self.head.bias[...]).astype(jnp.float32)
+        x_xD, E_VD, bias_V = self.vocab_projection(h_xD)
+        logits_xV = jnp.dot(x_xD, E_VD.T)
+        return (logits_xV if bias_V is None else logits_xV + bias_V).astype(jnp.float32)
 
     def __call__(self, tokens_BL, mask_B1LL, positions_BL, *, context_BSD=None, cross_mask_B1LS=None):
         return self.logits(

@@ -2,7 +2,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models.masks import make_attention_mask
+from models.masks import key_limits, make_attention_mask
 
 
 def _mask(kind, seg, prefix=None):
@@ -49,3 +49,35 @@ def test_unknown_kind_and_missing_prefix_are_errors():
         _mask("sideways", [1, 1])
     with pytest.raises(ValueError, match="prefix_BL"):
         _mask("prefix", [1, 1])
+
+
+def _packed_segments(B: int, L: int, seed: int = 0) -> np.ndarray:
+    """Rows of 1-4 documents and some trailing padding."""
+    rng = np.random.default_rng(seed)
+    seg = np.zeros((B, L), np.int32)
+    for b in range(B):
+        end = rng.integers(L // 2, L + 1)
+        cuts = np.sort(rng.choice(np.arange(1, end), rng.integers(0, 4), replace=False))
+        seg[b, :end] = 1 + np.searchsorted(cuts, np.arange(end), side="right")
+    return seg
+
+
+@pytest.mark.parametrize("L", [64, 128, 256, 320, 1024])
+def test_key_limits_only_bound_keys_the_mask_forbids(L):
+    """For every query chunk, no key at or past its limit is allowed, packed and padded rows too."""
+    limits = key_limits("causal", L)
+    if L < 128:
+        assert limits is None  # too short to split into chunks of 64 queries
+        return
+    assert limits[-1] == L and len(limits) == min(4, L // 64)
+    mask = np.asarray(make_attention_mask("causal", jnp.asarray(_packed_segments(8, L))))[:, 0]
+    chunk = L // len(limits)
+    for i, limit in enumerate(limits):
+        assert not mask[:, i * chunk : (i + 1) * chunk, limit:].any()
+    # A chunk's last query sees every earlier key of its document: the limit is tight.
+    assert all(mask[0, limit - 1, limit - 1] for limit in limits if _packed_segments(8, L)[0, limit - 1])
+
+
+@pytest.mark.parametrize("kind", ["bidirectional", "prefix"])
+def test_no_key_limits_where_queries_see_later_keys(kind):
+    assert key_limits(kind, 256) is None

@@ -9,7 +9,7 @@ from flax import nnx
 from configs import bert, gpt
 from configs.base import VARIANTS
 from models import registry
-from models.masks import make_attention_mask
+from models.masks import key_limits, make_attention_mask
 from models.transformer import Transformer, TransformerConfig
 from train.loop import step as step_lib
 from train.objectives import make_objective
@@ -132,3 +132,41 @@ def test_packed_document_output_ignores_its_neighbour():
         a = model.hidden_states(tokens, mask, pos)[0, :6]
         b = model.hidden_states(other, mask, pos)[0, :6]
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("options", [{}, {"remat": "dots"}, {"scan_layers": True}])
+def test_causal_key_limits_skip_only_forbidden_keys(options):
+    """Written-out attention that skips the key blocks above the diagonal (`key_limits`) gives
+    the output and gradient of attending to every key, on packed and padded rows."""
+    n = 256
+    cfg = TransformerConfig(
+        vocab_size=64,
+        d_model=32,
+        num_heads=2,
+        num_layers=2,
+        mlp_dim=64,
+        max_len=n,
+        attention_impl="einsum",
+        **options,
+    )
+    graphdef, params, rest = step_lib.split_model(Transformer(cfg, rngs=nnx.Rngs(0)))
+    rng = np.random.default_rng(0)
+    seg = np.array([[1] * 100 + [2] * 120 + [0] * 36, [1] * n], np.int32)
+    tokens = jnp.asarray(rng.integers(1, 64, seg.shape) * (seg != 0))
+    positions = jnp.asarray(
+        np.concatenate([np.arange(100), np.arange(120), np.zeros(36)])[None].repeat(2, 0), jnp.int32
+    )
+    mask = make_attention_mask("causal", jnp.asarray(seg))
+    limits = key_limits("causal", n)
+    assert limits is not None and len(limits) == 4
+
+    def loss(p, limits):
+        h = nnx.merge(graphdef, p, rest).hidden_states(tokens, mask, positions, key_limits=limits)
+        return (jnp.where(jnp.asarray(seg)[..., None] != 0, h, 0.0) ** 2).sum(), h
+
+    run = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+    (_, h), g = run(params, limits)
+    (_, h_ref), g_ref = run(params, None)
+    np.testing.assert_allclose(h, h_ref, atol=2e-5)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref), strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-5 * max(float(np.abs(b).max()), 1.0))

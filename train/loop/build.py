@@ -97,6 +97,9 @@ def build_run(
     platform = mesh.devices.flat[0].platform
     model_cfg = registry.for_platform(registry.model_config(config, vocab_size), platform)
     objective = make_objective(config, vocab_size, source.specials if source is not None else DEFAULT)
+    if platform == "cpu" and hasattr(objective, "fused_head"):
+        # Faster on XLA:CPU, the same function (train/objectives/vocab_loss.py).
+        objective = dataclasses.replace(objective, fused_head=True)
     tx = step_lib.make_optimizer(config)
     schedule = step_lib.make_schedule(config)
     graphdef, _ = step_lib.abstract_model(model_cfg)

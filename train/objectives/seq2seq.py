@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from models.masks import make_attention_mask, make_cross_mask
-from train.objectives.base import Batch, NextToken, token_scores
+from train.objectives.base import Batch, NextToken
+from train.objectives.vocab_loss import token_scores
 
 
 @dataclasses.dataclass(frozen=True)
