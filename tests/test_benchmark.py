@@ -82,10 +82,11 @@ def test_hf_baseline_learns_one_batch_with_our_optimizer_and_targets():
 def test_attention_benchmark_times_each_implementation_here(capsys):
     from experiments.bench import attention
 
-    attention.main(["--batch", "2", "--seq_len", "16", "--heads", "2", "--head_dim", "8"])
+    attention.main(["--batch", "2", "--seq_len", "128", "--heads", "2", "--head_dim", "8"])
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert out["shape_BLNH"] == [2, 16, 2, 8]
+    assert out["shape_BLNH"] == [2, 128, 2, 8]
     assert out["xla_ms"] > 0 and out["einsum_ms"] > 0 and "cudnn_ms" not in out
+    assert out["key_limits"] == [64, 128] and out["einsum_key_limits_ms"] > 0
 
 
 def test_the_accelerator_table_runs_here_at_tiny_shapes(tmp_path):

@@ -4,7 +4,9 @@
 
 Times `Attention.attend` (queries, keys, values -> output projection input) under a causal mask
 for each `model.attention_impl` that runs here ("cudnn" only on GPU), with the gradient taken
-with respect to queries, keys and values; prints one JSON line of median milliseconds.
+with respect to queries, keys and values; and the written-out attention given the causal mask's
+`key_limits` (the key blocks above the diagonal skipped, as a causal train step does on CPU).
+Prints one JSON line of median milliseconds.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.masks import make_attention_mask
+from models.masks import key_limits, make_attention_mask
 from models.transformer import ATTENTION_IMPLS, Attention, TransformerConfig
 from train.devices.startup import before_jax_starts
 
 
-def time_attention(impl: str, B: int, L: int, N: int, H: int, repeats: int = 9) -> float:
+def time_attention(
+    impl: str, B: int, L: int, N: int, H: int, limits: tuple[int, ...] | None = None, repeats: int = 9
+) -> float:
     cfg = TransformerConfig(
         vocab_size=8, d_model=N * H, num_heads=N, num_layers=1, mlp_dim=8, max_len=L, attention_impl=impl
     )
@@ -33,7 +37,7 @@ def time_attention(impl: str, B: int, L: int, N: int, H: int, repeats: int = 9) 
     graphdef, state = nnx.split(attention)
 
     def loss(q, k, v):
-        return nnx.merge(graphdef, state).attend(q, {"k": k, "v": v}, mask).sum()
+        return nnx.merge(graphdef, state).attend(q, {"k": k, "v": v}, mask, limits).sum()
 
     grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
     jax.block_until_ready(grad(q, k, v))
@@ -59,6 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     shape = (args.batch, args.seq_len, args.heads, args.head_dim)
     result = {"platform": jax.devices()[0].platform, "shape_BLNH": shape}
     result.update({f"{impl}_ms": time_attention(impl, *shape) for impl in impls})
+    limits = key_limits("causal", args.seq_len)
+    if limits:
+        result["einsum_key_limits_ms"] = time_attention("einsum", *shape, limits)
+        result["key_limits"] = limits
     print(json.dumps(result))
 
 
