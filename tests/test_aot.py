@@ -16,7 +16,6 @@ from conftest import REPO, subprocess_env
 import configs
 from experiments.bench import tpu_compile
 from experiments.bench.tpu_compile import Compiled, largest_batch
-from models.transformer_config import attention_impl_for
 from train.devices.chips import CHIPS, chip_of
 from train.loop.build import build_run
 
@@ -75,12 +74,9 @@ def _abstract_batch(config, run) -> dict:
 
 
 def _lower_for_cuda(objective: str, variant: str, **overrides):
-    # What a run on a GPU resolves the default "auto" attention to (the build here is on CPU).
-    impl = attention_impl_for("auto", "gpu")
-    config = configs.get_config(
-        objective, variant, {"batch_size": 8, "model.attention_impl": impl, **overrides}
-    )
-    run = build_run(config, "", vocab_size=512)
+    # The step a run on a GPU builds (its "auto" attention, its LM head), built on this CPU.
+    config = configs.get_config(objective, variant, {"batch_size": 8, **overrides})
+    run = build_run(config, "", vocab_size=512, platform="gpu")
     exported = jax.export.export(run.train_step, platforms=["cuda"])(
         run.abstract_state, _abstract_batch(config, run)
     )
@@ -154,7 +150,7 @@ def test_the_tiny_step_compiles_for_a_tpu_slice_and_reports_memory_flops_and_a_r
     ]
 
 
-def test_a_step_built_for_a_tpu_slice_on_a_cpu_host_resolves_auto_attention_for_the_tpu():
+def test_a_step_built_for_a_tpu_slice_on_a_cpu_host_makes_the_tpus_choices():
     pytest.importorskip("libtpu")
     from train.devices.platform import skip_absent_tpu
 
@@ -163,7 +159,11 @@ def test_a_step_built_for_a_tpu_slice_on_a_cpu_host_resolves_auto_attention_for_
     assert config.model.attention_impl == "auto"
     tpu = build_run(config, "", vocab_size=512, devices=tpu_compile.topology_devices("v5e:2x2"))
     cpu = build_run(config, "", vocab_size=512)
-    assert (tpu.model_config.attention_impl, cpu.model_config.attention_impl) == ("xla", "einsum")
+    gpu = build_run(config, "", vocab_size=512, platform="gpu")
+    runs = (tpu, cpu, gpu)
+    assert [r.model_config.attention_impl for r in runs] == ["xla", "einsum", "xla"]
+    # The fused LM head and loss (train/objectives/vocab_loss.py) is the CPU's choice only.
+    assert [r.objective.fused_head for r in runs] == [False, True, False]
 
 
 @pytest.mark.slow

@@ -81,12 +81,19 @@ class Run:
 
 
 def build_run(
-    config: Any, workdir: str, *, vocab_size: int | None = None, devices: Sequence[jax.Device] | None = None
+    config: Any,
+    workdir: str,
+    *,
+    vocab_size: int | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    platform: str | None = None,
 ) -> Run:
     """Everything a step of `config` needs; the data source is built (in `workdir`) unless a
     `vocab_size` is given. The mesh spans `devices` (default: every device of the run; a TPU
-    topology's compile-only devices to compile ahead of time). The config should already have
-    passed `config_checks.validate`."""
+    topology's compile-only devices to compile ahead of time). The platform's own choices
+    ("auto" attention, the fused LM head) are those of the mesh's devices, or of `platform`
+    ("gpu" to export a GPU's step from a CPU host). The config should already have passed
+    `config_checks.validate`."""
     source = (
         make_source(config, workdir, jax.process_index(), jax.process_count()) if vocab_size is None else None
     )
@@ -94,10 +101,10 @@ def build_run(
     mesh = make_mesh(config, devices)
     # Resolved for the devices the step compiles for, which a TPU compiled ahead of time on a
     # CPU host is not the default backend of.
-    platform = mesh.devices.flat[0].platform
+    platform = platform or mesh.devices.flat[0].platform
     model_cfg = registry.for_platform(registry.model_config(config, vocab_size), platform)
     objective = make_objective(config, vocab_size, source.specials if source is not None else DEFAULT)
-    if platform == "cpu" and hasattr(objective, "fused_head"):
+    if platform == "cpu":
         # Faster on XLA:CPU, the same function (train/objectives/vocab_loss.py).
         objective = dataclasses.replace(objective, fused_head=True)
     tx = step_lib.make_optimizer(config)
