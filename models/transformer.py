@@ -198,19 +198,11 @@ class Transformer(nnx.Module):
             cache, kv=new_kv, valid_BS=valid_BS, index=cache.index + T
         )
 
-    def vocab_projection(self, h_xD) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray | None]:
-        """(the states the tied embedding projects, the embedding `[V, D]`, both in the compute
-        dtype; the output bias or None): `logits` is `x @ E.T (+ bias)` in float32. An objective
-        that fuses the projection into its loss reads these (train/objectives/vocab_loss.py)."""
-        x_xD = h_xD if self.head is None else self.head(h_xD)
-        x_xD, E_VD = self.embed.promote_dtype((x_xD, self.embed.embedding[...]), dtype=self.embed.dtype)
-        return x_xD, E_VD, None if self.head is None else self.head.bias[...]
-
     def logits(self, h_xD) -> jnp.ndarray:
         """Vocabulary logits (float32) for hidden states of any leading shape, via the tied embedding."""
-        x_xD, E_VD, bias_V = self.vocab_projection(h_xD)
-        logits_xV = jnp.dot(x_xD, E_VD.T)
-        return (logits_xV if bias_V is None else logits_xV + bias_V).astype(jnp.float32)
+        if self.head is None:
+            return self.embed.attend(h_xD).astype(jnp.float32)
+        return (self.embed.attend(self.head(h_xD)) + self.head.bias[...]).astype(jnp.float32)
 
     def __call__(self, tokens_BL, mask_B1LL, positions_BL, *, context_BSD=None, cross_mask_B1LS=None):
         return self.logits(

@@ -91,7 +91,7 @@ def build_run(
     """Everything a step of `config` needs; the data source is built (in `workdir`) unless a
     `vocab_size` is given. The mesh spans `devices` (default: every device of the run; a TPU
     topology's compile-only devices to compile ahead of time). The platform's own choices
-    ("auto" attention, the fused LM head) are those of the mesh's devices, or of `platform`
+    ("auto" attention) are those of the mesh's devices, or of `platform`
     ("gpu" to export a GPU's step from a CPU host). The config should already have passed
     `config_checks.validate`."""
     source = (
@@ -104,9 +104,6 @@ def build_run(
     platform = platform or mesh.devices.flat[0].platform
     model_cfg = registry.for_platform(registry.model_config(config, vocab_size), platform)
     objective = make_objective(config, vocab_size, source.specials if source is not None else DEFAULT)
-    if platform == "cpu":
-        # Faster on XLA:CPU, the same function (train/objectives/vocab_loss.py).
-        objective = dataclasses.replace(objective, fused_head=True)
     tx = step_lib.make_optimizer(config)
     schedule = step_lib.make_schedule(config)
     graphdef, _ = step_lib.abstract_model(model_cfg)

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, ClassVar, Protocol
 
 import jax.numpy as jnp
+import optax
 
 from models.masks import key_limits, make_attention_mask
-from train.objectives.vocab_loss import vocab_scores
 from train.tokenizer.vocab import DEFAULT, Specials
 
 Batch = dict[str, jnp.ndarray]
 
 
 class LanguageModel(Protocol):
-    """What an objective needs of a model (the Transformer and the LSTM both provide it; the
-    Transformer also `vocab_projection`, which `fused_head` objectives use when a model has it)."""
+    """What an objective needs of a model (the Transformer and the LSTM both provide it)."""
 
     def hidden_states(self, tokens_BL, mask_B1LL, positions_BL, *, key_limits=None) -> jnp.ndarray: ...
 
@@ -29,23 +27,29 @@ def hidden_states(model: LanguageModel, batch: Batch, mask_kind: str) -> jnp.nda
     return model.hidden_states(batch["inputs"], mask_B1LL, batch["positions"], key_limits=limits)
 
 
+def token_scores(logits_xV, targets_x, weights_x) -> dict[str, jnp.ndarray]:
+    """Sums (not means), so eval can add them over batches and devices exactly."""
+    w = weights_x.astype(jnp.float32)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits_xV, targets_x)
+    # "The target has the top logit" (ties count as right): a max over the vocabulary, which
+    # XLA shares with the softmax's, where an argmax is a separate pass (7% of a CPU step).
+    target_logit_x = jnp.take_along_axis(logits_xV, targets_x[..., None], axis=-1)[..., 0]
+    correct = (target_logit_x >= logits_xV.max(-1)).astype(jnp.float32)
+    return {"nll_sum": (nll * w).sum(), "correct_sum": (correct * w).sum(), "weight_sum": w.sum()}
+
+
 def next_token_targets(tokens_BL, seg_BL) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(token t+1 at position t, whether it belongs to the same real document)."""
     next_seg_BL = jnp.pad(seg_BL[:, 1:], ((0, 0), (0, 1)))
     return jnp.pad(tokens_BL[:, 1:], ((0, 0), (0, 1))), (seg_BL != 0) & (next_seg_BL == seg_BL)
 
 
-@dataclasses.dataclass(frozen=True)
 class NextToken:
     """The next-token objectives: position t predicts token t+1 of its document.
 
     A subclass writes its `transform` (usually `next_token_batch` plus what differs), the masks
-    it can be trained under and why; scoring and the scored tokens are shared. `fused_head`:
-    score through `vocab_scores`' fused projection and loss (set by `train/loop/build.py` for
-    CPU steps; the scores and gradients are the same function either way).
+    it can be trained under and why; scoring and the scored tokens are shared.
     """
-
-    fused_head: bool = dataclasses.field(default=False, kw_only=True)
 
     name: ClassVar[str]
     # The attention masks the objective can be trained under (the first is its config file's),
@@ -73,8 +77,7 @@ class NextToken:
         return model.logits(hidden_states(model, batch, mask_kind))
 
     def scores(self, model: Any, batch: Batch, mask_kind: str) -> dict[str, jnp.ndarray]:
-        h_BLD = hidden_states(model, batch, mask_kind)
-        return vocab_scores(model, h_BLD, batch["targets"], batch["weights"], self.fused_head)
+        return token_scores(self.logits(model, batch, mask_kind), batch["targets"], batch["weights"])
 
     def scored_tokens(self, batch: Batch) -> jnp.ndarray:
         """`[B, L]` bool: which tokens of the row are predicted (input t predicts token t+1)."""

@@ -10,8 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from models.errors import ConfigError
-from train.objectives.base import Batch, LanguageModel, NextToken, hidden_states
-from train.objectives.vocab_loss import vocab_scores
+from train.objectives.base import Batch, LanguageModel, NextToken, hidden_states, token_scores
 from train.tokenizer.vocab import DEFAULT, Specials
 
 
@@ -48,7 +47,6 @@ class MaskedLM:
     random_frac: float = 0.1
     oracle: str = "mlm"
     specials: Specials = DEFAULT  # never selected, never drawn; `specials.mask` is written
-    fused_head: bool = dataclasses.field(default=False, kw_only=True)  # as NextToken's
     name: ClassVar[str] = "mlm"
     masks: ClassVar[tuple[str, ...]] = ("bidirectional", "causal")
     mask_note: ClassVar[str] = "the 'prefix' mask takes its per-row prefix from 'prefix_lm' or 'hybrid'"
@@ -108,7 +106,7 @@ class MaskedLM:
         # Only the selected positions go through the vocabulary projection.
         h_BLD = hidden_states(model, batch, mask_kind)
         h_BKD = jnp.take_along_axis(h_BLD, batch["mlm_positions"][..., None], axis=1)
-        return vocab_scores(model, h_BKD, batch["targets"], batch["weights"], self.fused_head)
+        return token_scores(model.logits(h_BKD), batch["targets"], batch["weights"])
 
     def scored_tokens(self, batch: Batch) -> jnp.ndarray:
         B = batch["inputs"].shape[0]

@@ -9,8 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from models.masks import make_attention_mask, make_cross_mask
-from train.objectives.base import Batch, NextToken
-from train.objectives.vocab_loss import token_scores
+from train.objectives.base import Batch, NextToken, token_scores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +36,6 @@ class Seq2Seq(NextToken):
         return model.logits(h_BTD)
 
     def scores(self, model: Any, batch: Batch, mask_kind: str) -> dict[str, jnp.ndarray]:
-        # Exact match reads the logits themselves, so `fused_head` does not apply here.
         logits_BTV = self.logits(model, batch, mask_kind)
         scores = token_scores(logits_BTV, batch["targets"], batch["weights"])
         target_logit_BT = jnp.take_along_axis(logits_BTV, batch["targets"][..., None], axis=-1)[..., 0]
