@@ -63,7 +63,8 @@ def make_attention_mask(
 
 # Causal attention skips the key blocks its mask forbids in chunks of at least this many queries,
 # up to this many chunks: on XLA:CPU 4 chunks of 64 cut one layer's attention (16 x 256 tokens,
-# forward and backward) from 85 to 61 ms; 2 gave 64, 8 gave 61 (docs/performance.md).
+# forward and backward) from 85 to 61 ms; 2 gave 64, 8 gave 61; in the whole GPT step 4 chunks
+# were also the fastest (docs/performance.md).
 MIN_QUERY_CHUNK, MAX_QUERY_CHUNKS = 64, 4
 
 
