@@ -154,7 +154,7 @@ def test_causal_key_limits_skip_only_forbidden_keys(options):
     seg = np.array([[1] * 100 + [2] * 120 + [0] * 36, [1] * n], np.int32)
     tokens = jnp.asarray(rng.integers(1, 64, seg.shape) * (seg != 0))
     positions = jnp.asarray(
-        np.concatenate([np.arange(100), np.arange(120), np.zeros(36)])[None].repeat(2, 0), jnp.int32
+        [np.concatenate([np.arange(100), np.arange(120), np.zeros(36)]), np.arange(n)], jnp.int32
     )
     mask = make_attention_mask("causal", jnp.asarray(seg))
     limits = key_limits("causal", n)

@@ -90,10 +90,9 @@ def build_run(
 ) -> Run:
     """Everything a step of `config` needs; the data source is built (in `workdir`) unless a
     `vocab_size` is given. The mesh spans `devices` (default: every device of the run; a TPU
-    topology's compile-only devices to compile ahead of time). The platform's own choices
-    ("auto" attention) are those of the mesh's devices, or of `platform`
-    ("gpu" to export a GPU's step from a CPU host). The config should already have passed
-    `config_checks.validate`."""
+    topology's compile-only devices to compile ahead of time). "auto" attention is resolved for
+    the mesh's platform, or for `platform` ("gpu": a GPU's step, exported from a CPU host). The
+    config should already have passed `config_checks.validate`."""
     source = (
         make_source(config, workdir, jax.process_index(), jax.process_count()) if vocab_size is None else None
     )
