@@ -43,7 +43,14 @@ def _written_out(q_BNTH, k_BNSH, v_BNSH, mask_B1TS):
     """Attention written out, as Flax Linen's: two einsums and a float32 softmax over the allowed
     keys (queries already scaled)."""
     logits_BNTS = jnp.einsum("bnth,bnsh->bnts", q_BNTH, k_BNSH)
-    logits_BNTS = jnp.where(mask_B1TS, logits_BNTS.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+    # The mask as an additive bias rather than a select: the same logits (a forbidden one becomes
+    # exactly float32's minimum, an allowed one is unchanged), so the same output; and in a row
+    # that allows any key (models/masks.py gives every row one) a forbidden key's probability,
+    # hence its gradient, is exactly zero either way. But the backward pass needs no select over
+    # [B, N, T, S], a pass of its own on XLA:CPU (one layer's attention, forward and backward,
+    # 51 -> 46 ms).
+    bias_B1TS = jnp.where(mask_B1TS, 0.0, jnp.finfo(jnp.float32).min)
+    logits_BNTS = logits_BNTS.astype(jnp.float32) + bias_B1TS
     probs_BNTS = jax.nn.softmax(logits_BNTS, axis=-1).astype(v_BNSH.dtype)
     return jnp.einsum("bnts,bnsh->bnth", probs_BNTS, v_BNSH)
 
