@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -269,8 +271,9 @@ def test_blimp_not_prepared_names_the_fix(tmp_path):
         blimp_minimal_pairs(_CharTokenizer(), data_dir=str(tmp_path), seq_len=16, phenomena=["nope"])
 
 
-def test_blimp_rows_from_mock_data(tmp_path):
+def test_blimp_rows_from_mock_data(tmp_path, monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # TFDS mock data leaves empty folders there
     names = ["adjunct_island", "wh_island"]
     seq_len = 12
     with tfds.testing.mock_data(num_examples=5):

@@ -2,6 +2,7 @@
 
 import collections
 import logging
+import tempfile
 
 import jax.numpy as jnp
 import numpy as np
@@ -143,7 +144,8 @@ tfds = pytest.importorskip("tensorflow_datasets")
 
 
 @pytest.mark.parametrize("name", ["lm1b", "tiny_shakespeare"])
-def test_tfds_dataset_through_mock_data(name, tmp_path):
+def test_tfds_dataset_through_mock_data(name, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # TFDS mock data leaves empty folders there
     with tfds.testing.mock_data(num_examples=400):
         source = tfds_source(_config(bert, f"tfds:{name}", tmp_path), str(tmp_path / "w"))
         batch = next(source.train_iterator())
@@ -152,7 +154,8 @@ def test_tfds_dataset_through_mock_data(name, tmp_path):
     assert source.eval_batches()
 
 
-def test_tfds_errors_name_the_fix(tmp_path):
+def test_tfds_errors_name_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # TFDS mock data leaves empty folders there
     with pytest.raises(ConfigError, match="TFDS has no dataset of that name"):
         tfds_source(_config(gpt, "tfds:no_such_dataset", tmp_path), str(tmp_path / "w"))
     c = _config(gpt, "tfds:lm1b", tmp_path)
@@ -185,7 +188,8 @@ class TinyText(tfds.core.GeneratorBasedBuilder):
             yield i, {"text": " ".join(rng.choice(words, 40)) + "."}
 
 
-def test_prepared_tfds_dataset_is_read_and_its_splits_checked(tmp_path):
+def test_prepared_tfds_dataset_is_read_and_its_splits_checked(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # TFDS leaves an empty folder there
     data_dir = str(tmp_path / "tfds")
     TinyText(data_dir=data_dir, file_format="array_record").download_and_prepare()
     c = _config(gpt, "tfds:tiny_text", tmp_path / "cache")
