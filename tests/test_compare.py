@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 
 import pytest
 from conftest import MICRO_OVERRIDES
@@ -98,11 +97,8 @@ def test_sample_generates_from_gpt_and_fills_masks_with_bert(comparison, capsys)
 
 
 @pytest.mark.parametrize("objective", ["clm", "mlm"])
-def test_classify_fine_tunes_a_text_run_on_sst2(
-    objective, micro_run, micro_text_runs, capsys, monkeypatch, tmp_path
-):
+def test_classify_fine_tunes_a_text_run_on_sst2(objective, micro_run, micro_text_runs, capsys):
     tfds = pytest.importorskip("tensorflow_datasets")
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # TFDS mock data leaves empty folders there
     from experiments.tools import classify
 
     workdir = micro_text_runs[objective]

@@ -2,7 +2,6 @@
 
 import glob
 import itertools
-import tempfile
 
 import jax
 import numpy as np
@@ -117,9 +116,8 @@ def test_classification_rows_layout():
 
 
 @pytest.mark.parametrize("name", ["sst2", "imdb"])
-def test_text_tasks_through_tfds_mock_data(name, tmp_path, monkeypatch):
+def test_text_tasks_through_tfds_mock_data(name, tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # TFDS mock data leaves empty folders there
     write_corpus(tmp_path / "corpus", n_files=10)
     docs = [open(f).read() for f in sorted(glob.glob(str(tmp_path / "corpus" / "*")))]
     tokenizer = train_tokenizer(docs, 400, "unigram", 10**6)

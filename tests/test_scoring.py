@@ -259,8 +259,11 @@ class _CharTokenizer:
         return [[NUM_SPECIAL + ord(ch) % 50 for ch in text] for text in texts]
 
 
-def test_blimp_not_prepared_names_the_fix(tmp_path):
+def test_blimp_not_prepared_names_the_fix(tmp_path, monkeypatch):
     pytest.importorskip("tensorflow_datasets")
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     with pytest.raises(ConfigError) as e:
         blimp_minimal_pairs(
             _CharTokenizer(), data_dir=str(tmp_path), seq_len=16, phenomena=["adjunct_island"]
@@ -269,6 +272,7 @@ def test_blimp_not_prepared_names_the_fix(tmp_path):
     assert "adjunct_island" in str(e.value)
     with pytest.raises(ConfigError, match="no paradigm"):
         blimp_minimal_pairs(_CharTokenizer(), data_dir=str(tmp_path), seq_len=16, phenomena=["nope"])
+    assert not list(temp.iterdir())  # TFDS's empty folders for unprepared datasets were removed
 
 
 def test_blimp_rows_from_mock_data(tmp_path, monkeypatch):

@@ -155,7 +155,9 @@ def test_tfds_dataset_through_mock_data(name, tmp_path, monkeypatch):
 
 
 def test_tfds_errors_name_the_fix(tmp_path, monkeypatch):
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # TFDS mock data leaves empty folders there
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     with pytest.raises(ConfigError, match="TFDS has no dataset of that name"):
         tfds_source(_config(gpt, "tfds:no_such_dataset", tmp_path), str(tmp_path / "w"))
     c = _config(gpt, "tfds:lm1b", tmp_path)
@@ -167,6 +169,7 @@ def test_tfds_errors_name_the_fix(tmp_path, monkeypatch):
         c.tfds.text_feature = "body"
         with pytest.raises(ConfigError, match=r"tfds.text_feature='body'.*\['text'\]"):
             tfds_source(c, str(tmp_path / "w2"))
+    assert not list(temp.iterdir())  # TFDS's empty folders for unprepared datasets were removed
 
 
 class TinyText(tfds.core.GeneratorBasedBuilder):

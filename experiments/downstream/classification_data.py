@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from models.errors import ConfigError
+from train.data.tfds import no_stray_temp_folders
 from train.tokenizer.vocab import BOS_ID, PAD_ID
 
 
@@ -73,7 +74,8 @@ def _read_split(task: TextTask, split: str, data_dir: str, max_examples: int | N
         importlib.import_module(task.builder_module)
 
     try:
-        source = tfds.data_source(task.tfds_name, split=split, data_dir=data_dir or None, download=False)
+        with no_stray_temp_folders():
+            source = tfds.data_source(task.tfds_name, split=split, data_dir=data_dir or None, download=False)
     except Exception as e:  # TFDS raises several types for "not prepared / wrong format"
         where = f" --data_dir={data_dir}" if data_dir else ""
         raise ConfigError(

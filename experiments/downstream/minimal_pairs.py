@@ -23,6 +23,7 @@ import numpy as np
 from models.errors import ConfigError
 from train.data.hmm import HMM
 from train.data.sources import hmm_rows
+from train.data.tfds import no_stray_temp_folders
 from train.tokenizer.vocab import BOS_ID, NUM_SPECIAL
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,8 @@ def blimp_paradigms(data_dir: str | None = None) -> list[str]:
     """The names of the BLiMP configs TFDS knows (its 67 paradigms); needs no prepared data."""
     import tensorflow_datasets as tfds
 
-    return sorted(tfds.builder("blimp", data_dir=data_dir or None).builder_configs)
+    with no_stray_temp_folders():
+        return sorted(tfds.builder("blimp", data_dir=data_dir or None).builder_configs)
 
 
 def blimp_minimal_pairs(
@@ -171,9 +173,10 @@ def blimp_minimal_pairs(
     out = {}
     for name in names:
         try:
-            source = tfds.data_source(
-                f"blimp/{name}", split="train", data_dir=data_dir or None, download=False
-            )
+            with no_stray_temp_folders():
+                source = tfds.data_source(
+                    f"blimp/{name}", split="train", data_dir=data_dir or None, download=False
+                )
         except Exception as e:  # TFDS raises several types for "not prepared / wrong format"
             raise ConfigError(
                 f"BLiMP paradigm {name!r} is not prepared as array_record in {data_dir!r}: on a "

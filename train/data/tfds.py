@@ -12,7 +12,10 @@ time unless `tfds.download=True`. This module is imported only when such a datas
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 from models.errors import ConfigError
@@ -28,6 +31,21 @@ def _prepare_hint(name: str, data_dir: str) -> str:
     )
 
 
+@contextlib.contextmanager
+def no_stray_temp_folders() -> Iterator[None]:
+    """TFDS makes an empty folder in the system's temporary directory each time it builds the
+    description of a dataset that is not prepared (to copy one from its GCS bucket, which it has
+    switched off) and never removes it. Within this block such folders go into one that is
+    removed at the end, so that a check or an error message leaves nothing behind. It swaps the
+    process's temporary directory: for the checks made before worker threads start."""
+    with tempfile.TemporaryDirectory(prefix="tfds-") as folder:
+        outer, tempfile.tempdir = tempfile.tempdir, folder
+        try:
+            yield
+        finally:
+            tempfile.tempdir = outer
+
+
 def _import_tfds(name: str):
     try:
         import tensorflow_datasets as tfds
@@ -40,7 +58,11 @@ def _import_tfds(name: str):
 
 def num_records(name: str, split: str, cfg: Any) -> int:
     """The split's record count, after checking that it exists, is prepared and has the feature."""
-    tfds = _import_tfds(name)
+    with no_stray_temp_folders():
+        return _num_records(_import_tfds(name), name, split, cfg)
+
+
+def _num_records(tfds: Any, name: str, split: str, cfg: Any) -> int:
     data_dir = cfg.data_dir or None
     try:
         builder = tfds.builder(name, data_dir=data_dir)
