@@ -7,7 +7,7 @@ prepared in the `array_record` format, on a machine with internet:
     tfds build lm1b --data_dir=/data/tfds --file_format=array_record
 
 and then trained on with `--config.tfds.data_dir=/data/tfds`. Nothing is downloaded at train
-time unless `tfds.download=True`. This module is imported only when such a dataset is asked for.
+time unless `tfds.download=True`. TFDS itself is imported only when such a dataset is asked for.
 """
 
 from __future__ import annotations
