@@ -10,7 +10,7 @@ from configs import bert, gpt
 from configs.base import VARIANTS
 from models import registry
 from models.masks import key_limits, make_attention_mask
-from models.transformer import Transformer, TransformerConfig
+from models.transformer import Attention, Transformer, TransformerConfig
 from train.loop import step as step_lib
 from train.objectives import make_objective
 
@@ -176,8 +176,6 @@ def test_causal_key_limits_skip_only_forbidden_keys(options):
 def test_written_out_attention_equals_the_library_call_on_packed_padded_rows(kind):
     """The written-out attention (its mask an additive bias) gives the library call's output and
     its gradients with respect to queries, keys and values; a key no query may see gets none."""
-    from models.block import Attention
-
     B, n, N, H = 2, 16, 2, 8
     seg = jnp.asarray([[1] * 6 + [2] * 7 + [0] * 3, [1] * n], jnp.int32)
     prefix = jnp.arange(n)[None] < 4

@@ -15,6 +15,9 @@ from train.tokenizer.sentencepiece import SentencePieceTokenizer, train_tokenize
 from train.tokenizer.spm_to_hf import HARD_CASES, mismatches, to_hf
 from train.tokenizer.vocab import DEFAULT
 
+# Each trains a SentencePiece model on 2 M characters (6-11 s): the full tier's.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def source_files() -> list[str]:
