@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -162,6 +163,34 @@ def test_a_step_built_for_a_tpu_slice_on_a_cpu_host_makes_the_tpus_choices():
     gpu = build_run(config, "", vocab_size=512, platform="gpu")
     runs = (tpu, cpu, gpu)
     assert [r.model_config.attention_impl for r in runs] == ["xla", "einsum", "xla"]
+
+
+def test_a_program_for_a_tpu_slice_stays_out_of_the_persistent_cache(monkeypatch):
+    """The CPU client cannot load a TPU program back from the persistent compilation cache: an
+    entry written by one compile made the next compile of the same program warn and compile
+    again. With every compile written (threshold 0), two compiles give no warning."""
+    pytest.importorskip("libtpu")
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from train.devices.platform import skip_absent_tpu
+
+    skip_absent_tpu()
+    if not jax.config.jax_compilation_cache_dir:
+        pytest.skip("no persistent compilation cache in this process")
+    devices = tpu_compile.topology_devices("v5e:2x2")
+    sharding = NamedSharding(Mesh(devices, ("data",)), PartitionSpec("data"))
+    x = jax.ShapeDtypeStruct((8, 128), jnp.float32, sharding=sharding)
+    key = "jax_persistent_cache_min_compile_time_secs"
+    saved = getattr(jax.config, key)
+    jax.config.update(key, 0.0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for _ in range(2):  # the second compile would find the first's entry
+                tpu_compile.compile_uncached(jax.jit(lambda a: jnp.tanh(a) * 3.0).lower(x))
+        assert getattr(jax.config, key) == 0.0  # the setting is given back
+    finally:
+        jax.config.update(key, saved)
 
 
 @pytest.mark.slow

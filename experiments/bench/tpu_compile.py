@@ -89,7 +89,7 @@ def compile_step(config: Any, devices: list[Any], vocab_size: int, per_device: i
     }
     t0 = time.perf_counter()
     try:
-        compiled = run.train_step.lower(run.abstract_state, batch).compile()
+        compiled = compile_uncached(run.train_step.lower(run.abstract_state, batch))
     except Exception as e:  # the TPU compiler refuses a program larger than the chip's memory
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
@@ -100,6 +100,21 @@ def compile_step(config: Any, devices: list[Any], vocab_size: int, per_device: i
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return Compiled(per_device, True, seconds, memory, float(cost["flops"]), float(cost["bytes accessed"]))
+
+
+def compile_uncached(lowered: Any) -> Any:
+    """`lowered.compile()` kept out of the persistent compilation cache (when one is set): JAX
+    would write the TPU program there like any other, but this host's CPU client cannot load it
+    back, so a later compile of the same step reads the entry, warns and compiles again."""
+    import jax
+
+    key = "jax_persistent_cache_min_compile_time_secs"
+    saved = getattr(jax.config, key)
+    jax.config.update(key, float("inf"))  # no compile takes long enough to be written
+    try:
+        return lowered.compile()
+    finally:
+        jax.config.update(key, saved)
 
 
 def model_flops_per_device(config: Any, vocab_size: int, per_device: int, devices: int) -> float:
