@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import warnings
 
 import jax
@@ -186,8 +187,9 @@ def test_a_program_for_a_tpu_slice_stays_out_of_the_persistent_cache(monkeypatch
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
+            scale = float(time.time_ns() % 10**9)  # a program no earlier session can have written
             for _ in range(2):  # the second compile would find the first's entry
-                tpu_compile.compile_uncached(jax.jit(lambda a: jnp.tanh(a) * 3.0).lower(x))
+                tpu_compile.compile_uncached(jax.jit(lambda a: jnp.tanh(a) * scale).lower(x))
         assert getattr(jax.config, key) == 0.0  # the setting is given back
     finally:
         jax.config.update(key, saved)
