@@ -75,14 +75,14 @@ def fit_law(
         """The loss and its gradient in (a, alpha, b, beta[, e])."""
         e, a, alpha, b, beta = unpack(p)
         # log(E + A N^-alpha + B D^-beta) as a log-sum-exp, stable for any parameters.
-        terms = np.stack([np.full_like(logN, e), a - alpha * logN, b - beta * logD])
-        lse = np.logaddexp.reduce(terms, axis=0)
+        t1, t2 = a - alpha * logN, b - beta * logD
+        lse = np.logaddexp(np.logaddexp(e, t1), t2)
         r = lse - logL
-        w = np.exp(terms - lse)  # d lse / d term
-        dr = np.where(np.abs(r) <= HUBER_DELTA, r, HUBER_DELTA * np.sign(r))
-        grad = [np.sum(dr * w[1]), -np.sum(dr * w[1] * logN), np.sum(dr * w[2]), -np.sum(dr * w[2] * logD)]
+        dr = np.clip(r, -HUBER_DELTA, HUBER_DELTA)  # d huber / d r
+        g1, g2 = dr * np.exp(t1 - lse), dr * np.exp(t2 - lse)  # d lse / d term, times dr
+        grad = [g1.sum(), -(g1 * logN).sum(), g2.sum(), -(g2 * logD).sum()]
         if E is None:
-            grad.append(np.sum(dr * w[0]))
+            grad.append((dr * np.exp(e - lse)).sum())
         # Scaled so that L-BFGS's absolute tolerances sit well below a residual of HUBER_DELTA.
         scale = 1.0 / HUBER_DELTA**2
         return float(np.sum(_huber(r)) * scale), np.asarray(grad) * scale
