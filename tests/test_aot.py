@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -166,33 +164,40 @@ def test_a_step_built_for_a_tpu_slice_on_a_cpu_host_makes_the_tpus_choices():
     assert [r.model_config.attention_impl for r in runs] == ["xla", "einsum", "xla"]
 
 
-def test_a_program_for_a_tpu_slice_stays_out_of_the_persistent_cache(monkeypatch):
-    """The CPU client cannot load a TPU program back from the persistent compilation cache: an
-    entry written by one compile made the next compile of the same program warn and compile
-    again. With every compile written (threshold 0), two compiles give no warning."""
-    pytest.importorskip("libtpu")
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+# Compiles for a v5e slice: twice through `compile_uncached`, then once as JAX would alone.
+_CACHE_PROBE = """
+import jax, jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from experiments.bench import tpu_compile
+devices = tpu_compile.topology_devices("v5e:2x2")
+sharding = NamedSharding(Mesh(devices, ("d",)), PartitionSpec("d"))
+x = jax.ShapeDtypeStruct((8, 128), jnp.float32, sharding=sharding)
+for _ in range(2):
+    tpu_compile.compile_uncached(jax.jit(lambda a: jnp.tanh(a) * 3.0).lower(x))
+jax.jit(lambda a: jnp.tanh(a) * 5.0).lower(x).compile()
+"""
 
+
+@pytest.mark.slow
+def test_a_program_for_a_tpu_slice_stays_out_of_the_persistent_cache(tmp_path):
+    """The CPU client cannot load a TPU program back from the persistent compilation cache (a
+    later compile of it warned and compiled again), so none is written there; with every compile
+    written (threshold 0), only the compile made without `compile_uncached` is."""
+    pytest.importorskip("libtpu")
     from train.devices.platform import skip_absent_tpu
 
     skip_absent_tpu()
-    if not jax.config.jax_compilation_cache_dir:
-        pytest.skip("no persistent compilation cache in this process")
-    devices = tpu_compile.topology_devices("v5e:2x2")
-    sharding = NamedSharding(Mesh(devices, ("data",)), PartitionSpec("data"))
-    x = jax.ShapeDtypeStruct((8, 128), jnp.float32, sharding=sharding)
-    key = "jax_persistent_cache_min_compile_time_secs"
-    saved = getattr(jax.config, key)
-    jax.config.update(key, 0.0)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            scale = float(time.time_ns() % 10**9)  # a program no earlier session can have written
-            for _ in range(2):  # the second compile would find the first's entry
-                tpu_compile.compile_uncached(jax.jit(lambda a: jnp.tanh(a) * scale).lower(x))
-        assert getattr(jax.config, key) == 0.0  # the setting is given back
-    finally:
-        jax.config.update(key, saved)
+    env = {
+        **subprocess_env(),
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", _CACHE_PROBE], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Error reading persistent compilation cache" not in result.stderr
+    assert len(list(tmp_path.glob("jit__lambda-*-cache"))) == 1
 
 
 @pytest.mark.slow

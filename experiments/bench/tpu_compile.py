@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -112,7 +113,10 @@ def compile_uncached(lowered: Any) -> Any:
     saved = getattr(jax.config, key)
     jax.config.update(key, float("inf"))  # no compile takes long enough to be written
     try:
-        return lowered.compile()
+        with warnings.catch_warnings():
+            # Entries that earlier versions wrote are still read, and can never load here.
+            warnings.filterwarnings("ignore", "Error reading persistent compilation cache entry")
+            return lowered.compile()
     finally:
         jax.config.update(key, saved)
 
