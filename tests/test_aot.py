@@ -187,11 +187,8 @@ def test_a_program_for_a_tpu_slice_stays_out_of_the_persistent_cache(tmp_path):
     from train.devices.platform import skip_absent_tpu
 
     skip_absent_tpu()
-    env = {
-        **subprocess_env(),
-        "JAX_COMPILATION_CACHE_DIR": str(tmp_path),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    }
+    env = {**subprocess_env(), "JAX_COMPILATION_CACHE_DIR": str(tmp_path)}
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     result = subprocess.run(
         [sys.executable, "-c", _CACHE_PROBE], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
     )
