@@ -9,6 +9,7 @@ import json
 import os
 
 import pytest
+import tfds_mock
 from conftest import MICRO_OVERRIDES
 
 from experiments.compare import __main__ as compare
@@ -97,12 +98,11 @@ def test_sample_generates_from_gpt_and_fills_masks_with_bert(comparison, capsys)
 
 
 @pytest.mark.parametrize("objective", ["clm", "mlm"])
-def test_classify_fine_tunes_a_text_run_on_sst2(objective, micro_run, micro_text_runs, capsys):
-    tfds = pytest.importorskip("tensorflow_datasets")
+def test_classify_fine_tunes_a_text_run_on_sst2(objective, micro_run, micro_text_runs, capsys, tmp_path):
     from experiments.tools import classify
 
     workdir = micro_text_runs[objective]
-    with tfds.testing.mock_data(num_examples=40):
+    with tfds_mock.mock_data(tmp_path, num_examples=40):
         classify.main(
             ["--workdir", workdir, "--task", "sst2", "--seq_len", "32", "--steps", "5", "--seeds", "2"]
         )

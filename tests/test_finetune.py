@@ -6,6 +6,7 @@ import itertools
 import jax
 import numpy as np
 import pytest
+import tfds_mock
 from conftest import micro_config, write_corpus
 from flax import nnx
 
@@ -117,11 +118,10 @@ def test_classification_rows_layout():
 
 @pytest.mark.parametrize("name", ["sst2", "imdb"])
 def test_text_tasks_through_tfds_mock_data(name, tmp_path):
-    tfds = pytest.importorskip("tensorflow_datasets")
     write_corpus(tmp_path / "corpus", n_files=10)
     docs = [open(f).read() for f in sorted(glob.glob(str(tmp_path / "corpus" / "*")))]
     tokenizer = train_tokenizer(docs, 400, "unigram", 10**6)
-    with tfds.testing.mock_data(num_examples=12):
+    with tfds_mock.mock_data(tmp_path, num_examples=12):
         train, eval_, num_classes = load_task(name, tokenizer, 32)
     assert num_classes == 2
     for rows in (train, eval_):

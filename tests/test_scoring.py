@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tfds_mock
 from conftest import micro_config
 from flax import nnx
 
@@ -275,12 +276,10 @@ def test_blimp_not_prepared_names_the_fix(tmp_path, monkeypatch):
     assert not list(temp.iterdir())  # TFDS's empty folders for unprepared datasets were removed
 
 
-def test_blimp_rows_from_mock_data(tmp_path, monkeypatch):
-    tfds = pytest.importorskip("tensorflow_datasets")
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # TFDS mock data leaves empty folders there
+def test_blimp_rows_from_mock_data(tmp_path):
     names = ["adjunct_island", "wh_island"]
     seq_len = 12
-    with tfds.testing.mock_data(num_examples=5):
+    with tfds_mock.mock_data(tmp_path, num_examples=5) as tfds:
         pairs = blimp_minimal_pairs(
             _CharTokenizer(), data_dir=str(tmp_path), seq_len=seq_len, max_pairs=3, phenomena=names
         )

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+import tfds_mock
 from conftest import REPO, assert_rows_equal, cache_config, subprocess_env, write_corpus
 
 import configs.bert as bert
@@ -69,9 +70,6 @@ def test_per_host_parts_hold_their_train_documents_and_every_eval_row(files, tmp
         parts[0].train_iterator(0, 2).set_state(whole.train_iterator().get_state())
 
 
-tfds = pytest.importorskip("tensorflow_datasets")
-
-
 def _str(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -79,7 +77,7 @@ def _str(value) -> str:
 def test_the_streamed_cache_equals_packing_tfds_mock_data(tmp_path, monkeypatch):
     monkeypatch.setattr(corpus, "TFDS_SHARD_RECORDS", 37)
     c = cache_config(bert, "tfds:lm1b", tmp_path / "cache")
-    with tfds.testing.mock_data(num_examples=200):
+    with tfds_mock.mock_data(tmp_path, num_examples=200) as tfds:
         source = tfds_source(c, str(tmp_path / "w"))
         splits = {s: tfds.data_source("lm1b", split=s) for s in ("train", "validation")}
         docs = {s: [_str(d["text"]) for d in splits[s] if _str(d["text"]).strip()] for s in splits}
