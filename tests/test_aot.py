@@ -1,6 +1,7 @@
 """The accelerator path without an accelerator: every preset's train step lowered for CUDA
 (`jax.export`), the `tiny` step compiled for TPU slices by libtpu on this CPU host (one host and
-four), and the search for the largest per-device batch."""
+four), its memory and roofline figures, and the table's rows (the search for the largest batch:
+test_batch_search.py)."""
 
 from __future__ import annotations
 
@@ -15,54 +16,17 @@ from conftest import REPO, subprocess_env
 
 import configs
 from experiments.bench import tpu_compile
-from experiments.bench.tpu_compile import Compiled, largest_batch
+from experiments.bench.tpu_compile import Compiled
 from train.devices.chips import CHIPS, chip_of
 from train.loop.build import build_run
 
 V5E = CHIPS["TPU v5 lite"]
-OOM = "RESOURCE_EXHAUSTED: Ran out of memory on HBM, ... temporaries (26.92G) exceeds available HBM (15.75G)."
 
 
 def test_chips_are_found_by_the_device_kind_jax_reports():
     assert chip_of("TPU v5").name == "v5p" and chip_of("TPU v5 lite").name == "v5e"
     assert chip_of("TPU v6 lite").name == "v6e" and chip_of("NVIDIA H100 80GB HBM3").name == "H100"
     assert chip_of("cpu") is None
-
-
-def _fake_compiles(per_row: float, fixed: float = 6.5e9, limit: float = 15.75 * 2**30, bend: float = 0.0):
-    """Compiles whose peak grows by `per_row` a row (more steeply with `bend`) and that the
-    compiler refuses past `limit`, as libtpu does; counts how many were asked for."""
-    asked = []
-
-    def compile_at(batch: int) -> Compiled:
-        asked.append(batch)
-        peak = fixed + per_row * batch + bend * batch**2
-        if peak > limit:
-            return Compiled(batch, False, 9.0, {}, 0.0, 0.0, OOM)
-        return Compiled(batch, True, 45.0, {"peak_bytes": int(peak)}, 1.0, 1.0)
-
-    return compile_at, asked
-
-
-@pytest.mark.parametrize("per_row,bend", [(0.63e9, 0), (1e8, 0), (2e9, 0), (1e7, 0), (1e8, 2e6), (2e10, 0)])
-def test_the_search_ends_on_a_batch_that_fits_and_one_more_that_does_not(per_row, bend):
-    compile_at, asked = _fake_compiles(per_row, bend=bend)
-    largest, tried = largest_batch(compile_at, V5E)
-    assert sorted(tried) == sorted(asked) and len(asked) == len(set(asked))
-    if largest:
-        assert tried[largest].fits and not tried[largest + 1].fits
-    else:
-        assert not tried[1].fits  # not even one row
-    truth = max((b for b in range(1, 5000) if compile_at(b).fits), default=0)
-    assert largest == truth
-    if bend == 0 and largest > 8:  # memory linear in the batch: the line finds it at once
-        assert len(tried) <= 6
-
-
-def test_the_search_stops_at_its_cap():
-    compile_at, _ = _fake_compiles(1e3)
-    largest, tried = largest_batch(compile_at, V5E, max_batch=64)
-    assert largest == 64 and max(tried) == 64
 
 
 def _abstract_batch(config, run) -> dict:
@@ -169,6 +133,7 @@ _CACHE_PROBE = """
 import jax, jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from experiments.bench import tpu_compile
+from experiments.bench.tpu_compile import Compiled
 devices = tpu_compile.topology_devices("v5e:2x2")
 sharding = NamedSharding(Mesh(devices, ("d",)), PartitionSpec("d"))
 x = jax.ShapeDtypeStruct((8, 128), jnp.float32, sharding=sharding)
@@ -220,33 +185,6 @@ def test_fsdp_over_a_four_host_slice_divides_the_state_and_needs_no_more_memory(
     embedding = 3 * 50257 * 128 * 4  # the table and its two Adam moments, kept whole
     assert memory[16]["argument_bytes"] < embedding + (whole - embedding) / 8
     assert memory[16]["peak_bytes"] <= memory[1]["peak_bytes"]
-
-
-def test_a_line_that_bends_near_the_limit_still_ends_in_few_compiles():
-    """Near the limit the compiler recomputes to fit, so memory stops growing with the batch and
-    then jumps: a line through two fits keeps pointing past the last refusal."""
-
-    def compile_at(batch: int) -> Compiled:
-        if batch > 65:
-            return Compiled(batch, False, 9.0, {}, 0.0, 0.0, OOM)
-        peak = 1.4e9 + 0.5e9 * min(batch, 40) + 0.01e9 * max(batch - 40, 0)  # flat from 40 rows
-        return Compiled(batch, True, 45.0, {"peak_bytes": int(peak)}, 1.0, 1.0)
-
-    largest, tried = largest_batch(compile_at, CHIPS["TPU v4"])
-    assert largest == 65 and len(tried) <= 12
-
-
-def test_fits_whose_memory_sums_above_the_limit_are_bisected_not_crept_along():
-    """The compiler accepts steps whose memory analysis sums above its limit (GPT-2 on v5e: 16.18
-    GiB accepted against 15.75): a line through such fits points at one row more each time."""
-
-    def compile_at(batch: int) -> Compiled:
-        if batch > 200:
-            return Compiled(batch, False, 9.0, {}, 0.0, 0.0, OOM)
-        return Compiled(batch, True, 45.0, {"peak_bytes": int(1e9 + 0.1e9 * batch)}, 1.0, 1.0)
-
-    largest, tried = largest_batch(compile_at, V5E)
-    assert largest == 200 and len(tried) <= 14, sorted(tried)  # 8, 16, the line, then halving
 
 
 def test_the_table_says_how_many_of_its_rows_are_done_and_plots_them(tmp_path):

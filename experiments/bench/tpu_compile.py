@@ -1,6 +1,7 @@
 """Compiling a config's train step for a TPU slice that is not there: the slice's compile-only
 devices (libtpu), the compile with its memory and cost analyses, and the roofline estimate.
-experiments/bench/aot.py is the command around it."""
+experiments/bench/aot.py is the command around it; experiments/bench/batch_search.py chooses
+the batches that a search for the largest one compiles."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ import contextlib
 import copy
 import dataclasses
 import os
-import re
 import sys
 import time
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
+from experiments.bench.batch_search import largest_batch
 from models.errors import ConfigError
 from train.devices.chips import CHIPS, GIB, TPU_KINDS, Chip
 
@@ -150,65 +151,6 @@ def roofline(compiled: Compiled, chip: Chip, model_flops: float, tokens: int) ->
     }
 
 
-# Where the search stops: more rows per chip than any run here would use.
-MAX_BATCH = 4096
-
-
-def hbm_limit(compiled: list[Compiled], chip: Chip) -> float:
-    """The bytes a chip's program may use: what the TPU compiler said when it refused one (the
-    data sheet's HBM less what the runtime keeps), else the data sheet's HBM."""
-    for c in compiled:
-        match = re.search(r"available HBM \(([\d.]+)G\)", c.error)
-        if match:
-            return float(match.group(1)) * GIB
-    return chip.hbm_bytes
-
-
-def next_batch(tried: dict[int, Compiled], limit: float, max_batch: int = MAX_BATCH) -> int | None:
-    """The next per-device batch to compile, or None once the largest that fits is known (it
-    fits and the next does not; 0 when even one row does not; `max_batch` when that fits). With
-    two batches that fit, the guess is where the line through their peaks meets `limit`; else it
-    doubles from a batch that fits or halves towards one that does not."""
-    fit = sorted(b for b, c in tried.items() if c.fits)
-    over = [b for b, c in tried.items() if not c.fits]
-    lo, hi = (fit[-1] if fit else 0), min([*over, max_batch + 1])
-    if hi == lo + 1:
-        return None
-    # The line is followed only after a batch that fit, below the limit: near the limit the
-    # compiler trades recomputation for memory and the line bends, so after a refusal the
-    # bracket is halved (else each guess past the bend is refused one row lower than the last);
-    # and a fit whose memory analysis sums above the limit (it can: see the table's notes)
-    # puts the line's next guess at one row more, every time.
-    last = tried[list(tried)[-1]]
-    follow = len(fit) >= 2 and last.fits and last.memory["peak_bytes"] < limit
-    guess = _on_the_line(tried, fit, limit) if follow else None
-    if guess is not None:
-        guess = min(max(guess, lo + 1), hi - 1)
-    if guess is None or guess in tried:
-        guess = min(2 * lo, hi - 1) if hi > max_batch else (lo + hi) // 2
-    return guess
-
-
-def _on_the_line(tried: dict[int, Compiled], fit: list[int], limit: float) -> int | None:
-    b0, b1 = fit[-2:]
-    m0, m1 = (tried[b].memory["peak_bytes"] for b in (b0, b1))
-    per_row = (m1 - m0) / (b1 - b0)
-    return b1 + int((limit - m1) // per_row) if per_row > 0 else None
-
-
-def largest_batch(
-    compile_at: Any, chip: Chip, start: int = 8, max_batch: int = MAX_BATCH
-) -> tuple[int, dict[int, Compiled]]:
-    """(the largest per-device batch that fits, up to `max_batch`; every compile of the search)."""
-    tried: dict[int, Compiled] = {}
-    batch: int | None = start
-    while batch is not None:
-        tried[batch] = compile_at(batch)
-        batch = next_batch(tried, hbm_limit(list(tried.values()), chip), max_batch)
-    fit = [b for b, c in tried.items() if c.fits]
-    return max(fit, default=0), tried
-
-
 def describe(config: Any, devices: list[Any], chip: Chip, vocab_size: int, c: Compiled) -> dict[str, Any]:
     """One compile as the JSON line reports it: memory per chip against HBM, FLOPs and bytes,
     the roofline estimate."""
@@ -231,8 +173,11 @@ def describe(config: Any, devices: list[Any], chip: Chip, vocab_size: int, c: Co
     }
 
 
-def measure(config: Any, topology: str, vocab_size: int, per_device: int, search: bool) -> dict[str, Any]:
-    """Everything the command prints for `config` on `topology` (module docstring)."""
+def measure(
+    config: Any, topology: str, vocab_size: int, per_device: int, search: bool, hint: int | None = None
+) -> dict[str, Any]:
+    """Everything the command prints for `config` on `topology` (module docstring); the search
+    for the largest batch starts from `per_device`, then `hint` (experiments/bench/batch_search.py)."""
     from train.devices.mesh import mesh_shape
 
     devices = topology_devices(topology)
@@ -265,7 +210,7 @@ def measure(config: Any, topology: str, vocab_size: int, per_device: int, search
 
     if not search:
         return {**head, **describe(config, devices, chip, vocab_size, compile_at(per_device))}
-    largest, tried = largest_batch(compile_at, chip, start=per_device)
+    largest, tried = largest_batch(compile_at, chip, start=per_device, hint=hint)
     return {
         **head,
         "largest_per_device_batch": largest,
