@@ -112,6 +112,10 @@ def test_the_tiny_step_compiles_for_a_tpu_slice_and_reports_memory_flops_and_a_r
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "error: --topology 'v9x:2x2': the generation must be one of ['v4', 'v5e', 'v5p', 'v6e']"
     ]
+    bad = _aot_command("--search_from", "60")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: --search_from: a batch of one row or more, given with --search (0: none)"
+    ]
 
 
 def test_a_step_built_for_a_tpu_slice_on_a_cpu_host_makes_the_tpus_choices():

@@ -15,7 +15,9 @@ MFU counts (train/observe/flops.py); a roofline step time (FLOPs at the chip's b
 at its HBM bandwidth, whichever takes longer; collectives are not counted) and the MFU it bounds.
 `--search` also finds the largest per-device batch that compiles within the chip's memory: two
 compiles fit memory as a line in the batch, the batch the line predicts is compiled, and the
-search steps from there until it holds one batch that fits and the next that does not.
+search steps from there until it holds one batch that fits and the next that does not;
+`--search_from N` (a batch expected near the answer) compiles N second and steps 1, 2, 4, ...
+rows away from it instead (experiments/bench/batch_search.py).
 """
 
 from __future__ import annotations
@@ -34,12 +36,17 @@ _TOPOLOGY = flags.DEFINE_string("topology", "v5e:2x2", "TPU slice: GENERATION:SH
 _VOCAB = flags.DEFINE_integer("vocab_size", 0, "vocabulary (0: the config's tokenizer.vocab_size)")
 _BATCH = flags.DEFINE_integer("per_device_batch", 0, "rows per chip (0: the config's batch over the chips)")
 _SEARCH = flags.DEFINE_bool("search", False, "also find the largest per-device batch that fits")
+_SEARCH_FROM = flags.DEFINE_integer(
+    "search_from", 0, "with --search: a batch expected near the answer, compiled next (0: none)"
+)
 
 
 def main(argv: list[str]) -> None:
     """absl's entry point: one JSON line (module docstring); bad input exits 2 in one line."""
     if len(argv) > 1:
         fail(f"unexpected arguments: {argv[1:]}")
+    if (_SEARCH_FROM.value and not _SEARCH.value) or _SEARCH_FROM.value < 0:
+        fail("--search_from: a batch of one row or more, given with --search (0: none)")
     from train.config_checks import validate
     from train.devices.platform import libtpu_installed, skip_absent_tpu
 
@@ -57,6 +64,7 @@ def main(argv: list[str]) -> None:
                     _VOCAB.value or config.tokenizer.vocab_size,
                     _BATCH.value,
                     _SEARCH.value,
+                    _SEARCH_FROM.value or None,
                 )
             )
         )

@@ -23,6 +23,7 @@ class Compiled(Protocol):
     memory: dict[str, int]  # "peak_bytes" per chip when it fits
     error: str  # the compiler's refusal when it does not
 
+
 # Where the search stops: more rows per chip than any run here would use.
 MAX_BATCH = 4096
 
