@@ -20,8 +20,6 @@ from experiments.bench.tpu_compile import Compiled
 from train.devices.chips import CHIPS, chip_of
 from train.loop.build import build_run
 
-V5E = CHIPS["TPU v5 lite"]
-
 
 def test_chips_are_found_by_the_device_kind_jax_reports():
     assert chip_of("TPU v5").name == "v5p" and chip_of("TPU v5 lite").name == "v5e"
@@ -137,7 +135,6 @@ _CACHE_PROBE = """
 import jax, jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from experiments.bench import tpu_compile
-from experiments.bench.tpu_compile import Compiled
 devices = tpu_compile.topology_devices("v5e:2x2")
 sharding = NamedSharding(Mesh(devices, ("d",)), PartitionSpec("d"))
 x = jax.ShapeDtypeStruct((8, 128), jnp.float32, sharding=sharding)

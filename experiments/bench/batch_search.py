@@ -42,13 +42,15 @@ def next_batch(
     tried: dict[int, Compiled], limit: float, max_batch: int = MAX_BATCH, hint: int | None = None
 ) -> int | None:
     """The next per-device batch to compile, or None once the largest that fits is known (it
-    fits and the next does not; 0 when even one row does not; `max_batch` when that fits). From
-    a compiled `hint`, steps that double away from it; else, with two batches that fit, the guess
-    is where the line through their peaks meets `limit`; else it doubles from a batch that fits
-    or halves towards one that does not."""
+    fits and the next does not; 0 when even one row does not; `max_batch` when that fits). A
+    `hint` still inside the bracket comes first, then steps that double away from it; without
+    one, with two batches that fit, the guess is where the line through their peaks meets
+    `limit`; else it doubles from a batch that fits or halves towards one that does not."""
     lo, hi = _bracket(tried, max_batch)
     if hi == lo + 1:
         return None
+    if hint is not None and hint not in tried and lo < hint < hi:
+        return hint
     if hint in tried:
         # hint+1, hint+3, hint+7, ... while they fit; hint-1, hint-3, ... while they do not.
         guess = lo + (lo - hint) + 1 if tried[hint].fits else hi - (hint - hi) - 1
@@ -85,11 +87,7 @@ def largest_batch(
     batch: int | None = start
     while batch is not None:
         tried[batch] = compile_at(batch)
-        lo, hi = _bracket(tried, max_batch)
-        if hint is not None and hint not in tried and lo < hint < hi:
-            batch = hint
-        else:
-            batch = next_batch(tried, hbm_limit(list(tried.values()), chip), max_batch, hint)
+        batch = next_batch(tried, hbm_limit(list(tried.values()), chip), max_batch, hint)
     fit = [b for b, c in tried.items() if c.fits]
     return max(fit, default=0), tried
 
