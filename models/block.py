@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from models import fused_attention
+from models.masks import dense_mask
 from models.positions import apply_rotary
 from models.transformer_config import TransformerConfig, attention_impl_for
 
@@ -124,40 +126,29 @@ class Attention(nnx.Module):
         }
         return self.attend(self.queries(x_BTD, positions_BT), kv, mask_B1TS), kv
 
-    def attend(self, q_BTNH, kv: dict, mask_B1TS, key_limits: tuple[int, ...] | None = None):
-        """Attention of the queries over `kv` (keys and values, projected and positioned) under the
-        boolean mask: written out for `attention_impl="einsum"` (and "auto" on CPU), else
-        `jax.nn.dot_product_attention`. Written out, it takes the mask's static `key_limits`
-        (`models.masks.key_limits`) to skip the keys a chunk of queries may never see; the
-        library call computes every key (its path on GPU and TPU is left as measured there)."""
+    def attend(self, q_BTNH, kv: dict, mask, key_limits: tuple[int, ...] | None = None):
+        """Attention of the queries over `kv` (keys and values, projected and positioned) under
+        `mask` (a `models.masks.SegmentMask`, or its `[B, 1, T, S]` booleans): a fused kernel for
+        "splash" and "pallas_gpu" (models/fused_attention.py), written out for "einsum" (with the
+        mask's static `key_limits`, `models.masks.key_limits`, to skip the keys a chunk of
+        queries may never see), else `jax.nn.dot_product_attention`."""
         B, T, N, H = q_BTNH.shape
         # A run resolves "auto" for its mesh's platform (train/loop/build.py); a model built
         # elsewhere (a notebook, a tool) runs on the default backend.
         impl = attention_impl_for(self.cfg.attention_impl, jax.default_backend())
-        if impl == "einsum":
-            # With the heads moved next to the batch first, every einsum is a batched matmul over
-            # leading axes, which XLA:CPU runs ~15% faster (forward and backward) than the same
-            # products with the heads between tokens and features.
-            q_BNTH, k_BNSH, v_BNSH = (
-                x.transpose(0, 2, 1, 3) for x in (q_BTNH * self.cfg.logit_scale, kv["k"], kv["v"])
+        if impl in fused_attention.FUSED_IMPLS:
+            why = fused_attention.unsupported(impl, T, kv["k"].shape[1], mask)
+            if why is None:
+                q_BTNH = q_BTNH * self.cfg.logit_scale
+                o_BTNH = fused_attention.attention(impl, q_BTNH, kv["k"], kv["v"], mask)
+                return _per_token(self.out, o_BTNH.reshape(B, T, N * H))
+            fused_attention.warn_once(
+                f"model.attention_impl={impl!r} cannot serve {why}: that attention is written out (xla)"
             )
-            if key_limits is None:
-                o_BNTH = _written_out(q_BNTH, k_BNSH, v_BNSH, mask_B1TS)
-            else:
-                chunk = T // len(key_limits)
-                o_BNTH = jnp.concatenate(
-                    [
-                        _written_out(
-                            q_BNTH[:, :, i * chunk : (i + 1) * chunk],
-                            k_BNSH[:, :, :limit],
-                            v_BNSH[:, :, :limit],
-                            mask_B1TS[:, :, i * chunk : (i + 1) * chunk, :limit],
-                        )
-                        for i, limit in enumerate(key_limits)
-                    ],
-                    axis=2,
-                )
-            o_BTNH = o_BNTH.transpose(0, 2, 1, 3)
+            impl = "xla"
+        mask_B1TS = dense_mask(mask)
+        if impl == "einsum":
+            o_BTNH = self._einsum(q_BTNH, kv, mask_B1TS, key_limits)
         else:
             o_BTNH = jax.nn.dot_product_attention(
                 q_BTNH,
@@ -169,12 +160,36 @@ class Attention(nnx.Module):
             )
         return _per_token(self.out, o_BTNH.reshape(B, T, N * H))
 
+    def _einsum(self, q_BTNH, kv: dict, mask_B1TS, key_limits: tuple[int, ...] | None):
+        # With the heads moved next to the batch first, every einsum is a batched matmul over
+        # leading axes, which XLA:CPU runs ~15% faster (forward and backward) than the same
+        # products with the heads between tokens and features.
+        q_BNTH, k_BNSH, v_BNSH = (
+            x.transpose(0, 2, 1, 3) for x in (q_BTNH * self.cfg.logit_scale, kv["k"], kv["v"])
+        )
+        if key_limits is None:
+            return _written_out(q_BNTH, k_BNSH, v_BNSH, mask_B1TS).transpose(0, 2, 1, 3)
+        chunk = q_BTNH.shape[1] // len(key_limits)
+        o_BNTH = jnp.concatenate(
+            [
+                _written_out(
+                    q_BNTH[:, :, i * chunk : (i + 1) * chunk],
+                    k_BNSH[:, :, :limit],
+                    v_BNSH[:, :, :limit],
+                    mask_B1TS[:, :, i * chunk : (i + 1) * chunk, :limit],
+                )
+                for i, limit in enumerate(key_limits)
+            ],
+            axis=2,
+        )
+        return o_BNTH.transpose(0, 2, 1, 3)
+
     def probabilities(self, x_BLD, mask_B1LS, positions_BL, context_BSD=None) -> jnp.ndarray:
         """Attention weights `[B, N, L, S]`, for inspection (the forward pass never builds them)."""
         q_BLNH = self.queries(x_BLD, positions_BL)
         k_BSNH = self.keys_values(x_BLD if context_BSD is None else context_BSD, positions_BL)["k"]
         logits_BNLS = jnp.einsum("bqnh,bknh->bnqk", q_BLNH, k_BSNH).astype(jnp.float32)
-        logits_BNLS = jnp.where(mask_B1LS, logits_BNLS * self.cfg.logit_scale, -1e30)
+        logits_BNLS = jnp.where(dense_mask(mask_B1LS), logits_BNLS * self.cfg.logit_scale, -1e30)
         return jax.nn.softmax(logits_BNLS, axis=-1)
 
 

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models.errors import check, nonpositive
+from models.masks import dense_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +62,7 @@ class LSTMSeq2Seq(nnx.Module):
         row, sees exactly the real keys of its row.
         """
         del positions_BS  # order is in the recurrence
-        lengths_B = mask_B1SS[:, 0, 0, :].sum(-1).astype(jnp.int32)
+        lengths_B = dense_mask(mask_B1SS)[:, 0, 0, :].sum(-1).astype(jnp.int32)
         B, _ = src_BS.shape
         x_BSD = self.embed(src_BS)
         zeros = (jnp.zeros((B, self.cfg.d_model), x_BSD.dtype),) * 2
@@ -81,7 +82,7 @@ class LSTMSeq2Seq(nnx.Module):
             # After the recurrence, so every target step attends at once (no input feeding).
             states_BSD = memory["states_BSD"]
             scores_BTS = jnp.einsum("btd,bsd->bts", self.score(x_BTD), states_BSD)
-            scores_BTS = jnp.where(cross_mask_B1TS[:, 0], scores_BTS, -1e30)
+            scores_BTS = jnp.where(dense_mask(cross_mask_B1TS)[:, 0], scores_BTS, -1e30)
             context_BTD = jnp.einsum("bts,bsd->btd", jax.nn.softmax(scores_BTS, -1), states_BSD)
             x_BTD = jnp.tanh(self.combine(jnp.concatenate([x_BTD, context_BTD], -1)))
         return self.final_norm(x_BTD)

@@ -1,16 +1,20 @@
 """Attention masks as data: the one place that decides who may attend to whom.
 
-Every mask here is a boolean array `[B, 1, L, L]` (query rows, key columns, one head axis to
-broadcast over heads) where True means "may attend". Blocks receive a mask and never decide
-causality themselves; the GPT/BERT difference is the `kind` passed here.
+A mask is built here once, as its rule (`SegmentMask`: per-token ids, causal or not, each row's
+bidirectional prefix), which fused attention kernels take as it is; `dense()` writes the same
+rule out as a boolean array `[B, 1, L, L]` (query rows, key columns, one head axis to broadcast
+over heads) where True means "may attend", which the written-out attention takes. Blocks
+receive a mask and never decide causality themselves; the GPT/BERT difference is the `kind`
+passed here.
 
 One rule covers causal, bidirectional and prefix-LM attention:
 
     allowed(q, k) = (k <= q or (bidir[q] and bidir[k])) and segment[q] == segment[k]
 
 where `bidir` marks tokens that see each other in both directions: nothing for a causal
-decoder, everything for an encoder, and the prefix for a prefix LM. Segment ids implement both
-padding (id 0) and packing (documents with different ids never see each other).
+decoder, everything for an encoder, and a leading run of the row (the prefix) for a prefix LM.
+Segment ids implement both padding (id 0) and packing (documents with different ids never see
+each other).
 """
 
 from __future__ import annotations
@@ -19,9 +23,82 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 MaskKind = Literal["causal", "bidirectional", "prefix"]
 MASK_KINDS: tuple[str, ...] = ("causal", "bidirectional", "prefix")
+
+
+@struct.dataclass
+class SegmentMask:
+    """An attention mask as its rule and the ids it compares: the form fused attention kernels
+    take (models/fused_attention.py); `dense()` writes out the same mask as booleans.
+
+    Query q of a row may attend to key k when
+
+        q_ids[q] == kv_ids[k] and (not causal or k <= q or (q < prefix_len and k < prefix_len))
+
+    Ids are the segment ids with every padding position given an id of its own (-1 - its index),
+    so a padding token is seen by no other token and sees only itself (self-attention) or the
+    first key's segment (cross-attention), and every query has a key to attend to.
+    """
+
+    q_ids_BT: jnp.ndarray  # int32
+    kv_ids_BS: jnp.ndarray  # int32
+    # int32 [B]: a leading run of each row seen in both directions (a prefix LM's prefix, a
+    # hybrid's bidirectional rows: L); None when no row has one.
+    prefix_len_B: jnp.ndarray | None
+    causal: bool = struct.field(pytree_node=False)
+    # Queries and keys from different sequences (a decoder over its encoder's output).
+    cross: bool = struct.field(pytree_node=False, default=False)
+
+    def dense(self) -> jnp.ndarray:
+        """The `[B, 1, T, S]` boolean mask (True: may attend) this rule describes."""
+        T, S = self.q_ids_BT.shape[1], self.kv_ids_BS.shape[1]
+        allowed_BTS = self.q_ids_BT[:, :, None] == self.kv_ids_BS[:, None, :]
+        if self.causal:
+            q_T, k_S = jnp.arange(T), jnp.arange(S)
+            order_BTS = (k_S[None, :] <= q_T[:, None])[None]
+            if self.prefix_len_B is not None:
+                P_B11 = self.prefix_len_B[:, None, None]
+                order_BTS = order_BTS | ((q_T[None, :, None] < P_B11) & (k_S[None, None, :] < P_B11))
+            allowed_BTS = allowed_BTS & order_BTS
+        return allowed_BTS[:, None, :, :]
+
+
+def padding_ids(segment_ids_BL: jnp.ndarray) -> jnp.ndarray:
+    """Segment ids with each padding position (id 0) given an id of its own, -1 - its index."""
+    own_BL = -1 - jnp.arange(segment_ids_BL.shape[1], dtype=jnp.int32)[None, :]
+    return jnp.where(segment_ids_BL != 0, segment_ids_BL.astype(jnp.int32), own_BL)
+
+
+def leading_run(prefix_BL: jnp.ndarray) -> jnp.ndarray:
+    """`[B]` int32: the end of each row's bidirectional prefix (one past its last True)."""
+    L = prefix_BL.shape[1]
+    return jnp.max(jnp.where(prefix_BL.astype(bool), jnp.arange(1, L + 1, dtype=jnp.int32), 0), axis=1)
+
+
+def make_segment_mask(
+    kind: MaskKind | str,
+    segment_ids_BL: jnp.ndarray,
+    *,
+    prefix_BL: jnp.ndarray | None = None,
+) -> SegmentMask:
+    """The self-attention mask of `kind` as a rule (`SegmentMask`).
+
+    Args:
+      kind: "causal", "bidirectional" or "prefix".
+      segment_ids_BL: int ids; 0 is padding, equal non-zero ids form one document.
+      prefix_BL: bool, True on the prefix, a leading run of each row (positions inside it that
+        are padding stay padding); required for (and only used by) "prefix".
+    """
+    if kind not in MASK_KINDS:
+        raise ValueError(f"mask kind {kind!r} is not one of {MASK_KINDS}")
+    if kind == "prefix" and prefix_BL is None:
+        raise ValueError("a 'prefix' mask needs prefix_BL marking the bidirectional prefix")
+    ids_BL = padding_ids(segment_ids_BL)
+    prefix_len_B = leading_run(prefix_BL) if kind == "prefix" else None
+    return SegmentMask(ids_BL, ids_BL, prefix_len_B, causal=kind != "bidirectional")
 
 
 def make_attention_mask(
@@ -30,35 +107,13 @@ def make_attention_mask(
     *,
     prefix_BL: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
-    """Builds the `[B, 1, L, L]` boolean attention mask.
+    """The `[B, 1, L, L]` boolean self-attention mask of `kind`: `make_segment_mask` written out."""
+    return make_segment_mask(kind, segment_ids_BL, prefix_BL=prefix_BL).dense()
 
-    Args:
-      kind: "causal", "bidirectional" or "prefix".
-      segment_ids_BL: int ids; 0 is padding, equal non-zero ids form one document.
-      prefix_BL: bool, True on prefix tokens; required for (and only used by) "prefix".
-    """
-    if kind not in MASK_KINDS:
-        raise ValueError(f"mask kind {kind!r} is not one of {MASK_KINDS}")
-    if kind == "prefix" and prefix_BL is None:
-        raise ValueError("a 'prefix' mask needs prefix_BL marking the bidirectional prefix")
-    B, L = segment_ids_BL.shape
-    if kind == "causal":
-        bidir_BL = jnp.zeros((B, L), bool)
-    elif kind == "bidirectional":
-        bidir_BL = jnp.ones((B, L), bool)
-    else:
-        bidir_BL = prefix_BL.astype(bool)
 
-    idx = jnp.arange(L)
-    causal_LL = idx[None, :] <= idx[:, None]
-    both_bidir_BLL = bidir_BL[:, :, None] & bidir_BL[:, None, :]
-    same_segment_BLL = segment_ids_BL[:, :, None] == segment_ids_BL[:, None, :]
-    real_key_BL = segment_ids_BL != 0
-    mask_BLL = (causal_LL[None] | both_bidir_BLL) & same_segment_BLL & real_key_BL[:, None, :]
-    # A padding query would otherwise have no key at all; letting it see itself keeps the
-    # softmax well defined and changes nothing for real tokens (padding is never a target).
-    mask_BLL = mask_BLL | (jnp.eye(L, dtype=bool)[None] & ~real_key_BL[:, :, None])
-    return mask_BLL[:, None, :, :]
+def dense_mask(mask: SegmentMask | jnp.ndarray) -> jnp.ndarray:
+    """A mask as `[B, 1, T, S]` booleans, whichever form it came in."""
+    return mask.dense() if isinstance(mask, SegmentMask) else mask
 
 
 # Causal attention skips the key blocks its mask forbids in chunks of at least this many queries,
@@ -112,15 +167,18 @@ def make_cache_mask(
     return mask_BTS[:, None, :, :]
 
 
-def make_cross_mask(q_segment_ids_BT: jnp.ndarray, kv_segment_ids_BS: jnp.ndarray) -> jnp.ndarray:
-    """`[B, 1, T, S]` mask for cross-attention: decoder queries over encoder keys.
+def cross_segment_mask(q_segment_ids_BT: jnp.ndarray, kv_segment_ids_BS: jnp.ndarray) -> SegmentMask:
+    """Cross-attention, decoder queries over encoder keys, as a rule (`SegmentMask`).
 
     A query sees every real key of its own example (same segment id): no causality, since the
-    whole source is known before decoding starts. A padding query (id 0) sees every key, which
-    keeps its softmax defined; it is never scored.
+    whole source is known before decoding starts. A padding query (id 0) sees the keys of the
+    first key's segment, which keeps its softmax defined; it is never scored.
     """
-    same_BTS = q_segment_ids_BT[:, :, None] == kv_segment_ids_BS[:, None, :]
-    real_key_BS = kv_segment_ids_BS != 0
-    pad_query_BT = q_segment_ids_BT == 0
-    mask_BTS = (same_BTS & real_key_BS[:, None, :]) | pad_query_BT[:, :, None]
-    return mask_BTS[:, None, :, :]
+    kv_ids_BS = padding_ids(kv_segment_ids_BS)
+    q_ids_BT = jnp.where(q_segment_ids_BT != 0, q_segment_ids_BT.astype(jnp.int32), kv_ids_BS[:, :1])
+    return SegmentMask(q_ids_BT, kv_ids_BS, None, causal=False, cross=True)
+
+
+def make_cross_mask(q_segment_ids_BT: jnp.ndarray, kv_segment_ids_BS: jnp.ndarray) -> jnp.ndarray:
+    """`[B, 1, T, S]` boolean cross-attention mask: `cross_segment_mask` written out."""
+    return cross_segment_mask(q_segment_ids_BT, kv_segment_ids_BS).dense()

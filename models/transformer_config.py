@@ -24,18 +24,22 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
 }
 # "xla" and "cudnn" through jax.nn.dot_product_attention(implementation=); "einsum" written out;
+# "splash" (TPU) and "pallas_gpu" fused kernels (models/fused_attention.py; interpreted on a CPU);
 # "auto" the platform's choice (`attention_impl_for`).
-ATTENTION_IMPLS: tuple[str, ...] = ("auto", "xla", "cudnn", "einsum")
+ATTENTION_IMPLS: tuple[str, ...] = ("auto", "xla", "cudnn", "einsum", "splash", "pallas_gpu")
+AUTO_ATTENTION = {"cpu": "einsum", "tpu": "splash", "gpu": "pallas_gpu"}
 
 
 def attention_impl_for(impl: str, platform: str) -> str:
     """What `impl` runs as on `platform` ("cpu", "gpu", "tpu"): "auto" is the written-out
     attention on CPU, whose batched matmuls XLA:CPU runs faster than the library call's
     (docs/performance.md: the GPT benchmark step's matmuls alone 1,391 -> 1,268 ms, level with
-    Hugging Face's), and `jax.nn.dot_product_attention` elsewhere; any other value is itself."""
+    Hugging Face's), the splash kernel on TPU and the Pallas flash kernel on GPU, neither of
+    which writes out the `[B, N, T, S]` logits (cuDNN's, through the library call, takes no
+    segment ids: packed rows would need their mask written out); any other value is itself."""
     if impl != "auto":
         return impl
-    return "einsum" if platform == "cpu" else "xla"
+    return AUTO_ATTENTION.get(platform, "xla")
 
 
 # GELU as GPT-2 computes it (tanh approximation) or exactly (erf), as BERT does.

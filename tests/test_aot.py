@@ -127,7 +127,7 @@ def test_a_step_built_for_a_tpu_slice_on_a_cpu_host_makes_the_tpus_choices():
     cpu = build_run(config, "", vocab_size=512)
     gpu = build_run(config, "", vocab_size=512, platform="gpu")
     runs = (tpu, cpu, gpu)
-    assert [r.model_config.attention_impl for r in runs] == ["xla", "einsum", "xla"]
+    assert [r.model_config.attention_impl for r in runs] == ["splash", "einsum", "pallas_gpu"]
 
 
 # Compiles for a v5e slice: twice through `compile_uncached`, then once as JAX would alone.

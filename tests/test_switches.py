@@ -127,9 +127,14 @@ def test_a_scanned_run_refuses_a_looped_runs_checkpoint(micro, tmp_path):
 IMPLS = ("auto", "einsum", "xla")
 
 
-def test_auto_attention_is_written_out_on_cpu_and_the_library_call_elsewhere(micro):
-    assert [attention_impl_for("auto", p) for p in ("cpu", "gpu", "tpu")] == ["einsum", "xla", "xla"]
-    assert [attention_impl_for(i, "cpu") for i in ("xla", "cudnn", "einsum")] == ["xla", "cudnn", "einsum"]
+def test_auto_attention_is_written_out_on_cpu_and_a_fused_kernel_elsewhere(micro):
+    assert [attention_impl_for("auto", p) for p in ("cpu", "gpu", "tpu")] == [
+        "einsum",
+        "pallas_gpu",
+        "splash",
+    ]
+    impls = ("xla", "cudnn", "einsum", "splash", "pallas_gpu")
+    assert [attention_impl_for(i, "cpu") for i in impls] == list(impls)
     # A model built outside a run (a notebook) keeps "auto" and runs the default backend's choice.
     cfg = registry.model_config(micro("clm"), 40)
     assert cfg.attention_impl == "auto"

@@ -10,7 +10,8 @@ them. `mesh.fsdp = 1` is plain data parallelism. Each process passes only its ow
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -102,6 +103,18 @@ def state_shardings(mesh: Mesh, abstract_state: Any) -> Any:
     """A NamedSharding per leaf of the train state (params, optimizer moments, step, rng)."""
     fsdp = mesh.shape["fsdp"]
     return jax.tree.map(lambda a: NamedSharding(mesh, param_spec(a.shape, fsdp)), abstract_state)
+
+
+def traced_in(mesh: Mesh, fn: Callable) -> Callable:
+    """`fn`, traced with `mesh` as the abstract mesh: a fused attention kernel reads it to run on
+    each device's own rows (models/fused_attention.py) instead of on gathered ones."""
+
+    @functools.wraps(fn)
+    def in_mesh(*args, **kwargs):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args, **kwargs)
+
+    return in_mesh
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

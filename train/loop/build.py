@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding
 from models import registry
 from models.transformer_config import LATER_FIELDS
 from train.data.sources import make_source
-from train.devices.mesh import batch_sharding, make_mesh, replicated, state_shardings
+from train.devices.mesh import batch_sharding, make_mesh, replicated, state_shardings, traced_in
 from train.loop import step as step_lib
 from train.objectives import Objective, make_objective
 from train.tokenizer.vocab import DEFAULT
@@ -119,17 +119,20 @@ def build_run(
         state_sharding,
     )
     train_step = jax.jit(
-        step_lib.make_train_step(
-            graphdef,
-            tx,
-            objective,
-            config.mask,
-            schedule,
-            config.grad_accum_steps,
-            config.nonfinite == "skip",
-            layer_stats_at=(config.log_every_steps, config.num_train_steps)
-            if config.log_layer_stats
-            else None,
+        traced_in(
+            mesh,
+            step_lib.make_train_step(
+                graphdef,
+                tx,
+                objective,
+                config.mask,
+                schedule,
+                config.grad_accum_steps,
+                config.nonfinite == "skip",
+                layer_stats_at=(config.log_every_steps, config.num_train_steps)
+                if config.log_layer_stats
+                else None,
+            ),
         ),
         in_shardings=(state_sharding, data_sharding),
         out_shardings=(state_sharding, replicated(mesh)),

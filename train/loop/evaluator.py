@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from train.devices.mesh import to_global
+from train.devices.mesh import to_global, traced_in
 from train.loop import step as step_lib
 from train.objectives import Objective
 
@@ -68,7 +68,9 @@ class Evaluator:
     ):
         eval_objective, host_batches, self.reference = fixed_eval_set(source, objective, eval_form=eval_form)
         self.batches = [to_global(_rows_of_this_process(b), sharding) for b in host_batches]
-        self._step = jax.jit(step_lib.make_eval_step(graphdef, eval_objective, mask_kind))
+        self._step = jax.jit(
+            traced_in(sharding.mesh, step_lib.make_eval_step(graphdef, eval_objective, mask_kind))
+        )
 
     def __call__(self, params: Any, model_state: Any) -> dict[str, float]:
         totals: dict[str, float] = {}

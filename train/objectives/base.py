@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Protocol
 import jax.numpy as jnp
 import optax
 
-from models.masks import key_limits, make_attention_mask
+from models.masks import key_limits, make_segment_mask
 from train.tokenizer.vocab import DEFAULT, Specials
 
 Batch = dict[str, jnp.ndarray]
@@ -22,9 +22,9 @@ class LanguageModel(Protocol):
 
 
 def hidden_states(model: LanguageModel, batch: Batch, mask_kind: str) -> jnp.ndarray:
-    mask_B1LL = make_attention_mask(mask_kind, batch["segment_ids"], prefix_BL=batch.get("prefix"))
+    mask = make_segment_mask(mask_kind, batch["segment_ids"], prefix_BL=batch.get("prefix"))
     limits = key_limits(mask_kind, batch["inputs"].shape[1])
-    return model.hidden_states(batch["inputs"], mask_B1LL, batch["positions"], key_limits=limits)
+    return model.hidden_states(batch["inputs"], mask, batch["positions"], key_limits=limits)
 
 
 def token_scores(logits_xV, targets_x, weights_x) -> dict[str, jnp.ndarray]:

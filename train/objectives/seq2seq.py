@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
-from models.masks import make_attention_mask, make_cross_mask
+from models.masks import cross_segment_mask, make_segment_mask
 from train.objectives.base import Batch, NextToken, token_scores
 
 
@@ -28,11 +28,11 @@ class Seq2Seq(NextToken):
         return {**sources, **self.next_token_batch(batch)}
 
     def logits(self, model: Any, batch: Batch, mask_kind: str) -> jnp.ndarray:
-        src_mask_B1SS = make_attention_mask("bidirectional", batch["src_segment_ids"])
-        mask_B1TT = make_attention_mask(mask_kind, batch["segment_ids"])
-        cross_mask_B1TS = make_cross_mask(batch["segment_ids"], batch["src_segment_ids"])
-        memory = model.encode_source(batch["src_tokens"], src_mask_B1SS, batch["src_positions"])
-        h_BTD = model.decode(memory, batch["inputs"], mask_B1TT, batch["positions"], cross_mask_B1TS)
+        src_mask = make_segment_mask("bidirectional", batch["src_segment_ids"])
+        mask = make_segment_mask(mask_kind, batch["segment_ids"])
+        cross_mask = cross_segment_mask(batch["segment_ids"], batch["src_segment_ids"])
+        memory = model.encode_source(batch["src_tokens"], src_mask, batch["src_positions"])
+        h_BTD = model.decode(memory, batch["inputs"], mask, batch["positions"], cross_mask)
         return model.logits(h_BTD)
 
     def scores(self, model: Any, batch: Batch, mask_kind: str) -> dict[str, jnp.ndarray]:
