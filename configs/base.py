@@ -135,9 +135,14 @@ def _model(c: ml_collections.ConfigDict) -> None:
             dtype="float32",  # compute dtype; "bfloat16" for mixed precision (params stay param_dtype)
             param_dtype="float32",
             remat="none",  # "none", "full" or "dots": recompute block activations in backward
-            # "auto": written out on CPU, else "xla" (jax.nn.dot_product_attention); or "cudnn"
-            # (GPU, bf16/fp16 only), or "einsum" (written out) everywhere.
+            # "auto": written out on CPU, fused kernels on TPU ("splash") and GPU ("pallas_gpu"; both
+            # interpreted on a CPU); or "xla" (jax.nn.dot_product_attention), "cudnn" (GPU, bf16/fp16
+            # only), "einsum" (written out) everywhere.
             attention_impl="auto",
+            # "auto": the full logits on CPU, "chunked" on TPU and GPU (loss_chunk_tokens tokens a
+            # device at a time: the float32 logits of the batch never exist at once); or "full".
+            loss_impl="auto",
+            loss_chunk_tokens=4096,
             scan_layers=False,  # run the blocks as one lax.scan: compile time flat in depth
         )
     )

@@ -22,7 +22,7 @@ from models.errors import ConfigError
 from models.lstm import LSTMLM, LSTMConfig
 from models.lstm_seq2seq import LSTMSeq2Seq, LSTMSeq2SeqConfig
 from models.transformer import Transformer, TransformerConfig
-from models.transformer_config import attention_impl_for
+from models.transformer_config import attention_impl_for, loss_impl_for
 
 ModelConfig = TransformerConfig | LSTMConfig | EncoderDecoderConfig | LSTMSeq2SeqConfig
 
@@ -88,9 +88,14 @@ def model_config(config: Any, vocab_size: int) -> ModelConfig:
 
 
 def for_platform(cfg: ModelConfig, platform: str) -> ModelConfig:
-    """`cfg` with `attention_impl="auto"` made `platform`'s choice (`attention_impl_for`)."""
+    """`cfg` with `attention_impl` and `loss_impl` "auto" made `platform`'s choices
+    (`attention_impl_for`, `loss_impl_for`)."""
     if isinstance(cfg, TransformerConfig):
-        return dataclasses.replace(cfg, attention_impl=attention_impl_for(cfg.attention_impl, platform))
+        return dataclasses.replace(
+            cfg,
+            attention_impl=attention_impl_for(cfg.attention_impl, platform),
+            loss_impl=loss_impl_for(cfg.loss_impl, platform),
+        )
     if isinstance(cfg, EncoderDecoderConfig):
         return dataclasses.replace(cfg, stack=for_platform(cfg.stack, platform))
     return cfg

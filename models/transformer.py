@@ -200,9 +200,18 @@ class Transformer(nnx.Module):
 
     def logits(self, h_xD) -> jnp.ndarray:
         """Vocabulary logits (float32) for hidden states of any leading shape, via the tied embedding."""
-        if self.head is None:
-            return self.embed.attend(h_xD).astype(jnp.float32)
-        return (self.embed.attend(self.head(h_xD)) + self.head.bias[...]).astype(jnp.float32)
+        return vocab_logits(self.head_inputs(h_xD), *self.output_projection(), self.cfg.dtype)
+
+    def head_inputs(self, h_xD) -> jnp.ndarray:
+        """What the vocabulary projection reads: the hidden states, or BERT's head transform of them."""
+        return h_xD if self.head is None else self.head(h_xD)
+
+    def output_projection(self) -> tuple[jnp.ndarray, jnp.ndarray | None]:
+        """The vocabulary projection's (weights `[V, D]`: the tied embedding, output bias `[V]` or
+        None), as stored: `logits(h) = vocab_logits(head_inputs(h), *output_projection(), dtype)`.
+        A loss that never holds the logits of a whole batch (train/objectives/vocab_loss.py)
+        projects chunks of `head_inputs` through them itself."""
+        return self.embed.embedding[...], None if self.head is None else self.head.bias[...]
 
     def __call__(self, tokens_BL, mask_B1LL, positions_BL, *, context_BSD=None, cross_mask_B1LS=None):
         return self.logits(
@@ -210,6 +219,14 @@ class Transformer(nnx.Module):
                 tokens_BL, mask_B1LL, positions_BL, context_BSD=context_BSD, cross_mask_B1LS=cross_mask_B1LS
             )
         )
+
+
+def vocab_logits(h_xD, w_VD, b_V, dtype: str) -> jnp.ndarray:
+    """float32 logits `[..., V]` of `h_xD` through `w_VD` (and `b_V`): the product in `dtype`, as
+    `nnx.Embed.attend` computes it, the bias added in float32."""
+    dt = jnp.dtype(dtype)
+    logits_xV = jnp.dot(h_xD.astype(dt), w_VD.astype(dt).T).astype(jnp.float32)
+    return logits_xV if b_V is None else logits_xV + b_V.astype(jnp.float32)
 
 
 def count_params(params) -> int:

@@ -28,6 +28,8 @@ REMAT_POLICIES = {
 # "auto" the platform's choice (`attention_impl_for`).
 ATTENTION_IMPLS: tuple[str, ...] = ("auto", "xla", "cudnn", "einsum", "splash", "pallas_gpu")
 AUTO_ATTENTION = {"cpu": "einsum", "tpu": "splash", "gpu": "pallas_gpu"}
+# Where an implementation runs (the kernels also on a CPU, interpreted); the rest run anywhere.
+ATTENTION_PLATFORMS = {"cudnn": ("gpu",), "splash": ("tpu", "cpu"), "pallas_gpu": ("gpu", "cpu")}
 
 
 def attention_impl_for(impl: str, platform: str) -> str:
@@ -40,6 +42,22 @@ def attention_impl_for(impl: str, platform: str) -> str:
     if impl != "auto":
         return impl
     return AUTO_ATTENTION.get(platform, "xla")
+
+
+# The loss over the vocabulary: "full" logits of every scored token at once, or "chunked"
+# (train/objectives/vocab_loss.py: `loss_chunk_tokens` tokens a device at a time, never the whole
+# batch's float32 logits); "auto" the platform's choice (`loss_impl_for`).
+LOSS_IMPLS: tuple[str, ...] = ("auto", "full", "chunked")
+AUTO_LOSS = {"cpu": "full", "tpu": "chunked", "gpu": "chunked"}
+
+
+def loss_impl_for(impl: str, platform: str) -> str:
+    """What `impl` runs as on `platform`: "auto" is the chunked loss on accelerators, whose
+    memory it frees (GPT-2's float32 logits and their gradient: 0.2 GB a row of 1024 tokens),
+    and the full logits on CPU, where ... ; any other value is itself."""
+    if impl != "auto":
+        return impl
+    return AUTO_LOSS.get(platform, "chunked")
 
 
 # GELU as GPT-2 computes it (tanh approximation) or exactly (erf), as BERT does.
@@ -84,13 +102,17 @@ class TransformerConfig:
     # How, not what: neither changes the parameters or the function computed.
     remat: str = "none"
     attention_impl: str = "auto"
+    loss_impl: str = "auto"
+    loss_chunk_tokens: int = 4096
 
     def __post_init__(self):
         check(self.errors())
 
     def errors(self) -> list[str]:
         """Every problem of these fields, each naming its `model.*` field and the fix."""
-        errors = nonpositive(self, ("num_layers", "d_model", "num_heads", "mlp_dim", "max_len"))
+        errors = nonpositive(
+            self, ("num_layers", "d_model", "num_heads", "mlp_dim", "max_len", "loss_chunk_tokens")
+        )
         if self.num_heads > 0 and self.d_model % self.num_heads:
             errors.append(
                 f"model.num_heads={self.num_heads} does not divide model.d_model={self.d_model}; "
@@ -105,6 +127,7 @@ class TransformerConfig:
             ("attn_scale", ATTN_SCALES),
             ("remat", tuple(REMAT_POLICIES)),
             ("attention_impl", ATTENTION_IMPLS),
+            ("loss_impl", LOSS_IMPLS),
             ("activation", ACTIVATIONS),
             ("head", HEADS),
         ):

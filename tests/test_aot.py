@@ -118,9 +118,9 @@ def test_the_tiny_step_compiles_for_a_tpu_slice_and_reports_memory_flops_and_a_r
 
 def test_a_step_built_for_a_tpu_slice_on_a_cpu_host_makes_the_tpus_choices():
     pytest.importorskip("libtpu")
-    from train.devices.platform import skip_absent_tpu
+    from train.devices.platform import skip_absent_accelerators
 
-    skip_absent_tpu()
+    skip_absent_accelerators()
     config = configs.get_config("clm", "tiny")
     assert config.model.attention_impl == "auto"
     tpu = build_run(config, "", vocab_size=512, devices=tpu_compile.topology_devices("v5e:2x2"))
@@ -150,9 +150,9 @@ def test_a_program_for_a_tpu_slice_stays_out_of_the_persistent_cache(tmp_path):
     later compile of it warned and compiled again), so none is written there; with every compile
     written (threshold 0), only the compile made without `compile_uncached` is."""
     pytest.importorskip("libtpu")
-    from train.devices.platform import skip_absent_tpu
+    from train.devices.platform import skip_absent_accelerators
 
-    skip_absent_tpu()
+    skip_absent_accelerators()
     env = {**subprocess_env(), "JAX_COMPILATION_CACHE_DIR": str(tmp_path)}
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     result = subprocess.run(
@@ -170,9 +170,9 @@ def test_fsdp_over_a_four_host_slice_divides_the_state_and_needs_no_more_memory(
     GPT-2's vocabulary (50257, prime to 16: its embedding split along the features instead had
     every chip hold partial logits of the whole batch)."""
     pytest.importorskip("libtpu")
-    from train.devices.platform import skip_absent_tpu
+    from train.devices.platform import skip_absent_accelerators
 
-    skip_absent_tpu()
+    skip_absent_accelerators()
     devices = tpu_compile.topology_devices("v5e:4x4")
     assert len(devices) == 16 and len({d.process_index for d in devices}) == 4
     memory = {}

@@ -129,32 +129,39 @@ _STARTUP = (
 
 @pytest.mark.slow
 @needs_glibc
-def test_a_host_without_a_tpu_runs_on_the_cpu_quietly_with_libtpu_installed():
-    """The test extra installs libtpu (ahead-of-time TPU compiles); on a host without a TPU an
-    entry point neither probes for one (libtpu's initialisation errors) nor skips the host
-    allocator setting. Without libtpu the same holds trivially."""
+def test_a_host_without_accelerators_runs_on_the_cpu_quietly_with_their_compilers_installed():
+    """The test extra installs libtpu and the CUDA plugin (ahead-of-time TPU and GPU compiles);
+    on a host with neither accelerator an entry point neither probes for one (libtpu's and the
+    plugin's initialisation errors) nor skips the host allocator setting. The process boundary
+    is the property: the platform is settled before JAX starts."""
     env = {k: v for k, v in subprocess_env().items() if k != "JAX_PLATFORMS"}
     out = subprocess.run([sys.executable, "-c", _STARTUP], cwd=REPO, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["True", "cpu"]
-    for noise in ("TPU", "libtpu", "InitGoogle"):
+    for noise in ("TPU", "libtpu", "InitGoogle", "CUDA", "cuda"):
         assert noise not in out.stderr, out.stderr[-2000:]
 
 
-def test_the_platform_is_left_to_jax_where_it_is_set_or_a_tpu_may_be_attached(monkeypatch):
+def test_the_platform_is_left_to_jax_where_it_is_set_or_an_accelerator_may_be_attached(monkeypatch):
     from train.devices import platform
 
     monkeypatch.setattr(platform, "libtpu_installed", lambda: True)
     monkeypatch.setattr(platform, "gpu_plugin_installed", lambda: False)
+    monkeypatch.setattr(platform, "gpu_attached", lambda: False)
     monkeypatch.setenv("JAX_PLATFORMS", "tpu")
-    assert not platform.skip_absent_tpu() and os.environ["JAX_PLATFORMS"] == "tpu"
+    assert not platform.skip_absent_accelerators() and os.environ["JAX_PLATFORMS"] == "tpu"
     monkeypatch.delenv("JAX_PLATFORMS")
     monkeypatch.setattr(platform, "tpu_attached", lambda: True)
-    assert not platform.skip_absent_tpu() and "JAX_PLATFORMS" not in os.environ
+    assert not platform.skip_absent_accelerators() and "JAX_PLATFORMS" not in os.environ
     monkeypatch.setattr(platform, "tpu_attached", lambda: False)
+    # The CUDA plugin (the GPU compiler of the test extra) on a host with no GPU: the CPU.
     monkeypatch.setattr(platform, "gpu_plugin_installed", lambda: True)
-    assert not platform.skip_absent_tpu() and "JAX_PLATFORMS" not in os.environ
     assert not platform.model_runs_on_host()
-    monkeypatch.setattr(platform, "gpu_plugin_installed", lambda: False)
-    assert platform.skip_absent_tpu() and os.environ["JAX_PLATFORMS"] == "cpu"
+    assert platform.skip_absent_accelerators() and os.environ["JAX_PLATFORMS"] == "cpu"
     assert platform.model_runs_on_host()
+    monkeypatch.delenv("JAX_PLATFORMS")
+    monkeypatch.setattr(platform, "gpu_attached", lambda: True)
+    assert not platform.skip_absent_accelerators() and "JAX_PLATFORMS" not in os.environ
+    monkeypatch.setattr(platform, "libtpu_installed", lambda: False)
+    monkeypatch.setattr(platform, "gpu_plugin_installed", lambda: False)
+    assert not platform.skip_absent_accelerators() and "JAX_PLATFORMS" not in os.environ

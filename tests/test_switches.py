@@ -219,7 +219,7 @@ def test_memory_check_reports_the_step_and_stops_when_it_cannot_fit(micro, tmp_p
 def test_cudnn_attention_is_refused_where_it_cannot_run(micro, tmp_path):
     with pytest.raises(ConfigError, match="attention_impl='cudnn' runs in bfloat16 or float16 only"):
         validate(micro("clm", **{"model.attention_impl": "cudnn"}))
-    with pytest.raises(ConfigError, match="needs a GPU, and this run is on cpu"):
+    with pytest.raises(ConfigError, match="attention_impl=.cudnn. runs on gpu, and this run is on cpu"):
         train_and_evaluate(
             micro("clm", **{"model.attention_impl": "cudnn", "model.dtype": "bfloat16"}), str(tmp_path)
         )

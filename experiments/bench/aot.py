@@ -48,9 +48,9 @@ def main(argv: list[str]) -> None:
     if (_SEARCH_FROM.value and not _SEARCH.value) or _SEARCH_FROM.value < 0:
         fail("--search_from: a batch of one row or more, given with --search (0: none)")
     from train.config_checks import validate
-    from train.devices.platform import libtpu_installed, skip_absent_tpu
+    from train.devices.platform import libtpu_installed, skip_absent_accelerators
 
-    skip_absent_tpu()  # the host runs no model: only the TPU compiler is used
+    skip_absent_accelerators()  # the host runs no model: only the TPU compiler is used
     if not libtpu_installed():
         fail("libtpu is not installed: pip install -e '.[test]' (or '.[tpu]') brings the TPU compiler")
     config = _CONFIG.value

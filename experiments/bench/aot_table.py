@@ -123,9 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--topologies", default=",".join(TOPOLOGIES))
     args = parser.parse_args(argv)
     from experiments.bench import aot_report
-    from train.devices.platform import libtpu_installed, skip_absent_tpu
+    from train.devices.platform import libtpu_installed, skip_absent_accelerators
 
-    skip_absent_tpu()
+    skip_absent_accelerators()
     if not libtpu_installed():
         parser.error(
             "libtpu is not installed: pip install -e '.[test]' (or '.[tpu]') brings the TPU compiler"

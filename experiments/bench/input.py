@@ -29,7 +29,7 @@ from experiments.bench.cache_build import PeakMemory
 from train.data import text
 from train.data.sources import make_source
 from train.devices.mesh import batch_sharding, make_mesh, to_global
-from train.devices.platform import skip_absent_tpu
+from train.devices.platform import skip_absent_accelerators
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py:<variant>")
 _BATCHES = flags.DEFINE_integer("batches", 2000, "Batches to time after 20 of warm-up.")
@@ -52,7 +52,7 @@ def _folder_bytes(path: str) -> int:
 
 def main(argv: list[str]) -> None:
     del argv
-    skip_absent_tpu()  # it runs no model, so the host allocator stays as it is (train/devices/platform.py)
+    skip_absent_accelerators()  # no model runs: the host allocator stays (train/devices/platform.py)
     config = _CONFIG.value
     corpus_bytes = sum(os.path.getsize(p) for p in text.list_files(config.dataset.partition(":")[2]))
     with tempfile.TemporaryDirectory() as tmp:

@@ -5,34 +5,18 @@ the batches that a search for the largest one compiles."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 from experiments.bench.batch_search import largest_batch
 from models.errors import ConfigError
 from train.devices.chips import CHIPS, GIB, TPU_KINDS, Chip
-
-
-@contextlib.contextmanager
-def quiet_stderr() -> Iterator[None]:
-    """File descriptor 2 sent nowhere: libtpu prints initialisation errors for the TPU host it
-    is not running on, which say nothing about the compile (its own errors are raised)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+from train.devices.platform import quiet_stderr
 
 
 def topology_devices(topology: str) -> list[Any]:

@@ -27,7 +27,7 @@ from train.objectives import Objective, make_objective
 from train.tokenizer.vocab import DEFAULT
 
 # Model fields that change how, not what, is computed: a run may resume with other values.
-EXECUTION_FIELDS = ("remat", "attention_impl")
+EXECUTION_FIELDS = ("remat", "attention_impl", "loss_impl", "loss_chunk_tokens")
 
 
 def run_identity(config: Any, model_cfg: registry.ModelConfig) -> dict:

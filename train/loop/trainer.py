@@ -22,7 +22,7 @@ from typing import Any
 import jax
 
 from models.errors import ConfigError
-from models.transformer_config import TransformerConfig
+from models.transformer_config import ATTENTION_PLATFORMS, TransformerConfig
 from train.checkpoint.format import LoopState
 from train.checkpoint.manager import Checkpointer
 from train.checkpoint.preemption import PreemptionHandler
@@ -44,8 +44,12 @@ def train_and_evaluate(config: Any, workdir: str, command: str = "") -> dict[str
     validate(config)
     use_compilation_cache(config)
     platform = jax.devices()[0].platform
-    if config.model.attention_impl == "cudnn" and platform != "gpu":
-        raise ConfigError(f"model.attention_impl='cudnn' needs a GPU, and this run is on {platform}")
+    impl = config.model.attention_impl
+    if platform not in ATTENTION_PLATFORMS.get(impl, (platform,)):
+        raise ConfigError(
+            f"model.attention_impl={impl!r} runs on {' or '.join(ATTENTION_PLATFORMS[impl])}, and this run "
+            f"is on {platform}; use model.attention_impl=auto"
+        )
     t_start = time.perf_counter()
     chief = jax.process_index() == 0
     # In a multi-process run the processes agree on the step to stop at (preemption.py).

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from models.masks import key_limits, make_segment_mask
+from train.objectives.vocab_loss import chunk_positions, chunked_scores
 from train.tokenizer.vocab import DEFAULT, Specials
 
 Batch = dict[str, jnp.ndarray]
@@ -36,6 +37,22 @@ def token_scores(logits_xV, targets_x, weights_x) -> dict[str, jnp.ndarray]:
     target_logit_x = jnp.take_along_axis(logits_xV, targets_x[..., None], axis=-1)[..., 0]
     correct = (target_logit_x >= logits_xV.max(-1)).astype(jnp.float32)
     return {"nll_sum": (nll * w).sum(), "correct_sum": (correct * w).sum(), "weight_sum": w.sum()}
+
+
+def head_scores(model: Any, h_BxD, targets_Bx, weights_Bx) -> dict[str, jnp.ndarray]:
+    """`token_scores` of the model's vocabulary head on hidden states `[B, x, D]`: through its
+    full logits, or in chunks (train/objectives/vocab_loss.py) where the model's config says
+    `loss_impl="chunked"` and it exposes its projection."""
+    cfg = getattr(model, "cfg", None)
+    if getattr(cfg, "loss_impl", "full") != "chunked" or not hasattr(model, "output_projection"):
+        return token_scores(model.logits(h_BxD), targets_Bx, weights_Bx)
+    B, X = targets_Bx.shape
+    chunk = chunk_positions(cfg.loss_chunk_tokens, B, X)
+    nll_sum, correct_Bx = chunked_scores(
+        model.head_inputs(h_BxD), *model.output_projection(), targets_Bx, weights_Bx, cfg.dtype, chunk
+    )
+    w = weights_Bx.astype(jnp.float32)
+    return {"nll_sum": nll_sum, "correct_sum": (correct_Bx * w).sum(), "weight_sum": w.sum()}
 
 
 def next_token_targets(tokens_BL, seg_BL) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -73,11 +90,9 @@ class NextToken:
             "weights": weights,
         }
 
-    def logits(self, model: Any, batch: Batch, mask_kind: str) -> jnp.ndarray:
-        return model.logits(hidden_states(model, batch, mask_kind))
-
     def scores(self, model: Any, batch: Batch, mask_kind: str) -> dict[str, jnp.ndarray]:
-        return token_scores(self.logits(model, batch, mask_kind), batch["targets"], batch["weights"])
+        h_BLD = hidden_states(model, batch, mask_kind)
+        return head_scores(model, h_BLD, batch["targets"], batch["weights"])
 
     def scored_tokens(self, batch: Batch) -> jnp.ndarray:
         """`[B, L]` bool: which tokens of the row are predicted (input t predicts token t+1)."""

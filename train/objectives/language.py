@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from models.errors import ConfigError
-from train.objectives.base import Batch, LanguageModel, NextToken, hidden_states, token_scores
+from train.objectives.base import Batch, LanguageModel, NextToken, head_scores, hidden_states
 from train.tokenizer.vocab import DEFAULT, Specials
 
 
@@ -106,7 +106,7 @@ class MaskedLM:
         # Only the selected positions go through the vocabulary projection.
         h_BLD = hidden_states(model, batch, mask_kind)
         h_BKD = jnp.take_along_axis(h_BLD, batch["mlm_positions"][..., None], axis=1)
-        return token_scores(model.logits(h_BKD), batch["targets"], batch["weights"])
+        return head_scores(model, h_BKD, batch["targets"], batch["weights"])
 
     def scored_tokens(self, batch: Batch) -> jnp.ndarray:
         B = batch["inputs"].shape[0]
