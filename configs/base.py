@@ -142,7 +142,7 @@ def _model(c: ml_collections.ConfigDict) -> None:
             # "auto": the full logits on CPU, "chunked" on TPU and GPU (loss_chunk_tokens tokens a
             # device at a time: the float32 logits of the batch never exist at once); or "full".
             loss_impl="auto",
-            loss_chunk_tokens=4096,
+            loss_chunk_tokens=1024,
             scan_layers=False,  # run the blocks as one lax.scan: compile time flat in depth
         )
     )

@@ -33,6 +33,7 @@ FUSED_IMPLS: tuple[str, ...] = ("splash", "pallas_gpu")
 SPLASH_BLOCKS = (512, 256, 128)
 # The Pallas GPU kernel's defaults: 128 forward, 32 backward (queries and keys alike).
 GPU_BLOCK, GPU_BACKWARD_BLOCK = 128, 32
+CAUSAL_SCOPE, FULL_SCOPE = "fused_attention_causal", "fused_attention_full"
 # An id no token has: the prefix call gives it to every position after the prefix.
 _OUTSIDE = jnp.iinfo(jnp.int32).min
 
@@ -102,14 +103,16 @@ _KERNELS = {"splash": _splash, "pallas_gpu": _pallas_gpu}
 
 
 def _call(impl: str, causal: bool, q_BTNH, k_BSNH, v_BSNH, q_ids_BT, kv_ids_BS):
-    """One kernel call, on each device's own rows when a mesh is set."""
+    """One kernel call, on each device's own rows when a mesh is set. Its scope names its block
+    pattern, which a compiled program's ops keep (experiments/bench/aot/hlo_cost.py reads it)."""
     mesh = jax.sharding.get_abstract_mesh()
     kernel = functools.partial(_KERNELS[impl], causal, _platform(mesh) == "cpu")
     args = (q_BTNH, k_BSNH, v_BSNH, q_ids_BT, kv_ids_BS)
-    if mesh.empty or mesh.size == 1:
-        return kernel(*args)
-    rows = P(mesh.axis_names)
-    return jax.shard_map(kernel, mesh=mesh, in_specs=(rows,) * 5, out_specs=rows, check_vma=False)(*args)
+    with jax.named_scope(CAUSAL_SCOPE if causal else FULL_SCOPE):
+        if mesh.empty or mesh.size == 1:
+            return kernel(*args)
+        rows = P(mesh.axis_names)
+        return jax.shard_map(kernel, mesh=mesh, in_specs=(rows,) * 5, out_specs=rows, check_vma=False)(*args)
 
 
 def attention(impl: str, q_BTNH, k_BSNH, v_BSNH, mask: SegmentMask):
@@ -126,3 +129,52 @@ def attention(impl: str, q_BTNH, k_BSNH, v_BSNH, mask: SegmentMask):
     kv_ids_BT = jnp.where(inside_BT, mask.kv_ids_BS, _OUTSIDE)
     prefix = _call(impl, False, q_BTNH, k_BSNH, v_BSNH, q_ids_BT, kv_ids_BT)
     return jnp.where(inside_BT[:, :, None, None], prefix, whole)
+
+
+# What each kernel call does, for counting (`kernel_cost`): the compiled program's custom call
+# (its instruction name begins so) -> (implementation, pass, products of [rows x cols] blocks).
+# Splash's passes are separate kernels; the Pallas GPU backward computes dq, dk and dv in one.
+KERNEL_CALLS: dict[str, tuple[str, str, int]] = {
+    "splash_mha_fwd": ("splash", "fwd", 2),  # Q K^T, P V
+    "splash_mha_dq": ("splash", "dq", 3),  # Q K^T again, dO V^T, dS K
+    "splash_mha_dkv": ("splash", "dkv", 4),  # Q K^T again, dO V^T, P^T dO, dS^T Q
+    "mha_forward": ("pallas_gpu", "fwd", 2),
+    "mha_backward": ("pallas_gpu", "bwd", 5),
+}
+
+
+def _blocks(impl: str, pass_: str, T: int, S: int) -> tuple[int, int]:
+    if impl == "splash":
+        return _block(T) or T, _block(S) or S
+    size = GPU_BLOCK if pass_ == "fwd" else GPU_BACKWARD_BLOCK
+    return min(size, T), min(size, S)
+
+
+def visited_fraction(T: int, S: int, block_q: int, block_kv: int, causal: bool) -> float:
+    """The fraction of (query block, key block) pairs a kernel computes: all of them, or under a
+    causal pattern those with a key at or before some query of the block."""
+    if not causal:
+        return 1.0
+    nq, nk = -(-T // block_q), -(-S // block_kv)
+    visited = sum(min(nk, -(-((i + 1) * block_q) // block_kv)) for i in range(nq))
+    return visited / (nq * nk)
+
+
+def kernel_cost(call: str, B: int, N: int, T: int, S: int, H: int, itemsize: int, causal: bool):
+    """(FLOPs, bytes read and written in HBM) of one call of kernel `call` (a `KERNEL_CALLS` key)
+    over B rows of N heads, T queries, S keys of H features: its products over the blocks it
+    visits; q, o, dq and their like read or written once, the other side's blocks once per
+    block they meet, float32 statistics (log-sum-exp, dO.O) beside them."""
+    impl, pass_, products = KERNEL_CALLS[call]
+    bq, bk = _blocks(impl, pass_, T, S)
+    d = visited_fraction(T, S, bq, bk, causal)
+    flops = products * 2.0 * B * N * T * S * H * d
+    q_side, kv_side, stats = B * N * T * H * itemsize, B * N * S * H * itemsize, B * N * T * 4
+    q_blocks, kv_blocks = -(-T // bq), -(-S // bk)
+    traffic = {
+        "fwd": 2 * q_side + 2 * kv_side * q_blocks * d + stats,
+        "dq": 3 * q_side + 2 * kv_side * q_blocks * d + 2 * stats,
+        "dkv": 4 * kv_side + (2 * q_side + 2 * stats) * kv_blocks * d,
+    }
+    traffic["bwd"] = traffic["dq"] + traffic["dkv"]
+    return flops, float(traffic[pass_])

@@ -103,7 +103,7 @@ class TransformerConfig:
     remat: str = "none"
     attention_impl: str = "auto"
     loss_impl: str = "auto"
-    loss_chunk_tokens: int = 4096
+    loss_chunk_tokens: int = 1024
 
     def __post_init__(self):
         check(self.errors())

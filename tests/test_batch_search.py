@@ -1,4 +1,4 @@
-"""The search for the largest per-device batch that fits (experiments/bench/batch_search.py),
+"""The search for the largest per-device batch that fits (experiments/bench/aot/batch_search.py),
 against compiles made up so that the answer is known: memory that grows by a set amount a row,
 bends near the limit, or sums above it; with and without a hint."""
 
@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.bench.aot_table import sibling_hint
-from experiments.bench.batch_search import largest_batch
-from experiments.bench.tpu_compile import Compiled
+from experiments.bench.aot.batch_search import hbm_limit, largest_batch
+from experiments.bench.aot.compile import Compiled
+from experiments.bench.aot.table import sibling_hint
+from experiments.bench.aot.targets import Target
 from train.devices.chips import CHIPS
 
-V5E = CHIPS["TPU v5 lite"]
+V5E = Target("v5e:2x2", "tpu", CHIPS["TPU v5 lite"], [], None)
+V4 = Target("v4:2x2x1", "tpu", CHIPS["TPU v4"], [], None)
 OOM = "RESOURCE_EXHAUSTED: Ran out of memory on HBM, ... temporaries (26.92G) exceeds available HBM (15.75G)."
 
 
@@ -61,7 +63,7 @@ def test_a_line_that_bends_near_the_limit_still_ends_in_few_compiles():
         peak = 1.4e9 + 0.5e9 * min(batch, 40) + 0.01e9 * max(batch - 40, 0)  # flat from 40 rows
         return Compiled(batch, True, 45.0, {"peak_bytes": int(peak)}, 1.0, 1.0)
 
-    largest, tried = largest_batch(compile_at, CHIPS["TPU v4"])
+    largest, tried = largest_batch(compile_at, V4)
     assert largest == 65 and len(tried) <= 12
 
 
@@ -92,14 +94,25 @@ def test_from_a_hint_the_search_finds_the_same_batch_and_few_compiles_near_it(pe
         assert asked[1] == hint and len(asked) <= 5, asked
 
 
-def test_the_hint_is_the_same_model_slice_and_remat_with_the_state_sharded_the_other_way():
-    row = {"model": "gpt2", "topology": "v4:2x2x1", "fsdp": "1", "remat": "dots", "largest_batch": "65"}
+def test_the_limit_is_the_targets_where_it_sets_one_else_the_tpu_compilers_or_the_data_sheets():
+    refused = Compiled(64, False, 9.0, {}, 0.0, 0.0, OOM)
+    assert hbm_limit([refused], V5E) == 15.75 * 2**30
+    assert hbm_limit([], V5E) == CHIPS["TPU v5 lite"].hbm_bytes
+    h100 = Target("h100", "gpu", CHIPS["H100"], [], 0.75 * CHIPS["H100"].hbm_bytes)
+    assert hbm_limit([refused], h100) == 60e9
+
+
+def test_the_hint_is_the_same_model_slice_remat_and_step_with_the_state_sharded_the_other_way():
+    row = {"model": "gpt2", "topology": "v4:2x2x1", "fsdp": "1", "remat": "dots", "step": "fused"}
+    row["largest_batch"] = "65"
     rows = [
         row,
         {**row, "remat": "none", "largest_batch": "63"},
+        {**row, "step": "materialised", "fsdp": "4", "largest_batch": "50"},
         {**row, "model": "small", "largest_batch": "9"},
     ]
-    assert sibling_hint(rows, "gpt2", "v4:2x2x1", True, "dots") == 65
-    assert sibling_hint(rows, "gpt2", "v4:2x2x1", False, "dots") is None  # the row itself
-    assert sibling_hint(rows, "bert_base", "v4:2x2x1", True, "dots") is None
-    assert sibling_hint([{**row, "largest_batch": "0"}], "gpt2", "v4:2x2x1", True, "dots") is None
+    assert sibling_hint(rows, "gpt2", "v4:2x2x1", True, "dots", "fused") == 65
+    assert sibling_hint(rows, "gpt2", "v4:2x2x1", False, "dots", "fused") is None  # the row itself
+    assert sibling_hint(rows, "gpt2", "v4:2x2x1", False, "dots", "materialised") == 50
+    assert sibling_hint(rows, "bert_base", "v4:2x2x1", True, "dots", "fused") is None
+    assert sibling_hint([{**row, "largest_batch": "0"}], "gpt2", "v4:2x2x1", True, "dots", "fused") is None

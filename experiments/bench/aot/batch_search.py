@@ -1,4 +1,4 @@
-"""The largest per-device batch whose train step fits a chip's memory, found in few compiles.
+"""The largest per-device batch whose train step fits a device's memory, found in few compiles.
 
 Each compile for a TPU slice takes minutes at GPT-2's size, so the search chooses its batches:
 without a hint, two compiles that fit put memory on a line in the batch, the batch where the line
@@ -13,11 +13,12 @@ from __future__ import annotations
 import re
 from typing import Any, Protocol
 
-from train.devices.chips import GIB, Chip
+from experiments.bench.aot.targets import Target
+from train.devices.chips import GIB
 
 
 class Compiled(Protocol):
-    """What the search reads of a compile (experiments/bench/tpu_compile.py's `Compiled`)."""
+    """What the search reads of a compile (experiments/bench/aot/compile.py's `Compiled`)."""
 
     fits: bool
     memory: dict[str, int]  # "peak_bytes" per chip when it fits
@@ -28,14 +29,17 @@ class Compiled(Protocol):
 MAX_BATCH = 4096
 
 
-def hbm_limit(compiled: list[Compiled], chip: Chip) -> float:
-    """The bytes a chip's program may use: what the TPU compiler said when it refused one (the
-    data sheet's HBM less what the runtime keeps), else the data sheet's HBM."""
+def hbm_limit(compiled: list[Compiled], target: Target) -> float:
+    """The bytes a device's program may use: the target's limit where it sets one (GPU), else
+    what the TPU compiler said when it refused one (the data sheet's HBM less what the runtime
+    keeps), else the data sheet's HBM."""
+    if target.memory_limit is not None:
+        return target.memory_limit
     for c in compiled:
         match = re.search(r"available HBM \(([\d.]+)G\)", c.error)
         if match:
             return float(match.group(1)) * GIB
-    return chip.hbm_bytes
+    return target.chip.hbm_bytes
 
 
 def next_batch(
@@ -79,7 +83,7 @@ def _on_the_line(tried: dict[int, Compiled], fit: list[int], limit: float) -> in
 
 
 def largest_batch(
-    compile_at: Any, chip: Chip, start: int = 8, max_batch: int = MAX_BATCH, hint: int | None = None
+    compile_at: Any, target: Target, start: int = 8, max_batch: int = MAX_BATCH, hint: int | None = None
 ) -> tuple[int, dict[int, Compiled]]:
     """(the largest per-device batch that fits, up to `max_batch`; every compile of the search).
     `start` is compiled first (its memory is reported whatever the answer), then `hint`, if any."""
@@ -87,7 +91,7 @@ def largest_batch(
     batch: int | None = start
     while batch is not None:
         tried[batch] = compile_at(batch)
-        batch = next_batch(tried, hbm_limit(list(tried.values()), chip), max_batch, hint)
+        batch = next_batch(tried, hbm_limit(list(tried.values()), target), max_batch, hint)
     fit = [b for b, c in tried.items() if c.fits]
     return max(fit, default=0), tried
 
