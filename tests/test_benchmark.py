@@ -91,7 +91,8 @@ def test_attention_benchmark_times_each_implementation_here(capsys):
 
 def test_the_accelerator_table_runs_here_at_tiny_shapes(tmp_path):
     """`python -m experiments.bench.accelerator` (GPT-2 and BERT-base in bf16 on a GPU or TPU) runs
-    end to end on this CPU at the `tiny` shapes: a row per model (remat off; no cuDNN here)."""
+    end to end on this CPU at the `tiny` shapes: a row per model and step (remat off; no cuDNN
+    here; the fused step is the chunked loss with CPU's own attention)."""
     from experiments.bench import accelerator
 
     flags = {
@@ -103,9 +104,11 @@ def test_the_accelerator_table_runs_here_at_tiny_shapes(tmp_path):
     }
     accelerator.main([str(x) for kv in {**flags, "--remats": "none"}.items() for x in kv])
     rows = list(csv.DictReader(open(tmp_path / "accelerator_cpu.csv")))
-    assert [(r["model"], r["attention"], r["remat"]) for r in rows] == [
-        ("gpt2", "xla", "none"),
-        ("bert_base", "xla", "none"),
+    assert [(r["model"], r["step"], r["attention"], r["loss"], r["remat"]) for r in rows] == [
+        ("gpt2", "materialised", "xla", "full", "none"),
+        ("gpt2", "fused", "einsum", "chunked", "none"),
+        ("bert_base", "materialised", "xla", "full", "none"),
+        ("bert_base", "fused", "einsum", "chunked", "none"),
     ]
     for r in rows:
         assert float(r["tokens_per_s_per_device"]) == pytest.approx(2 * 128 / (float(r["step_ms"]) / 1e3))
@@ -113,5 +116,5 @@ def test_the_accelerator_table_runs_here_at_tiny_shapes(tmp_path):
     md = open(tmp_path / "accelerator_cpu.md").read()
     assert (
         "command: `python -m experiments.bench.accelerator --out" in md
-        and "| bert_base | xla | none | 2 x 128 |" in md
+        and "| bert_base | fused (einsum, chunked) | none | 2 x 128 |" in md
     )

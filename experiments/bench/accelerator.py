@@ -5,15 +5,19 @@
         --per_device_batch 2                                                  # anywhere (the tests)
 
 Rows: `configs/gpt.py:gpt2` and `configs/bert.py:bert_base` (`--shapes tiny`: `gpt2_tiny` and
-`bert_tiny`, the same architectures at the `tiny` shapes) in bf16, with `xla` attention and, on a
-GPU, `cudnn`, remat off and `dots`, at `PER_DEVICE_BATCH` rows per device (the largest batch
-that fits a 16 GiB v5e chip with remat off in experiments/results/tpu_aot.md, so every row fits
-every chip of that table and any GPU of 16 GB or more). Each row is `python -m experiments.bench`'s
+`bert_tiny`, the same architectures at the `tiny` shapes) in bf16, remat off and `dots`, each
+step of `STEPS`: "materialised" (attention written out by XLA, the full logits in the loss),
+"fused" (the platform's `auto` attention, a fused kernel on TPU and GPU, and the chunked loss)
+and on a GPU "cudnn" (cuDNN's attention, which writes out the packed rows' mask, and the chunked
+loss); at `PER_DEVICE_BATCH` rows per device (the largest batch that fits a 16 GiB v5e chip with
+the materialised step and remat off in experiments/results/aot.md, so every row fits every chip
+of that table and any GPU of 16 GB or more). Each row is `python -m experiments.bench`'s
 measurement of the step as the trainer builds it (experiments/bench/speed.py): tokens/s, MFU
 against the chip's data-sheet bf16 peak, the step's memory per device, compile time; and beside
-it the estimate the ahead-of-time table makes, from XLA's cost analysis of the same compiled
-step: the roofline step time at the chip's peak and HBM bandwidth (train/devices/chips.py) and
-the MFU it bounds, so measured and estimated read side by side. Writes
+it the estimate the ahead-of-time table makes of the same compiled step (XLA's cost analysis,
+the fused kernels by their formula, the program's own bytes where XLA gives none:
+experiments/bench/aot/measure.py): the roofline step time at the chip's peak and HBM bandwidth
+(train/devices/chips.py) and the MFU it bounds, so measured and estimated read side by side. Writes
 OUT/accelerator_CHIP.md and .csv (CHIP: v5e, H200, ..., or the platform where the chip is not in
 the table, such as cpu).
 """
@@ -34,29 +38,37 @@ MODELS: dict[str, tuple[str, str, str, int]] = {
     "bert_base": ("mlm", "bert_base", "bert_tiny", 30522),
 }
 PER_DEVICE_BATCH = {"gpt2": 16, "bert_base": 32}
+STEPS: dict[str, dict[str, str]] = {
+    "materialised": {"model.attention_impl": "xla", "model.loss_impl": "full"},
+    "fused": {"model.attention_impl": "auto", "model.loss_impl": "chunked"},
+    "cudnn": {"model.attention_impl": "cudnn", "model.loss_impl": "chunked"},  # GPU only
+}
 COLUMNS = (
-    *("model", "attention", "remat", "per_device_batch", "seq_len", "tokens_per_s_per_device", "mfu"),
+    *("model", "step", "attention", "loss", "remat", "per_device_batch", "seq_len"),
+    *("tokens_per_s_per_device", "mfu", "kernel_calls"),
     *("step_ms", "step_ms_iqr", "compile_s", "memory_gib", "roofline_ms", "mfu_bound", "device_kind"),
 )
 
 
-def measure_row(model: str, attention: str, remat: str, args: argparse.Namespace) -> dict[str, Any]:
-    """One row: the benchmark of `model` with that attention and remat, and its roofline."""
+def measure_row(model: str, step: str, remat: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One row: the benchmark of `model` with that step and remat, and its roofline."""
     import jax
 
     import configs
     from experiments.bench.speed import train_benchmark
-    from train.devices.chips import chip_of
 
     objective, variant, tiny, vocab = MODELS[model]
     per_device = args.per_device_batch or PER_DEVICE_BATCH[model]
-    overrides = {"model.dtype": "bfloat16", "model.attention_impl": attention, "model.remat": remat}
+    overrides = {"model.dtype": "bfloat16", "model.remat": remat, **STEPS[step]}
     overrides["batch_size"] = per_device * jax.device_count()
     config = configs.get_config(objective, tiny if args.shapes == "tiny" else variant, overrides)
     result = train_benchmark(config, args.vocab_size or vocab, args.steps)
     row = {
         "model": model,
-        "attention": attention,
+        "step": step,
+        "attention": result["attention_impl"],
+        "loss": result["loss_impl"],
+        "kernel_calls": result["kernel_calls"],
         "remat": remat,
         "per_device_batch": per_device,
         "seq_len": config.seq_len,
@@ -68,15 +80,35 @@ def measure_row(model: str, attention: str, remat: str, args: argparse.Namespace
         "memory_gib": result["step_memory"].get("peak_bytes", 0) / 2**30,
         "device_kind": result["device_kind"],
     }
+    return {**row, **estimate(result, per_device * config.seq_len)}
+
+
+def estimate(result: dict[str, Any], tokens_per_device: int) -> dict[str, float]:
+    """The ahead-of-time table's roofline of the measured step on the chip it ran on (nothing
+    where the chip is not in train/devices/chips.py)."""
+    from experiments.bench.aot.compile import Compiled
+    from experiments.bench.aot.hlo_cost import KernelCount
+    from experiments.bench.aot.measure import roofline
+    from train.devices.chips import chip_of
+
     chip = chip_of(result["device_kind"])
-    if chip is not None and "xla_flops_per_device" in result:
-        seconds = max(
-            result["xla_flops_per_device"] / chip.bf16_flops,
-            result["xla_bytes_per_device"] / chip.hbm_bandwidth,
-        )
-        row["roofline_ms"] = 1e3 * seconds
-        row["mfu_bound"] = result["flops_per_step"] / result["devices"] / (seconds * chip.bf16_flops)
-    return row
+    if chip is None:
+        return {}
+    kernels = KernelCount(
+        result["kernel_calls"], result["kernel_flops_per_device"], result["kernel_bytes_per_device"]
+    )
+    compiled = Compiled(
+        0,
+        True,
+        0.0,
+        {},
+        result.get("xla_flops_per_device", 0.0),
+        result.get("xla_bytes_per_device", 0.0),
+        kernels=kernels,
+        hlo_bytes=result["hlo_bytes_per_device"],
+    )
+    bound = roofline(compiled, chip, result["flops_per_step"] / result["devices"], tokens_per_device)
+    return {"roofline_ms": 1e3 * bound["roofline_seconds"], "mfu_bound": bound["mfu_bound"]}
 
 
 def write(rows: list[dict[str, Any]], out: str, command: str, name: str) -> str:
@@ -90,10 +122,18 @@ def write(rows: list[dict[str, Any]], out: str, command: str, name: str) -> str:
     def num(value: Any, fmt: str) -> str:
         return "" if value in ("", None) else format(value, fmt)
 
-    header = ("model", "attention", "remat", "rows per device x tokens", "tokens/s per device", "MFU")
-    header += ("step (ms, median ± IQR)", "compile (s)", "GiB per device", "roofline (ms)", "MFU bound")
+    header = ("model", "step (attention, loss)", "remat", "rows per device x tokens", "tokens/s per device")
+    header += (
+        "MFU",
+        "step (ms, median ± IQR)",
+        "compile (s)",
+        "GiB per device",
+        "roofline (ms)",
+        "MFU bound",
+    )
     cells = [
-        [r["model"], r["attention"], r["remat"], f"{r['per_device_batch']} x {r['seq_len']}"]
+        [r["model"], f"{r['step']} ({r['attention']}, {r['loss']})", r["remat"]]
+        + [f"{r['per_device_batch']} x {r['seq_len']}"]
         + [num(r["tokens_per_s_per_device"], ",.0f"), num(r["mfu"], ".1%")]
         + [
             f"{r['step_ms']:.1f} ± {r['step_ms_iqr']:.1f}",
@@ -110,9 +150,9 @@ def write(rows: list[dict[str, Any]], out: str, command: str, name: str) -> str:
         f"commit: {commit_stamp()}",
         "",
         "MFU: model FLOPs (train/observe/flops.py) per second over the chip's data-sheet bf16 peak. "
-        "Roofline and MFU bound: the estimate of experiments/results/tpu_aot.md for this chip, from "
-        "XLA's cost analysis of the same compiled step (blank where the chip is not in "
-        "train/devices/chips.py).",
+        "Roofline and MFU bound: the estimate of experiments/results/aot.md for this chip, from the "
+        "same compiled step (XLA's cost analysis, the fused kernels by their formula, the program's "
+        "own bytes where XLA gives none; blank where the chip is not in train/devices/chips.py).",
         "",
         *markdown_table(header, cells),
         "",
@@ -145,8 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     from train.devices.chips import chip_of
 
     device = jax.devices()[0]
-    attentions = ("xla", "cudnn") if device.platform == "gpu" else ("xla",)
-    rows = [measure_row(m, a, r, args) for m in models for a in attentions for r in remats]
+    steps = [s for s in STEPS if s != "cudnn" or device.platform == "gpu"]
+    rows = [measure_row(m, s, r, args) for m in models for s in steps for r in remats]
     chip = chip_of(device.device_kind)
     os.makedirs(args.out, exist_ok=True)
     command = "python -m experiments.bench.accelerator " + " ".join(sys.argv[1:] if argv is None else argv)

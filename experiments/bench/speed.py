@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from experiments.bench.aot import hlo_cost
 from experiments.bench.hf_baseline import make_hf_runner
 from experiments.bench.matmul_floor import matmul_floor, step_dots, time_dots
 from experiments.bench.peak import timed
@@ -93,7 +94,8 @@ def train_benchmark(
         "vocab_size": vocab_size,
         "dtype": config.model.dtype,
         "remat": config.model.remat,
-        "attention_impl": config.model.attention_impl,
+        "attention_impl": run.model_config.attention_impl,
+        "loss_impl": getattr(run.model_config, "loss_impl", "full"),
         "scan_layers": config.model.scan_layers,
         "num_layers": config.model.num_layers,
         "tokens_per_sec": tokens / median,
@@ -113,6 +115,7 @@ def train_benchmark(
         "mfu_causal_halved": flops_causal / median / peak,
         "step_memory": step_memory(compiled),
         **xla_cost(compiled),
+        **kernel_cost(compiled),
         **extra,
     }
 
@@ -168,6 +171,20 @@ def xla_cost(compiled: Any) -> dict[str, float]:
     return {
         "xla_flops_per_device": float(cost["flops"]),
         "xla_bytes_per_device": float(cost.get("bytes accessed", 0)),
+    }
+
+
+def kernel_cost(compiled: Any) -> dict[str, float]:
+    """The fused attention kernels the step runs, counted by their formula, and the program's
+    own estimate of its bytes (experiments/bench/aot/hlo_cost.py): what XLA's cost analysis
+    leaves out (the kernels) or does not give (a GPU)."""
+    module = hlo_cost.parse(compiled.as_text())
+    kernels = hlo_cost.kernel_count(module)
+    return {
+        "kernel_calls": kernels.calls,
+        "kernel_flops_per_device": kernels.flops,
+        "kernel_bytes_per_device": kernels.bytes,
+        "hlo_bytes_per_device": hlo_cost.io_bytes(module) + kernels.bytes,
     }
 
 
