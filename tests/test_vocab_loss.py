@@ -118,4 +118,3 @@ def test_an_objective_scores_and_trains_alike_with_either_head(objective, micro)
     for key in ("nll_sum", "correct_sum", "weight_sum"):
         np.testing.assert_allclose(chunked[0][key], full[0][key], rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), chunked[1], full[1])
-
