@@ -51,8 +51,9 @@ def unsupported(impl: str, q_len: int, kv_len: int, mask) -> str | None:
     if impl == "pallas_gpu":
         if mask.cross:
             return "cross-attention (the kernel takes one segment id array for queries and keys)"
-        if q_len % min(GPU_BLOCK, q_len) or q_len % min(GPU_BACKWARD_BLOCK, q_len):
-            return f"length {q_len} (a multiple of {GPU_BLOCK}, or a power of two below it, is needed)"
+        power_of_two = q_len >= 16 and q_len & (q_len - 1) == 0
+        if q_len % GPU_BLOCK and not power_of_two:
+            return f"length {q_len} (a multiple of {GPU_BLOCK}, or a power of two from 16, is needed)"
     return None
 
 

@@ -93,6 +93,8 @@ def test_what_a_kernel_cannot_serve_is_named():
     assert fused_attention.unsupported("splash", 384, 384, masks["causal"]) is None  # 3 blocks of 128
     assert "cross-attention" in fused_attention.unsupported("pallas_gpu", T, S, masks["cross"])
     assert "length 48" in fused_attention.unsupported("pallas_gpu", 48, 48, masks["causal"])
+    assert "length 96" in fused_attention.unsupported("pallas_gpu", 96, 96, masks["causal"])
+    assert fused_attention.unsupported("pallas_gpu", 64, 64, masks["causal"]) is None
 
 
 def _attention(impl: str) -> Attention:

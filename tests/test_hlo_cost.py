@@ -6,22 +6,32 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.bench.aot import hlo_cost
+from experiments.bench.aot import hlo, hlo_cost
 from models.fused_attention import kernel_cost, visited_fraction
 
 MODULE = """HloModule jit_step, is_scheduled=true
+
+%product (a.1: f32[4,8], b.1: f32[8,8]) -> f32[4,8] {
+  %a.1 = f32[4,8]{1,0} parameter(0)
+  %b.1 = f32[8,8]{1,0} parameter(1)
+  ROOT %conv = f32[4,8]{1,0} convolution(%a.1, %b.1), dim_labels=bf_io->bf
+}
 
 %body (p: (s32[], f32[4,8])) -> (s32[], f32[4,8]) {
   %p = (s32[], f32[4,8]{1,0}) parameter(0)
   %i = s32[] get-tuple-element(%p), index=0
   %x = f32[4,8]{1,0} get-tuple-element(%p), index=1
   %y = f32[4,8]{1,0} multiply(%x, %x), metadata={op_name="jit(step)/mul"}
-  ROOT %t = (s32[], f32[4,8]{1,0}) tuple(%i, %y)
+  %w = f32[8,8]{1,0} constant({...})
+  %z = f32[4,8]{1,0} fusion(%y, %w), kind=kOutput, calls=%product
+  ROOT %t = (s32[], f32[4,8]{1,0}) tuple(%i, %z)
 }
 
 %cond (p.1: (s32[], f32[4,8])) -> pred[] {
   %p.1 = (s32[], f32[4,8]{1,0}) parameter(0)
-  ROOT %c = pred[] constant(true)
+  %bound = s32[] constant(5)
+  %i.1 = s32[] get-tuple-element(%p.1), index=0
+  ROOT %lt = pred[] compare(%i.1, %bound), direction=LT
 }
 
 %fused_dus (param_0: f32[64,8], param_1: f32[1,8], param_2: s32[]) -> f32[64,8] {
@@ -39,7 +49,7 @@ ENTRY %main (a: f32[4,8], buf: f32[64,8], row: f32[1,8], n: s32[], q: bf16[2,4,2
   %n = s32[] parameter(3)
   %q = bf16[2,4,256,64]{3,2,1,0} parameter(4)
   %init = (s32[], f32[4,8]{1,0}) tuple(%n, %a)
-  %loop = (s32[], f32[4,8]{1,0}) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"5"}}
+  %loop = (s32[], f32[4,8]{1,0}) while(%init), condition=%cond, body=%body
   %splash_mha_fwd_segmented_residuals.3 = (bf16[2,4,256,64]{3,2,1,0}, f32[2,4,256]{2,1,0}) custom-call(%q, %q, %q), custom_call_target="tpu_custom_call", frontend_attributes={kernel_metadata={
 "xprof_metadata":"{}"
 }}, metadata={op_name="jit(step)/fused_attention_causal/shard_map/splash_mha_fwd_segmented_residuals/pallas_call"}
@@ -48,18 +58,37 @@ ENTRY %main (a: f32[4,8], buf: f32[64,8], row: f32[1,8], n: s32[], q: bf16[2,4,2
 """  # noqa: E501  (HLO as the compiler prints it, one instruction a line)
 
 
-def test_a_loop_body_counts_once_per_iteration_and_an_update_in_place_only_the_update():
-    module = hlo_cost.parse(MODULE)
-    assert module.entry == "main" and set(module.computations) == {"body", "cond", "fused_dus", "main"}
-    ran = {ins.name: times for ins, times in hlo_cost.executed(module)}
-    assert ran["y"] == 5 and ran["updated"] == 1 and "loop" not in ran
+# As the GPU compiler writes a loop: the trip count noted, the condition not read.
+NOTED = MODULE.replace(
+    "while(%init), condition=%cond, body=%body",
+    'while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"5"}}',
+).replace("%bound = s32[] constant(5)", "%bound = s32[] constant(-1)")
+
+
+@pytest.mark.parametrize("text", [MODULE, NOTED], ids=["bound-in-condition", "noted"])
+def test_a_loop_body_counts_once_per_iteration_and_an_update_in_place_only_the_update(text):
+    module = hlo.parse(text)
+    assert module.entry == "main" and set(module.computations) == {
+        "product",
+        "body",
+        "cond",
+        "fused_dus",
+        "main",
+    }
+    ran = {ins.name: times for ins, times in hlo.executed(module)}
+    assert ran["y"] == ran["z"] == 5 and ran["updated"] == 1 and "loop" not in ran
     multiply = 3 * 4 * 8 * 4  # two operands and the result, f32[4,8]
+    product = (2 * 4 * 8 + 8 * 8) * 4  # its operands and result
+    compare = 4 + 4 + 1  # the condition's counter and bound, its answer
     update = (8 + 8) * 4 + 4  # the row read and written into the buffer, the index read
-    assert hlo_cost.io_bytes(module) == 5 * multiply + update
+    assert hlo_cost.io_bytes(module) == 5 * (multiply + product + compare) + update
+    # What XLA's cost analysis, which counts a loop body once, leaves out: four iterations.
+    repeats = hlo_cost.loop_repeats(module)
+    assert repeats.flops == 4 * 2 * (4 * 8) * 8 and repeats.bytes == 4 * (multiply + product + compare)
 
 
 def test_a_fused_kernel_is_counted_by_its_formula_with_the_block_pattern_of_its_scope():
-    module = hlo_cost.parse(MODULE)
+    module = hlo.parse(MODULE)
     count = hlo_cost.kernel_count(module)
     # q [B, N, T, H] = [2, 4, 256, 64] in bf16; one block of 256 queries and keys.
     flops, traffic = kernel_cost("splash_mha_fwd", 2, 4, 256, 256, 64, 2, causal=True)

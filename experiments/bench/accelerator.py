@@ -87,7 +87,7 @@ def estimate(result: dict[str, Any], tokens_per_device: int) -> dict[str, float]
     """The ahead-of-time table's roofline of the measured step on the chip it ran on (nothing
     where the chip is not in train/devices/chips.py)."""
     from experiments.bench.aot.compile import Compiled
-    from experiments.bench.aot.hlo_cost import KernelCount
+    from experiments.bench.aot.hlo_cost import KernelCount, Repeats
     from experiments.bench.aot.measure import roofline
     from train.devices.chips import chip_of
 
@@ -105,6 +105,7 @@ def estimate(result: dict[str, Any], tokens_per_device: int) -> dict[str, float]
         result.get("xla_flops_per_device", 0.0),
         result.get("xla_bytes_per_device", 0.0),
         kernels=kernels,
+        repeats=Repeats(result["loop_repeat_flops_per_device"], result["loop_repeat_bytes_per_device"]),
         hlo_bytes=result["hlo_bytes_per_device"],
     )
     bound = roofline(compiled, chip, result["flops_per_step"] / result["devices"], tokens_per_device)

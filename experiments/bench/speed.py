@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments.bench.aot import hlo_cost
+from experiments.bench.aot import hlo, hlo_cost
 from experiments.bench.hf_baseline import make_hf_runner
 from experiments.bench.matmul_floor import matmul_floor, step_dots, time_dots
 from experiments.bench.peak import timed
@@ -175,12 +175,14 @@ def xla_cost(compiled: Any) -> dict[str, float]:
 
 
 def kernel_cost(compiled: Any) -> dict[str, float]:
-    """The fused attention kernels the step runs, counted by their formula, and the program's
-    own estimate of its bytes (experiments/bench/aot/hlo_cost.py): what XLA's cost analysis
-    leaves out (the kernels) or does not give (a GPU)."""
-    module = hlo_cost.parse(compiled.as_text())
-    kernels = hlo_cost.kernel_count(module)
+    """The fused attention kernels the step runs, counted by their formula, the loop iterations
+    past the first and the program's own estimate of its bytes (experiments/bench/aot/hlo_cost.py):
+    what XLA's cost analysis leaves out (the kernels, the repeats) or does not give (a GPU)."""
+    module = hlo.parse(compiled.as_text())
+    kernels, repeats = hlo_cost.kernel_count(module), hlo_cost.loop_repeats(module)
     return {
+        "loop_repeat_flops_per_device": repeats.flops,
+        "loop_repeat_bytes_per_device": repeats.bytes,
         "kernel_calls": kernels.calls,
         "kernel_flops_per_device": kernels.flops,
         "kernel_bytes_per_device": kernels.bytes,

@@ -1,7 +1,7 @@
 """A config's train step compiled for a target that is not there (experiments/bench/aot/targets.py),
 with what the compiled program says of itself: its memory, XLA's FLOPs and bytes where the
-compiler gives them (TPU; the GPU compiler gives none), and the fused kernels' and the
-program's own counts read from its HLO (experiments/bench/aot/hlo_cost.py)."""
+compiler gives them (TPU; the GPU compiler gives none), and the fused kernels', the loops' and
+the program's own counts read from its HLO (experiments/bench/aot/hlo_cost.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 import warnings
 from typing import Any
 
-from experiments.bench.aot import hlo_cost
+from experiments.bench.aot import hlo, hlo_cost
 from experiments.bench.aot.targets import Target
 
 
@@ -36,6 +36,7 @@ class Compiled:
     error: str = ""
     # Read from the compiled HLO (experiments/bench/aot/hlo_cost.py), per device.
     kernels: hlo_cost.KernelCount = dataclasses.field(default_factory=hlo_cost.KernelCount)
+    repeats: hlo_cost.Repeats = dataclasses.field(default_factory=hlo_cost.Repeats)  # XLA's loop gap
     hlo_bytes: float = 0.0  # every kernel's operands and results, fused kernels by formula
 
 
@@ -67,7 +68,7 @@ def compile_step(config: Any, target: Target, vocab_size: int, per_device: int) 
     memory["generated_code_bytes"] = int(compiled.memory_analysis().generated_code_size_in_bytes)
     cost = compiled.cost_analysis()
     cost = (cost[0] if isinstance(cost, list) else cost) or {}
-    module = hlo_cost.parse(compiled.as_text())
+    module = hlo.parse(compiled.as_text())
     kernels = hlo_cost.kernel_count(module)
     fits = target.memory_limit is None or memory["peak_bytes"] <= target.memory_limit
     error = "" if fits else f"needs {memory['peak_bytes']} bytes, over the limit of {target.memory_limit:.0f}"
@@ -80,6 +81,7 @@ def compile_step(config: Any, target: Target, vocab_size: int, per_device: int) 
         float(cost.get("bytes accessed", 0.0)),
         error,
         kernels,
+        hlo_cost.loop_repeats(module),
         hlo_cost.io_bytes(module) + kernels.bytes,
     )
 

@@ -26,11 +26,13 @@ def model_flops_per_device(config: Any, vocab_size: int, per_device: int, device
 
 
 def counted(c: Compiled) -> tuple[float, float]:
-    """(FLOPs, bytes) of the compiled step per device: XLA's counts plus the fused kernels' by
-    their formula where the compiler gives counts (TPU), else the program's own estimate of the
-    bytes (experiments/bench/aot/hlo_cost.py) and the kernels' FLOPs alone (GPU)."""
+    """(FLOPs, bytes) of the compiled step per device: where the compiler gives counts (TPU),
+    XLA's, plus the loop iterations it leaves out and the fused kernels, both by the program's
+    own count (experiments/bench/aot/hlo_cost.py); else (GPU) the program's own estimate of the
+    bytes and the kernels' FLOPs alone."""
     if c.xla_bytes:
-        return c.xla_flops + c.kernels.flops, c.xla_bytes + c.kernels.bytes
+        flops = c.xla_flops + c.repeats.flops + c.kernels.flops
+        return flops, c.xla_bytes + c.repeats.bytes + c.kernels.bytes
     return c.kernels.flops, c.hlo_bytes
 
 
@@ -75,6 +77,8 @@ def describe(config: Any, target: Target, vocab_size: int, c: Compiled) -> dict[
         "kernel_calls": c.kernels.calls,
         "kernel_flops_per_chip": c.kernels.flops,
         "kernel_bytes_per_chip": c.kernels.bytes,
+        "loop_repeat_flops_per_chip": c.repeats.flops,
+        "loop_repeat_bytes_per_chip": c.repeats.bytes,
         "hlo_bytes_per_chip": c.hlo_bytes,
         "flops_per_chip": flops,
         "bytes_per_chip": traffic,
