@@ -105,9 +105,12 @@ def state_shardings(mesh: Mesh, abstract_state: Any) -> Any:
     return jax.tree.map(lambda a: NamedSharding(mesh, param_spec(a.shape, fsdp)), abstract_state)
 
 
-def traced_in(mesh: Mesh, fn: Callable) -> Callable:
+def traced_in(mesh: Mesh | None, fn: Callable) -> Callable:
     """`fn`, traced with `mesh` as the abstract mesh: a fused attention kernel reads it to run on
-    each device's own rows (models/fused_attention.py) instead of on gathered ones."""
+    each device's own rows (models/fused_attention.py) instead of on gathered ones. No mesh (one
+    device, a `SingleDeviceSharding`): `fn` as it is."""
+    if mesh is None:
+        return fn
 
     @functools.wraps(fn)
     def in_mesh(*args, **kwargs):

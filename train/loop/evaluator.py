@@ -69,7 +69,9 @@ class Evaluator:
         eval_objective, host_batches, self.reference = fixed_eval_set(source, objective, eval_form=eval_form)
         self.batches = [to_global(_rows_of_this_process(b), sharding) for b in host_batches]
         self._step = jax.jit(
-            traced_in(sharding.mesh, step_lib.make_eval_step(graphdef, eval_objective, mask_kind))
+            traced_in(
+                getattr(sharding, "mesh", None), step_lib.make_eval_step(graphdef, eval_objective, mask_kind)
+            )
         )
 
     def __call__(self, params: Any, model_state: Any) -> dict[str, float]:
