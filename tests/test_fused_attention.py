@@ -18,7 +18,7 @@ from models.block import Attention
 from models.masks import SegmentMask, cross_segment_mask, make_segment_mask
 from models.transformer_config import TransformerConfig
 
-B, T, S, N, H = 3, 128, 256, 2, 16
+B, T, S, N, H = 2, 128, 256, 2, 16
 
 
 def _segments(length: int, seed: int) -> jnp.ndarray:
@@ -34,15 +34,13 @@ def _segments(length: int, seed: int) -> jnp.ndarray:
 
 def _masks() -> dict[str, SegmentMask]:
     seg = _segments(T, 0)
-    prefix_len = jnp.asarray([0, 37, T])[:, None]
+    prefix_len = jnp.asarray([0, 37])[:, None]  # no prefix; a prefix ending inside a document
     return {
         "causal": make_segment_mask("causal", seg),
         "bidirectional": make_segment_mask("bidirectional", seg),
         "prefix": make_segment_mask("prefix", seg, prefix_BL=jnp.arange(T)[None, :] < prefix_len),
-        # A hybrid batch: bidirectional rows (prefix = the whole row) beside causal ones.
-        "hybrid": make_segment_mask(
-            "prefix", seg, prefix_BL=jnp.asarray([[True], [False], [True]]) & (seg > -1)
-        ),
+        # A hybrid batch: a bidirectional row (prefix = the whole row) beside a causal one.
+        "hybrid": make_segment_mask("prefix", seg, prefix_BL=jnp.asarray([[True], [False]]) & (seg > -1)),
         "cross": cross_segment_mask(seg, _segments(S, 1)),
     }
 

@@ -54,7 +54,7 @@ def _value_and_grads(f, *args):
 
 
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("chunk", [1, 8, 37, 64])
+@pytest.mark.parametrize("chunk", [3, 8, 37, 64])  # padded; padded; one whole chunk; one padded
 def test_the_chunked_head_gives_the_full_heads_loss_accuracy_and_gradients_in_float32(bias, chunk):
     args = _head_inputs("float32", bias)
     want = _value_and_grads(_full, *args, "float32")
@@ -111,8 +111,11 @@ def _scores_and_grads(config, loss_impl: str, dtype: str):
     return scores, grads
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["clm", "mlm"])
 def test_an_objective_scores_and_trains_alike_with_either_head(objective, micro):
+    """Through the objectives (the masked LM's gathered positions too): a model's compile each,
+    hence the full tier; the head's own equality is checked above in the fast one."""
     full = _scores_and_grads(micro(objective), "full", "float32")
     chunked = _scores_and_grads(micro(objective), "chunked", "float32")
     for key in ("nll_sum", "correct_sum", "weight_sum"):
