@@ -94,6 +94,15 @@ def test_a_fused_kernel_is_counted_by_its_formula_with_the_block_pattern_of_its_
     flops, traffic = kernel_cost("splash_mha_fwd", 2, 4, 256, 256, 64, 2, causal=True)
     assert (count.calls, count.flops, count.bytes) == (1, flops, traffic)
     assert flops == 2 * 2 * (2 * 4 * 256 * 256 * 64)  # QK^T and PV, the one block computed whole
+    # Where the bytes go: the kernel first, named by the JAX operation it came from.
+    top = hlo_cost.largest_ops(module, 2)
+    assert top[0]["kind"] == "custom-call" and top[0]["bytes"] == traffic and "splash_mha_fwd" in top[0]["op"]
+    assert top[1] == {
+        "op": "z",
+        "kind": "fusion",
+        "times": 5,
+        "bytes": 5 * (2 * 4 * 8 + 8 * 8) * 4,
+    }  # no op name
 
 
 def test_a_causal_pattern_visits_the_blocks_on_and_below_the_diagonal():

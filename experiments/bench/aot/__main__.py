@@ -23,7 +23,8 @@ bandwidth, whichever takes longer; collectives are not counted) and the MFU it b
 in the batch, the batch the line predicts is compiled, and the search steps from there until it
 holds one batch that fits and the next that does not; `--search_from N` (a batch expected near
 the answer) compiles N second and steps 1, 2, 4, ... rows away from it instead
-(experiments/bench/aot/batch_search.py).
+(experiments/bench/aot/batch_search.py). `--top_ops N` adds the N ops that move the most bytes,
+each with the JAX operation it came from: where the bytes go.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ _BATCH = flags.DEFINE_integer(
     "per_device_batch", 0, "rows per device (0: the config's batch over the devices)"
 )
 _SEARCH = flags.DEFINE_bool("search", False, "also find the largest per-device batch that fits")
+_TOP_OPS = flags.DEFINE_integer("top_ops", 0, "also the N ops that move the most bytes (where the bytes go)")
 _SEARCH_FROM = flags.DEFINE_integer(
     "search_from", 0, "with --search: a batch expected near the answer, compiled next (0: none)"
 )
@@ -77,6 +79,7 @@ def main(argv: list[str]) -> None:
                     _BATCH.value,
                     _SEARCH.value,
                     _SEARCH_FROM.value or None,
+                    max(_TOP_OPS.value, 0),
                 )
             )
         )

@@ -38,12 +38,14 @@ class Compiled:
     kernels: hlo_cost.KernelCount = dataclasses.field(default_factory=hlo_cost.KernelCount)
     repeats: hlo_cost.Repeats = dataclasses.field(default_factory=hlo_cost.Repeats)  # XLA's loop gap
     hlo_bytes: float = 0.0  # every kernel's operands and results, fused kernels by formula
+    largest_ops: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # where bytes go
 
 
-def compile_step(config: Any, target: Target, vocab_size: int, per_device: int) -> Compiled:
+def compile_step(config: Any, target: Target, vocab_size: int, per_device: int, top_ops: int = 0) -> Compiled:
     """Compiles `config`'s train step with `per_device` rows on each of the target's devices.
     It fits when the compiler accepts it (the TPU compiler refuses what its HBM cannot hold)
-    and its memory is within the target's limit where the target sets one (GPU)."""
+    and its memory is within the target's limit where the target sets one (GPU); `top_ops`:
+    also the ops that move the most bytes."""
     import jax
     import jax.numpy as jnp
 
@@ -83,6 +85,7 @@ def compile_step(config: Any, target: Target, vocab_size: int, per_device: int) 
         kernels,
         hlo_cost.loop_repeats(module),
         hlo_cost.io_bytes(module) + kernels.bytes,
+        hlo_cost.largest_ops(module, top_ops) if top_ops else [],
     )
 
 

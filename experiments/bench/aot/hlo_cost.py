@@ -62,17 +62,21 @@ def kernel_count(module: Module) -> KernelCount:
         call = _kernel_call(ins)
         if call is None:
             continue
-        impl = KERNEL_CALLS[call][0]
-        q, k = [module.shapes[o] for o in ins.operands if len(dims(module.shapes.get(o, ""))) == 4][:2]
-        (B, a, b, H), S = dims(q), dims(k)[2 if impl == "splash" else 1]
-        N, T = (a, b) if impl == "splash" else (b, a)  # splash: [B, N, T, H]; the GPU's [B, T, N, H]
-        flops, traffic = kernel_cost(
-            call, B, N, T, S, H, BYTES[q.split("[")[0].strip("(")], CAUSAL_SCOPE in ins.attrs
-        )
+        flops, traffic = _kernel_cost_of(module, ins, call)
         count.calls += times
         count.flops += times * flops
         count.bytes += times * traffic
     return count
+
+
+def _kernel_cost_of(module: Module, ins: Instruction, call: str) -> tuple[float, float]:
+    """(FLOPs, bytes) of one call of a fused kernel, from its q and k operands' shapes."""
+    impl = KERNEL_CALLS[call][0]
+    q, k = [module.shapes[o] for o in ins.operands if len(dims(module.shapes.get(o, ""))) == 4][:2]
+    (B, a, b, H), S = dims(q), dims(k)[2 if impl == "splash" else 1]
+    N, T = (a, b) if impl == "splash" else (b, a)  # splash: [B, N, T, H]; the GPU's [B, T, N, H]
+    itemsize = BYTES[q.split("[")[0].strip("(")]
+    return kernel_cost(call, B, N, T, S, H, itemsize, CAUSAL_SCOPE in ins.attrs)
 
 
 def io_bytes(module: Module) -> float:
@@ -83,6 +87,27 @@ def io_bytes(module: Module) -> float:
             continue
         total += times * _instruction_bytes(module, ins)
     return total
+
+
+def largest_ops(module: Module, n: int) -> list[dict[str, object]]:
+    """The `n` instructions that move the most bytes (`io_bytes`' rule, the kernels by formula),
+    each with the JAX operation it came from (its metadata's op name): where the bytes go."""
+    rows = []
+    for ins, times in executed(module):
+        if ins.op in _NO_TRAFFIC:
+            continue
+        call = _kernel_call(ins)
+        each = _kernel_cost_of(module, ins, call)[1] if call else _instruction_bytes(module, ins)
+        op_name = re.search(r'op_name="([^"]*)"', ins.attrs)
+        rows.append(
+            {
+                "op": op_name.group(1) if op_name else ins.name,
+                "kind": ins.op,
+                "times": times,
+                "bytes": times * each,
+            }
+        )
+    return sorted(rows, key=lambda r: -r["bytes"])[:n]
 
 
 def _instruction_bytes(module: Module, ins: Instruction) -> float:

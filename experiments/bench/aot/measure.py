@@ -84,6 +84,7 @@ def describe(config: Any, target: Target, vocab_size: int, c: Compiled) -> dict[
         "bytes_per_chip": traffic,
         "model_flops_per_chip": model_flops,
         **roofline(c, target.chip, model_flops, c.per_device_batch * config.seq_len),
+        **({"largest_ops": c.largest_ops} if c.largest_ops else {}),
     }
 
 
@@ -120,15 +121,22 @@ def verdict(target: Target, c: Compiled) -> str:
 
 
 def measure(
-    config: Any, topology: str, vocab_size: int, per_device: int, search: bool, hint: int | None = None
+    config: Any,
+    topology: str,
+    vocab_size: int,
+    per_device: int,
+    search: bool,
+    hint: int | None = None,
+    top_ops: int = 0,
 ) -> dict[str, Any]:
     """Everything the command prints for `config` on `topology` (experiments/bench/aot/__main__.py);
-    the search for the largest batch starts from `per_device`, then `hint`."""
+    the search for the largest batch starts from `per_device`, then `hint`; `top_ops`: the ops
+    that move the most bytes, in each compile described."""
     target = compile_target(topology)
     per_device = per_device or max(config.batch_size // len(target.devices), 1)
 
     def compile_at(batch: int) -> Compiled:
-        compiled = compile_step(config, target, vocab_size, batch)
+        compiled = compile_step(config, target, vocab_size, batch, top_ops)
         print(
             f"[aot] {topology}: {batch} rows a device: {verdict(target, compiled)} "
             f"({compiled.compile_seconds:.0f} s to compile)",
